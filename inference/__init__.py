@@ -1,0 +1,1 @@
+"""flair-stream inference: patch-level prediction and zonal (large-area) detection."""

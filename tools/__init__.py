@@ -1,0 +1,1 @@
+"""flair-stream tools: synthetic FLAIR-HUB generator, benchmarks, shard inspection."""

@@ -1,0 +1,1 @@
+"""flair-stream trainer: streaming loader, FLAIR-UPerFuse model, Accelerate training loop."""
