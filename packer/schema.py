@@ -369,3 +369,41 @@ def member_key(modality_name: str) -> str:
 def shard_name(split: str, number: int) -> str:
     """Relative path of shard `number` of `split`: `<split>/<split>-NNNNNN.tar`."""
     return f"{split}/{split}-{number:06d}.tar"
+
+
+# --------------------------------------------------------------------------------------------
+# Domains (FLAIR-HUB-FORMAT.md section 1.2 and 1.5)
+# --------------------------------------------------------------------------------------------
+DOMAIN_YEARS: dict[str, tuple[int, ...]] = {
+    "D004": (2021,), "D005": (2018,), "D006": (2020,), "D007": (2020,), "D008": (2019,),
+    "D009": (2019,), "D010": (2019,), "D011": (2021,), "D012": (2019,), "D013": (2020,),
+    "D014": (2020,), "D015": (2020,), "D016": (2020,), "D017": (2018, 2021), "D018": (2020,),
+    "D020": (2019,), "D021": (2020,), "D022": (2021,), "D023": (2020,), "D024047": (2021,),
+    "D025039": (2020,), "D026": (2020,), "D029": (2021,), "D030": (2021,), "D031": (2019,),
+    "D032": (2019,), "D033": (2018, 2021), "D034": (2021,), "D035": (2020,), "D036": (2020,),
+    "D037": (2021,), "D038": (2021,), "D040": (2021,), "D041": (2021,), "D044": (2020, 2022),
+    "D045": (2020,), "D046": (2019,), "D049": (2020,), "D051": (2019,), "D052": (2019,),
+    "D054057": (2018,), "D055": (2018,), "D056": (2019,), "D058": (2020,), "D059062": (2021,),
+    "D060": (2021,), "D061": (2020,), "D063": (2019,), "D064": (2021,), "D065": (2019,),
+    "D066": (2021,), "D067": (2021,), "D068": (2021,), "D069": (2020,), "D070": (2020,),
+    "D071": (2020,), "D072": (2019,), "D073": (2022,), "D074": (2020,), "D075": (2021,),
+    "D076": (2019,), "D077": (2021,), "D078": (2021,), "D080": (2017, 2021), "D081": (2020,),
+    "D083": (2020,), "D084": (2021,), "D085": (2019,), "D086": (2020,), "D091": (2021,),
+}
+"""The 70 domain codes and their aerial years (74 domain-years); multi-year domains share one 195X folder."""
+
+OFFICIAL_TEST_DOMAINS: tuple[str, ...] = (
+    "D012", "D015", "D022", "D026", "D036", "D061", "D064", "D068",
+    "D069", "D071", "D073", "D075", "D076", "D083", "D084", "D085",
+)
+"""Domains held out as `test` in the official split 1 (train/valid is random among the others)."""
+
+
+WDS_LOWERCASES_KEYS = True
+"""webdataset's default grouping (`WebDataset(urls)`, `tarfile_to_samples`) lower-cases member
+extensions, so a decoded sample dict holds `aerial_rgbi.npy.zst`, not `AERIAL_RGBI.npy.zst`."""
+
+
+def wds_member_key(modality_name: str) -> str:
+    """The key of a modality member in a sample dict yielded by plain `webdataset.WebDataset`."""
+    return member_key(modality_name).lower() if WDS_LOWERCASES_KEYS else member_key(modality_name)

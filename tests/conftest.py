@@ -1,0 +1,72 @@
+"""Shared fixtures: small synthetic FLAIR-HUB trees written by `tools.flair_toy`.
+
+- `toy_tree` (session): 12 patches, 2 domain-years (one test-only), 4 ROIs of 3 patches, every
+  modality present, T in [4, 9] per sensor. Returns `ToyTree(root, result)`.
+- `toy_tree_missing` (session): the same shape with a different seed and half of the patches
+  lacking some optional modalities (historical, SPOT, S1-ASC, S1-DESC, S2+mask).
+- `make_toy_tree(**cfg)` (function): a factory for tests that need their own tree; keyword
+  arguments are `ToyConfig` fields (defaults: the small shape above). Each call gets a fresh
+  pytest tmp dir.
+
+Trees live under pytest's tmp dirs; treat the session ones as read-only.
+Append new shared fixtures at the end of this file; do not edit existing ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import pytest
+
+from tools.flair_toy import GenerateResult, ToyConfig, generate
+
+SMALL_TREE = dict(patches=12, domains=2, rois_per_domain=2, seed=0, t_s2=(4, 9), t_s1=(4, 9),
+                  missing_fraction=0.0, workers=1)
+"""The shape of the shared trees: fast to write (~2 s), yet with test/train/valid, several ROIs
+with multi-patch grids and variable T."""
+
+
+class ToyTree(NamedTuple):
+    root: Path
+    result: GenerateResult
+
+
+def _build(tmp_path_factory: pytest.TempPathFactory, name: str, **overrides) -> ToyTree:
+    cfg = ToyConfig.from_dict({**SMALL_TREE, **overrides})
+    root = tmp_path_factory.mktemp(name) / "FLAIR-HUB_TOY"
+    return ToyTree(root, generate(root, cfg))
+
+
+@pytest.fixture(scope="session")
+def toy_tree(tmp_path_factory: pytest.TempPathFactory) -> ToyTree:
+    return _build(tmp_path_factory, "toy_tree")
+
+
+@pytest.fixture(scope="session")
+def toy_tree_missing(tmp_path_factory: pytest.TempPathFactory) -> ToyTree:
+    return _build(tmp_path_factory, "toy_tree_missing", seed=1, missing_fraction=0.5)
+
+
+@pytest.fixture
+def make_toy_tree(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., ToyTree]:
+    def factory(**cfg) -> ToyTree:
+        return _build(tmp_path_factory, "toy_tree_custom", **cfg)
+
+    return factory
+
+
+# --- appended by the loader engineer (trainer/data) -----------------------------------------
+class ToyShards(NamedTuple):
+    out: Path
+    tree: ToyTree
+
+
+@pytest.fixture(scope="session")
+def toy_shards(toy_tree: ToyTree, tmp_path_factory: pytest.TempPathFactory) -> ToyShards:
+    """`toy_tree` packed with small shards (about two samples each, so splits have odd shard counts)."""
+    from packer.pack import pack_dataset
+
+    out = tmp_path_factory.mktemp("toy_shards") / "shards"
+    pack_dataset(toy_tree.root, out, shard_size=5_000_000, workers=1, progress=False)
+    return ToyShards(out, toy_tree)

@@ -1,0 +1,217 @@
+"""`flair-toy`: write a synthetic FLAIR-HUB tree whose structure matches the real dataset.
+
+Layout, sizes, dtypes, georeferencing, GLOBAL_ALL_MTD GeoPackages and split CSVs follow
+`packer.schema` (see FLAIR-HUB-FORMAT.md). The content is learnable: smooth land-cover maps, and
+every modality is rendered from them (see `tools.toy.scene`). Same config -> byte-identical tree,
+whatever `workers` is, because each patch is rendered from its own seed.
+
+Geometry: patch (R, C) of an ROI has its upper-left corner at ROI origin + ((C-1)*102.4, -(R-1)*102.4)
+metres (R counts rows north -> south, C columns west -> east); the real R/C meaning is unconfirmed.
+Splits: about a third of the domain-years are test-only (drawn from the official test domains), the
+other patches are train/valid at random (~20 % valid); `--from-csv` takes each patch's split from
+the CSV it is listed in.
+
+    from tools.flair_toy import ToyConfig, generate
+    result = generate(out_dir, ToyConfig(patches=12, t_s2=(4, 9), t_s1=(4, 9)))
+    result.patch_ids, result.splits, result.path(result.patch_ids[0], "AERIAL_RGBI")
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from tqdm import tqdm
+
+from packer.schema import PatchId
+
+from tools.toy.plan import LayoutRequest, PatchPlan, plan_layout
+from tools.toy.scene import render_patch
+from tools.toy.writers import write_geotiff, write_global_mtd, write_split_csvs
+
+
+@dataclass
+class ToyConfig:
+    """What to generate. T ranges are inclusive (min, max) dates per ROI."""
+
+    patches: int = 50
+    domains: int = 2
+    rois_per_domain: int = 3
+    seed: int = 0
+    t_s2: tuple[int, int] = (20, 150)
+    t_s1: tuple[int, int] = (30, 150)
+    missing_fraction: float = 0.0
+    from_csv: Sequence[str | Path] | None = None
+    csv_limit: int | None = None  # with from_csv: keep the first N rows of each CSV
+    workers: int | None = None  # None: all cores; output does not depend on it
+    compress: str | None = None  # e.g. "deflate"; None writes plain striped GTiff like the real files
+    overwrite: bool = False  # allow a non-empty out dir (files are replaced, stale ones are kept)
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("t_s2", "t_s1"):
+            value = getattr(self, name)
+            if len(tuple(value)) != 2:
+                raise ValueError(f"ToyConfig.{name} must be (min, max), got {value!r}")
+            setattr(self, name, (int(value[0]), int(value[1])))
+        if isinstance(self.from_csv, (str, Path)):
+            self.from_csv = [self.from_csv]
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"ToyConfig.workers must be >= 1, got {self.workers}")
+        if self.csv_limit is not None and self.csv_limit < 1:
+            raise ValueError(f"ToyConfig.csv_limit must be >= 1, got {self.csv_limit}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ToyConfig":
+        """Build from a mapping, rejecting unknown keys by name (a typo must not pass silently)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ToyConfig key(s) {unknown}; expected some of {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass
+class GenerateResult:
+    """What was written: ids (sorted, or CSV order with from_csv), splits, modalities and T per patch."""
+
+    out_dir: Path
+    patch_ids: list[str]
+    splits: dict[str, str]
+    modalities: dict[str, tuple[str, ...]]
+    n_dates: dict[str, dict[str, int]]  # patch -> series -> T (only series the patch has)
+    csv_files: dict[str, Path]
+    gpkg_files: list[Path] = field(default_factory=list)
+    n_files: int = 0
+    n_bytes: int = 0
+    seconds: float = 0.0
+
+    def path(self, patch_id: str, modality_name: str) -> Path:
+        """The file of one modality of a patch (it may be absent: check `modalities`)."""
+        return self.out_dir / PatchId.parse(patch_id).relative_path(modality_name)
+
+    def ids_of(self, split: str) -> list[str]:
+        return [p for p in self.patch_ids if self.splits[p] == split]
+
+
+def _write_patch(job: tuple[PatchPlan, Path, int, str | None]) -> tuple[int, int]:
+    plan, out, seed, compress = job
+    arrays = render_patch(plan, seed)
+    size = 0
+    for mod, arr in arrays.items():
+        path = out / plan.pid.relative_path(mod)
+        write_geotiff(path, arr, plan.origin, mod, compress)
+        size += path.stat().st_size
+    return len(arrays), size
+
+
+def _run_jobs(jobs: list, workers: int, progress: bool) -> Iterator[tuple[int, int]]:
+    bar = tqdm(total=len(jobs), unit="patch", desc="flair-toy", disable=not progress)
+    try:
+        if workers <= 1 or len(jobs) < 4:
+            for job in jobs:
+                yield _write_patch(job)
+                bar.update()
+        else:
+            # fork keeps start-up cheap; but forking a process that already runs torch's thread
+            # pools can deadlock, so then pay for spawn. Rendering is seeded per patch, so the
+            # order in which workers finish does not matter.
+            use_fork = "fork" in mp.get_all_start_methods() and "torch" not in sys.modules
+            ctx = mp.get_context("fork" if use_fork else "spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                for res in pool.map(_write_patch, jobs, chunksize=max(1, len(jobs) // (workers * 8))):
+                    yield res
+                    bar.update()
+    finally:
+        bar.close()
+
+
+def generate(out_dir: str | Path, cfg: ToyConfig | None = None) -> GenerateResult:
+    """Write a toy FLAIR-HUB tree under `out_dir` and describe it."""
+    cfg = cfg or ToyConfig()
+    start = time.perf_counter()
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise FileExistsError(f"{out} is not empty (pass overwrite=True / --overwrite to write into it)")
+    out.mkdir(parents=True, exist_ok=True)
+    req = LayoutRequest(
+        patches=cfg.patches, domains=cfg.domains, rois_per_domain=cfg.rois_per_domain, seed=cfg.seed,
+        t_ranges={"SENTINEL2_TS": cfg.t_s2, "SENTINEL1-ASC_TS": cfg.t_s1, "SENTINEL1-DESC_TS": cfg.t_s1},
+        missing_fraction=cfg.missing_fraction,
+        from_csv=[Path(p) for p in cfg.from_csv] if cfg.from_csv else None, csv_limit=cfg.csv_limit,
+    )
+    plans = plan_layout(req)
+    workers = cfg.workers or os.cpu_count() or 1
+    jobs = [(p, out, cfg.seed, cfg.compress) for p in plans]
+    n_files = n_bytes = 0
+    for files, size in _run_jobs(jobs, workers, cfg.progress):
+        n_files += files
+        n_bytes += size
+    gpkgs = write_global_mtd(out, plans)
+    csvs = write_split_csvs(out, plans)
+    n_files += len(gpkgs) + len(csvs)
+    n_bytes += sum(p.stat().st_size for p in (*gpkgs, *csvs.values()))
+    return GenerateResult(
+        out_dir=out,
+        patch_ids=[p.patch_id for p in plans],
+        splits={p.patch_id: p.split for p in plans},
+        modalities={p.patch_id: p.modalities for p in plans},
+        n_dates={p.patch_id: p.n_dates() for p in plans},
+        csv_files=csvs, gpkg_files=gpkgs, n_files=n_files, n_bytes=n_bytes,
+        seconds=time.perf_counter() - start,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    d = ToyConfig()
+    p = argparse.ArgumentParser(prog="flair-toy", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, type=Path, help="output root (created; must be empty unless --overwrite)")
+    p.add_argument("--patches", type=int, default=d.patches,
+                   help=f"total patches (default {d.patches}; ignored with --from-csv)")
+    p.add_argument("--domains", type=int, default=d.domains, help="domain-years; about a third are test-only")
+    p.add_argument("--rois-per-domain", type=int, default=d.rois_per_domain)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--t-s2", type=int, nargs=2, metavar=("MIN", "MAX"), default=d.t_s2, help="S2 dates per ROI")
+    p.add_argument("--t-s1", type=int, nargs=2, metavar=("MIN", "MAX"), default=d.t_s1, help="S1 dates per ROI and orbit")
+    p.add_argument("--missing-fraction", type=float, default=d.missing_fraction,
+                   help="share of patches lacking some optional modalities (historical, SPOT, S1, S2)")
+    p.add_argument("--from-csv", nargs="+", type=Path, metavar="CSV",
+                   help="reproduce the patch ids of official split CSVs (split = the CSV a patch is in)")
+    p.add_argument("--csv-limit", type=int, help="with --from-csv: first N rows of each CSV")
+    p.add_argument("--workers", type=int, help="processes (default: all cores); output is identical")
+    p.add_argument("--compress", choices=("deflate", "lzw", "zstd"), help="GeoTIFF compression (default none)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = ToyConfig(
+            patches=args.patches, domains=args.domains, rois_per_domain=args.rois_per_domain, seed=args.seed,
+            t_s2=tuple(args.t_s2), t_s1=tuple(args.t_s1), missing_fraction=args.missing_fraction,
+            from_csv=args.from_csv, csv_limit=args.csv_limit, workers=args.workers, compress=args.compress,
+            overwrite=args.overwrite, progress=True,
+        )
+        res = generate(args.out, cfg)
+    except (ValueError, FileExistsError) as exc:
+        print(f"flair-toy: error: {exc}", file=sys.stderr)
+        return 2
+    counts = {s: len(res.ids_of(s)) for s in ("train", "valid", "test")}
+    print(f"flair-toy: {len(res.patch_ids)} patches ({counts['train']} train / {counts['valid']} valid / "
+          f"{counts['test']} test), {res.n_files} files, {res.n_bytes / 1e6:.1f} MB in {res.seconds:.1f} s -> {res.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
