@@ -1,0 +1,88 @@
+"""`flair-pack inspect OUT [PATCH_ID]`: a readable summary of a dataset or of one sample.
+
+A single sample is fetched with one ranged read (offset/size from the index), as a remote reader
+would do, then decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+
+from packer import schema
+from packer.codec import decode_array
+from packer.errors import PackError
+from packer.index import read_index
+from packer.manifest import read_manifest
+
+
+def read_sample(out: str | Path, row: dict) -> dict[str, bytes]:
+    """All members of the sample described by index `row`, from one ranged read of its shard."""
+    with open(Path(out) / row["shard"], "rb") as f:
+        f.seek(row["offset"])
+        blob = f.read(row["size"])
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tf:
+        return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
+
+
+def summarize_dataset(out: str | Path) -> str:
+    m = read_manifest(out)
+    index = read_index(out)
+    p = m["parameters"]
+    lines = [
+        f"{out}: format {m['format_version']}, packer {m['packer_version']}, codec zstd level "
+        f"{m['codec']['level']} filter {m['codec']['filter']}",
+        f"source {p['src']} (splits from {p.get('split_source', '?')}), seed {p['seed']}, "
+        f"shard size {p['shard_size'] / 1e6:.1f} MB" + (f", part {p['part']} of {p['num_parts']}" if p.get("part") is not None and p["num_parts"] > 1 else ""),
+    ]
+    total = sum(s["bytes"] for s in m["shards"])
+    src_bytes = pc.sum(index.column("source_bytes")).as_py() or 0
+    lines.append(f"{index.num_rows} samples in {len(m['shards'])} shards, {total / 1e6:.1f} MB "
+                 f"(source {src_bytes / 1e6:.1f} MB, ratio {total / src_bytes if src_bytes else float('nan'):.3f})")
+    for split, v in m["splits"].items():
+        lines.append(f"  {split:>6}: {v['samples']} samples, {v['shards']} shards, {v['bytes'] / 1e6:.1f} MB")
+    counts: dict[str, int] = {}
+    for mods in index.column("modalities").to_pylist():
+        for mod in mods:
+            counts[mod] = counts.get(mod, 0) + 1
+    lines.append("modalities present:")
+    lines += [f"  {mod:<20} {counts.get(mod, 0)}/{index.num_rows}" for mod in m["modalities"]]
+    for mod in schema.TIME_SERIES_MODALITIES:
+        col = index.column(f"T_{mod}")
+        if col.null_count < len(col):
+            mm = pc.min_max(col).as_py()
+            lines.append(f"  T {mod:<18} {mm['min']}..{mm['max']}")
+    if m["skipped"]:
+        lines.append(f"skipped {len(m['skipped'])} patches:")
+        lines += [f"  {s['patch_id']}: {s['file']}: {s['error']}" for s in m["skipped"]]
+    return "\n".join(lines)
+
+
+def describe_sample(out: str | Path, patch_id: str) -> str:
+    index = read_index(out)
+    hit = index.filter(pc.equal(index.column("patch_id"), patch_id))
+    if hit.num_rows == 0:
+        raise PackError(patch_id, f"not in {Path(out) / schema.INDEX_FILE}")
+    row = hit.to_pylist()[0]
+    members = read_sample(out, row)
+    meta = json.loads(members[schema.meta_member_name(patch_id)])
+    lines = [f"{patch_id}: split {row['split']}, {row['shard']} #{row['sample_index']} "
+             f"(bytes {row['offset']}..{row['offset'] + row['size']})",
+             f"  crs {meta['crs']}, bounds {meta['bounds']}"]
+    for mod in row["modalities"]:
+        arr = decode_array(members[schema.member_name(patch_id, mod)])
+        info = meta["modalities"][mod]
+        extra = f", {len(info['dates'])} dates {info['dates'][0]}..{info['dates'][-1]}" if "dates" in info else ""
+        extra += f", date {info['date']}" if "date" in info else ""
+        lo, hi = (arr.min(), arr.max()) if arr.size else (np.nan, np.nan)
+        lines.append(f"  {mod:<20} {arr.dtype}{list(arr.shape)} min {lo} max {hi}, nodata {info['nodata']}{extra}")
+        lines.append(f"  {'':<20} source {info['path']}")
+    for col in ("cosia_counts", "lpis_l1_counts"):
+        if row[col] is not None:
+            lines.append(f"  {col}: {row[col]}")
+    return "\n".join(lines)

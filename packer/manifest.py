@@ -1,0 +1,62 @@
+"""`<out>/manifest.json`: what was packed, how, and a checksum per shard (layout: docs/packing.md).
+
+It holds no wall-clock time, so the same input and options give a byte-identical manifest; timings
+go to the run summary instead. Written last: its presence means the dataset is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+
+from packer import schema
+
+
+def packer_version() -> str:
+    try:
+        return metadata.version("flair-stream")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def modality_table(names: list[str]) -> dict[str, dict]:
+    """The schema facts a reader needs to interpret the members (copied from packer.schema)."""
+    out = {}
+    for n in names:
+        m = schema.modality(n)
+        out[n] = {
+            "dtype": m.dtype, "bands_per_date": m.bands_per_date, "band_names": list(m.band_names),
+            "size_px": m.size_px, "gsd_m": m.gsd_m, "time_series": m.time_series, "label": m.label,
+        }
+    return out
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dump_json(path: Path, obj: object) -> None:
+    """Deterministic, human-readable JSON written atomically."""
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def write_manifest(out: str | os.PathLike, manifest: dict) -> Path:
+    path = Path(out) / schema.MANIFEST_FILE
+    dump_json(path, manifest)
+    return path
+
+
+def read_manifest(out: str | os.PathLike) -> dict:
+    path = Path(out) / schema.MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest (not a packed dataset, or the pack did not finish)")
+    return json.loads(path.read_text())

@@ -1,0 +1,447 @@
+"""`pack_dataset`: a FLAIR-HUB tree -> shards per split + index.parquet + manifest.json.
+
+Flow: discover -> plan (per split, shuffled with the seed) -> workers read and encode patches in
+parallel -> the main process writes samples in plan order into rolling shards -> index + manifest.
+
+Resumable at shard granularity: a shard is written as `<name>.tar.partial`, renamed when complete,
+then a sidecar `<out>/.pack/<split>-NNNNNN.json` records what it consumed and its index rows. A rerun
+with the same options skips every shard whose sidecar matches the plan and continues from there;
+since the plan and the encoding are deterministic, the result is byte-identical to an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import re
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import rasterio
+from tqdm import tqdm
+
+from packer import schema
+from packer.codec import DEFAULT_FILTER, DEFAULT_LEVEL, FILTERS
+from packer.errors import PackError, PatchError
+from packer.index import INDEX_SCHEMA, member_columns, rows_to_table, write_index
+from packer.manifest import dump_json, file_sha256, modality_table, packer_version, write_manifest
+from packer.sample import EncodedSample, build_or_error, init_worker
+from packer.source import Discovery, PatchSource, discover
+from packer.split_csv import parse_csv_argument
+from packer.tarwriter import HashingTarWriter, member_header, padding
+
+DEFAULT_SHARD_SIZE = 256 * 10**6
+STATE_DIR = ".pack"
+SLOW_ENV = "FLAIR_PACK_TEST_DELAY_S"
+"""Test hook only: seconds to sleep after writing each sample, so a test can kill a run mid-way."""
+ON_ERROR = ("fail", "skip")
+_SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    """The options of `flair-pack` (CLI flags have the same names with dashes)."""
+
+    modalities: tuple[str, ...] = schema.MODALITY_NAMES
+    splits_csv: tuple[str, ...] = ()
+    split_column: str | None = None
+    shard_size: int = DEFAULT_SHARD_SIZE
+    seed: int = 0
+    keep_order: bool = False
+    workers: int | None = None  # None: all cores
+    level: int = DEFAULT_LEVEL
+    filter: str = DEFAULT_FILTER
+    num_parts: int = 1
+    part: int = 0
+    on_error: str = "fail"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modalities", tuple(self.modalities))
+        object.__setattr__(self, "splits_csv", tuple(str(p) for p in self.splits_csv))
+        for m in self.modalities:
+            if m not in schema.MODALITIES:
+                raise PackError("--modalities", f"unknown modality {m!r}; expected some of {', '.join(schema.MODALITY_NAMES)}")
+        if not self.modalities:
+            raise PackError("--modalities", "at least one modality is needed")
+        if self.shard_size < 1:
+            raise PackError("--shard-size", f"must be positive, got {self.shard_size}")
+        if self.workers is not None and self.workers < 1:
+            raise PackError("--workers", f"must be >= 1, got {self.workers}")
+        if not 1 <= self.level <= 22:
+            raise PackError("--level", f"zstd level must be 1..22, got {self.level}")
+        if self.filter not in FILTERS:
+            raise PackError("--filter", f"must be one of {FILTERS}, got {self.filter!r}")
+        if self.num_parts < 1 or not 0 <= self.part < self.num_parts:
+            raise PackError("--part", f"need 0 <= part < num-parts, got part {self.part} of {self.num_parts}")
+        if self.on_error not in ON_ERROR:
+            raise PackError("--on-error", f"must be one of {ON_ERROR}, got {self.on_error!r}")
+
+    def recorded(self, src: Path) -> dict:
+        """The options that define the output (not workers/progress: they never change a byte)."""
+        d = asdict(self)
+        d.pop("workers")
+        d.pop("progress")
+        d["modalities"] = [m for m in schema.MODALITY_NAMES if m in self.modalities]
+        # Absolute paths, so that a rerun from another working directory is recognised as the same.
+        d["splits_csv"] = [_absolute_csv_arg(a) for a in self.splits_csv]
+        d["src"] = str(src.resolve())
+        return d
+
+
+def _absolute_csv_arg(arg: str) -> str:
+    split, path = parse_csv_argument(arg)
+    return f"{split}={Path(path).resolve()}"
+
+
+@dataclass
+class PackSummary:
+    out: str
+    patches: int
+    shards: int
+    bytes_in: int
+    bytes_out: int
+    elapsed_s: float
+    splits: dict[str, int]
+    skipped: list[dict] = field(default_factory=list)
+    resumed_shards: int = 0
+    not_in_splits: int = 0
+    stream_s: float = 0.0  # from the first to the last sample written: the steady-state part of elapsed
+    streamed: int = 0  # patches read in this run (not counting resumed shards)
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_out / self.bytes_in if self.bytes_in else float("nan")
+
+    def __str__(self) -> str:
+        mb = 1e6
+        lines = [
+            f"packed {self.patches} patches into {self.shards} shards in {self.out} "
+            f"({', '.join(f'{k}: {v}' for k, v in self.splits.items())})",
+            f"bytes in {self.bytes_in / mb:.1f} MB -> out {self.bytes_out / mb:.1f} MB "
+            f"(ratio {self.ratio:.3f}) in {self.elapsed_s:.1f} s "
+            f"({self.patches / max(self.elapsed_s, 1e-9):.1f} patches/s, {self.bytes_in / mb / max(self.elapsed_s, 1e-9):.1f} MB/s in)",
+        ]
+        if self.resumed_shards:
+            lines.append(f"resumed: {self.resumed_shards} shards were already complete")
+        if self.not_in_splits:
+            lines.append(f"left out: {self.not_in_splits} patches of the tree are not in the split CSVs/file")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} patches (--on-error skip):")
+            lines += [f"  {s['patch_id']}: {s['file']}: {s['error']}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Plan and resume state
+# ------------------------------------------------------------------------------------------------
+def split_order(splits: Iterable[str]) -> list[str]:
+    s = set(splits)
+    return [x for x in schema.SPLITS if x in s] + sorted(s - set(schema.SPLITS))
+
+
+def make_plan(patches: list[PatchSource], seed: int, keep_order: bool) -> dict[str, list[PatchSource]]:
+    """Per split, the order in which patches go into shards (shuffled so shards mix domains)."""
+    plan: dict[str, list[PatchSource]] = {}
+    for p in sorted(patches, key=lambda p: p.patch_id):
+        if not _SPLIT_NAME_RE.match(p.split):
+            raise PackError(p.patch_id, f"split name {p.split!r} is not usable in a file name")
+        plan.setdefault(p.split, []).append(p)
+    if not keep_order:
+        for split, items in plan.items():
+            random.Random(f"flair-pack:{seed}:{split}").shuffle(items)
+    return {s: plan[s] for s in split_order(plan)}
+
+
+def sidecar_path(out: Path, split: str, number: int) -> Path:
+    return out / STATE_DIR / f"{Path(schema.shard_name(split, number)).stem}.json"
+
+
+def _check_params(out: Path, params: dict) -> None:
+    path = out / STATE_DIR / "params.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
+        if diff:
+            details = "; ".join(f"{k}: {old.get(k)!r} -> {params.get(k)!r}" for k in diff)
+            raise PackError(out, f"already holds a pack made with other options ({details}); "
+                                 "use another --out or delete it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dump_json(path, params)
+
+
+def completed_shards(out: Path, split: str, plan: list[PatchSource]) -> tuple[int, int]:
+    """(patches consumed, shards complete) of `split` from earlier runs, checked against the plan."""
+    pos = number = 0
+    while (sc := sidecar_path(out, split, number)).is_file():
+        side = json.loads(sc.read_text())
+        consumed = side["consumed"]
+        if consumed != [p.patch_id for p in plan[pos:pos + len(consumed)]]:
+            raise PackError(sc, "an earlier run packed other patches here (source changed?); use a new --out")
+        shard = out / side["path"]
+        if not shard.is_file() or shard.stat().st_size != side["bytes"]:
+            break  # the shard was damaged after its sidecar: redo from here
+        pos += len(consumed)
+        number += 1
+    # Later sidecars/shards belong to an interrupted attempt at what comes next: they get rewritten.
+    stale = number
+    while (sc := sidecar_path(out, split, stale)).is_file():
+        sc.unlink()
+        stale += 1
+    for partial in (out / split).glob("*.partial") if (out / split).is_dir() else []:
+        partial.unlink()
+    return pos, number
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------------
+class SplitWriter:
+    """Rolls samples of one split into shards of about `target` bytes, each renamed when complete."""
+
+    def __init__(self, out: Path, split: str, first_number: int, target: int):
+        self.out, self.split, self.number, self.target = out, split, first_number, target
+        self.file = None
+        self.tar: HashingTarWriter | None = None
+        self.rows: list[dict] = []
+        self.consumed: list[str] = []
+        self.skipped: list[dict] = []
+        self.shards_written = 0
+
+    @property
+    def rel_path(self) -> str:
+        return schema.shard_name(self.split, self.number)
+
+    def _open(self) -> None:
+        final = self.out / self.rel_path
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(final.with_name(final.name + ".partial"), "wb")
+        self.tar = HashingTarWriter(self.file)
+
+    def add(self, sample: EncodedSample) -> None:
+        size = sum(len(member_header(n, len(d))) + len(d) + len(padding(len(d))) for n, d in sample.members)
+        if self.tar is not None and self.rows and self.tar.offset + size > self.target:
+            self.close_shard()
+        if self.tar is None:
+            self._open()
+        start = self.tar.offset
+        row = dict(sample.row, shard=self.rel_path, sample_index=len(self.rows), offset=start)
+        for name, data in sample.members:
+            off, n = self.tar.add(name, data)
+            suffix = name[len(sample.patch_id) + 1:]
+            if suffix == schema.META_SUFFIX:
+                row["json_offset"], row["json_size"] = off, n
+            else:
+                col_off, col_size = member_columns(suffix[: -len(schema.ARRAY_SUFFIX)])
+                row[col_off], row[col_size] = off, n
+        row["size"] = self.tar.offset - start
+        self.rows.append(row)
+        self.consumed.append(sample.patch_id)
+
+    def skip(self, err: PatchError) -> None:
+        self.consumed.append(err.patch_id)
+        self.skipped.append(err.as_record())
+
+    def close_shard(self) -> None:
+        """Finish the tar, rename it into place, then record it (sidecar last: it marks completion)."""
+        self.tar.finish()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        final = self.out / self.rel_path
+        os.replace(final.with_name(final.name + ".partial"), final)
+        dump_json(sidecar_path(self.out, self.split, self.number), {
+            "path": self.rel_path, "split": self.split, "samples": len(self.rows), "bytes": self.tar.offset,
+            "sha256": self.tar.sha.hexdigest(), "consumed": self.consumed, "skipped": self.skipped,
+            "rows": self.rows,
+        })
+        self.number += 1
+        self.shards_written += 1
+        self.file = self.tar = None
+        self.rows, self.consumed, self.skipped = [], [], []
+
+    def abort(self) -> None:
+        """Drop the shard being written: nothing half-written may remain under a final name."""
+        if self.file is not None:
+            self.file.close()
+            final = self.out / self.rel_path
+            final.with_name(final.name + ".partial").unlink(missing_ok=True)
+            self.file = self.tar = None
+
+    def finish(self) -> list[dict]:
+        """Close the last shard; returns skip records not covered by a sidecar (trailing skips)."""
+        if self.rows:
+            self.close_shard()
+        trailing, self.skipped, self.consumed = self.skipped, [], []
+        return trailing
+
+
+def _start_pool(workers: int) -> ProcessPoolExecutor | None:
+    """Start the worker processes at once, so their start-up overlaps discovery."""
+    if workers == 1:
+        return None
+    # spawn, not fork: the parent uses GDAL (GeoPackages), which is not fork-safe.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker)
+    for _ in range(workers):
+        pool.submit(int)  # a no-op that makes the pool start its processes now
+    return pool
+
+
+def _encoded(tasks: list[PatchSource], pool: ProcessPoolExecutor | None, workers: int, level: int,
+             filter: str) -> Iterator[EncodedSample | PatchError]:
+    """Encoded samples in plan order; at most a few per worker in flight (bounded memory)."""
+    if pool is None:
+        with rasterio.Env():
+            for t in tasks:
+                yield build_or_error(t, level, filter)
+        return
+    it = iter(tasks)
+    window = deque(pool.submit(build_or_error, t, level, filter) for t in islice(it, 3 * workers))
+    while window:
+        result = window.popleft().result()
+        nxt = next(it, None)
+        if nxt is not None:
+            window.append(pool.submit(build_or_error, nxt, level, filter))
+        yield result
+
+
+def _format_errors(errors: list[PatchError], limit: int = 20) -> str:
+    lines = [f"  {e.patch_id}: {e.path}: {e.problem}" for e in errors[:limit]]
+    if len(errors) > limit:
+        lines.append(f"  ... and {len(errors) - limit} more")
+    return "\n".join(lines)
+
+
+def pack_dataset(src: str | os.PathLike, out: str | os.PathLike, **options) -> PackSummary:
+    """Pack `src` into `out`; options are PackOptions' fields. Reruns resume; see module doc."""
+    opts = PackOptions(**options)
+    t0 = time.monotonic()
+    src, out = Path(src), Path(out)
+    workers = opts.workers or len(os.sched_getaffinity(0))
+
+    pool = _start_pool(workers)
+    try:
+        return _pack(src, out, opts, workers, pool, t0)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pack(src: Path, out: Path, opts: PackOptions, workers: int, pool: ProcessPoolExecutor | None,
+          t0: float) -> PackSummary:
+    """discover -> plan -> resume point -> stream samples into shards -> index + manifest."""
+    disc = discover(src, opts.modalities, opts.splits_csv, opts.split_column, opts.num_parts, opts.part)
+    if disc.errors and opts.on_error == "fail":
+        raise PackError(src, f"{len(disc.errors)} patch(es) have problems; nothing was written "
+                             f"(--on-error skip packs the others):\n{_format_errors(disc.errors)}")
+    plan = make_plan(disc.patches, opts.seed, opts.keep_order)
+
+    out.mkdir(parents=True, exist_ok=True)
+    _check_params(out, opts.recorded(src))
+    for done_marker in (schema.MANIFEST_FILE, schema.INDEX_FILE):
+        (out / done_marker).unlink(missing_ok=True)  # rewritten at the end; absent = incomplete
+
+    start = {split: completed_shards(out, split, items) for split, items in plan.items()}
+    tasks = [p for split, items in plan.items() for p in items[start[split][0]:]]
+    writers = {split: SplitWriter(out, split, start[split][1], opts.shard_size) for split in plan}
+    resumed = sum(n for _, n in start.values())
+    delay = float(os.environ.get(SLOW_ENV, "0") or 0)
+
+    split_of = {p.patch_id: p.split for p in tasks}
+    trailing_skips: list[dict] = []
+    bar = tqdm(total=len(tasks), unit="patch", disable=not opts.progress, desc="flair-pack", dynamic_ncols=True)
+    bytes_read = bytes_written = 0
+    current: SplitWriter | None = None
+    first_written: float | None = None
+    try:
+        for result in _encoded(tasks, pool, workers, opts.level, opts.filter):
+            if first_written is None:
+                first_written = time.monotonic()
+            w = writers[split_of[result.patch_id]]
+            if current is not None and w is not current:
+                trailing_skips += current.finish()
+            current = w
+            if isinstance(result, PatchError):
+                if opts.on_error == "fail":
+                    raise PackError(result.path, f"{result.problem} (patch {result.patch_id}); stopped: complete "
+                                    "shards are kept, no index/manifest written; fix the input and rerun to resume, "
+                                    "or use --on-error skip")
+                w.skip(result)
+            else:
+                w.add(result)
+                bytes_read += result.source_bytes
+                bytes_written += sum(len(d) for _, d in result.members)
+                if delay:
+                    time.sleep(delay)
+            bar.update(1)
+            elapsed = max(bar.format_dict["elapsed"], 1e-9)
+            bar.set_postfix_str(f"{bytes_read / 1e6 / elapsed:.1f} MB/s in, {bytes_written / 1e6 / elapsed:.1f} MB/s out",
+                                refresh=False)
+        for w in writers.values():
+            trailing_skips += w.finish()
+        stream_s = time.monotonic() - first_written if first_written is not None else 0.0
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        bar.close()
+
+    summary = _finalise(out, opts, src, plan, disc, trailing_skips)
+    summary.elapsed_s = time.monotonic() - t0
+    summary.stream_s = stream_s
+    summary.streamed = len(tasks)
+    summary.resumed_shards = resumed
+    return summary
+
+
+def _finalise(out: Path, opts: PackOptions, src: Path, plan: dict[str, list[PatchSource]], disc: Discovery,
+              trailing_skips: list[dict]) -> PackSummary:
+    """Build index + manifest from the sidecars (the same whether or not the run was resumed)."""
+    shards, tables, skipped = [], [], [e.as_record() for e in disc.errors] + trailing_skips
+    split_sizes: dict[str, dict] = {}
+    for split in plan:
+        number = 0
+        n = nbytes = 0
+        while (sc := sidecar_path(out, split, number)).is_file():
+            side = json.loads(sc.read_text())
+            shards.append({k: side[k] for k in ("path", "split", "samples", "bytes", "sha256")})
+            tables.append(rows_to_table(side["rows"]))
+            skipped += side["skipped"]
+            n += side["samples"]
+            nbytes += side["bytes"]
+            number += 1
+        split_sizes[split] = {"samples": n, "shards": number, "bytes": nbytes}
+    table = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
+    index_path = write_index(out, table)
+    skipped.sort(key=lambda s: s["patch_id"])
+    manifest = {
+        "format_version": schema.FORMAT_VERSION,
+        "packer_version": packer_version(),
+        "parameters": opts.recorded(src) | {"split_source": disc.split_source},
+        "codec": {"container": "npy", "compression": "zstd", "level": opts.level, "filter": opts.filter,
+                  "member_suffix": schema.ARRAY_SUFFIX},
+        "modalities": modality_table([m for m in schema.MODALITY_NAMES if m in opts.modalities]),
+        "splits": split_sizes,
+        "shards": shards,
+        "index": {"path": schema.INDEX_FILE, "rows": table.num_rows, "sha256": file_sha256(index_path)},
+        "skipped": skipped,
+        "not_in_splits": disc.not_in_splits,
+    }
+    write_manifest(out, manifest)
+    return PackSummary(
+        out=str(out), patches=table.num_rows, shards=len(shards),
+        bytes_in=sum(v for v in table.column("source_bytes").to_pylist() if v),
+        bytes_out=sum(s["bytes"] for s in shards), elapsed_s=0.0,
+        splits={s: v["samples"] for s, v in split_sizes.items()}, skipped=skipped,
+        not_in_splits=disc.not_in_splits,
+    )

@@ -1,0 +1,128 @@
+"""Read one patch's GeoTIFFs exactly as `rasterio.open(path).read()` returns them, and check them.
+
+Checks are per patch (so `--on-error skip` can drop just that patch): band counts against the
+schema and against the number of dates, the S2 mask against S2, and one footprint for all files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.errors
+
+from packer import schema
+from packer.errors import PatchError
+from packer.patch import PatchSource
+
+FOOTPRINT_TOLERANCE_M = 0.01
+"""Bounds of the modalities of one patch may differ by this much (rounding of transforms)."""
+
+
+@dataclass
+class ModalityData:
+    array: np.ndarray
+    meta: dict  # JSON-ready georeference of this file
+
+
+@lru_cache(maxsize=64)
+def _crs_text(wkt: str) -> str:
+    """`EPSG:2154` when the CRS has an EPSG code, its WKT otherwise (lookups are slow: cached)."""
+    crs = rasterio.crs.CRS.from_wkt(wkt)
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else wkt
+
+
+def _json_number(x: float | None) -> float | str | None:
+    """JSON has no NaN/inf: write them as strings so the JSON stays standard."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else str(x)
+
+
+def read_modality(patch: PatchSource, name: str) -> ModalityData:
+    rel = patch.files[name]
+    path = Path(patch.root) / rel
+    try:
+        with rasterio.open(path) as src:
+            arr = src.read()
+            crs = _crs_text(src.crs.to_wkt()) if src.crs else None
+            t = src.transform
+            meta = {
+                "path": rel,
+                "crs": crs,
+                "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+                "bounds": list(src.bounds),
+                "nodata": _json_number(src.nodata),
+                "dtype": str(arr.dtype),
+                "shape": list(arr.shape),
+            }
+    except (rasterio.errors.RasterioError, OSError) as exc:
+        raise PatchError(patch.patch_id, path, f"unreadable GeoTIFF ({exc})") from None
+    return ModalityData(arr, meta)
+
+
+def _check_bands(patch: PatchSource, name: str, data: ModalityData) -> None:
+    mod = schema.modality(name)
+    bands = data.array.shape[0]
+    path = Path(patch.root) / patch.files[name]
+    if mod.time_series:
+        dates = patch.dates[name]
+        if bands != mod.bands_per_date * len(dates):
+            raise PatchError(patch.patch_id, path,
+                             f"wrong band count: {bands} bands, but {len(dates)} dates x {mod.bands_per_date} "
+                             f"bands per date = {mod.bands_per_date * len(dates)} expected")
+    elif bands != mod.bands_per_date:
+        raise PatchError(patch.patch_id, path, f"wrong band count: {bands}, expected {mod.bands_per_date} "
+                                               f"({', '.join(mod.band_names)})")
+
+
+def _check_footprints(patch: PatchSource, datas: dict[str, ModalityData]) -> None:
+    names = list(datas)
+    ref = names[0]
+    for name in names[1:]:
+        a, b = datas[ref].meta, datas[name].meta
+        path = Path(patch.root) / patch.files[name]
+        if a["crs"] != b["crs"]:
+            raise PatchError(patch.patch_id, path, f"CRS {b['crs']} differs from {ref}'s {a['crs']}")
+        if max(abs(x - y) for x, y in zip(a["bounds"], b["bounds"])) > FOOTPRINT_TOLERANCE_M:
+            raise PatchError(patch.patch_id, path, f"footprint {b['bounds']} differs from {ref}'s {a['bounds']}")
+
+
+def _check_mask(patch: PatchSource, datas: dict[str, ModalityData]) -> None:
+    for mask, series in schema.SENTINEL2_MASK_OF.items():
+        if mask in datas and series in datas:
+            m, s = datas[mask].array, datas[series].array
+            t_m = m.shape[0] // schema.modality(mask).bands_per_date
+            t_s = s.shape[0] // schema.modality(series).bands_per_date
+            if t_m != t_s or m.shape[1:] != s.shape[1:]:
+                raise PatchError(patch.patch_id, Path(patch.root) / patch.files[mask],
+                                 f"mask has {t_m} dates of {m.shape[1:]} px but {series} has {t_s} of {s.shape[1:]}")
+
+
+def read_patch(patch: PatchSource) -> dict[str, ModalityData]:
+    """All modalities of a patch, in schema order, checked for consistency."""
+    datas = {}
+    for name in patch.files:
+        data = read_modality(patch, name)
+        _check_bands(patch, name, data)
+        datas[name] = data
+    _check_footprints(patch, datas)
+    _check_mask(patch, datas)
+    return datas
+
+
+def class_counts(patch: PatchSource, name: str, band: np.ndarray) -> list[int]:
+    """Pixels per class of a label band; a value outside the class table is an error."""
+    n = schema.N_CLASSES[name]
+    counts = np.bincount(band.ravel().astype(np.int64, copy=False), minlength=n)
+    if counts.size > n:
+        bad = int(np.flatnonzero(counts[n:])[0]) + n
+        raise PatchError(patch.patch_id, Path(patch.root) / patch.files[name],
+                         f"label value {bad} outside the {n} classes (0-{n - 1})")
+    return counts.tolist()
