@@ -1,0 +1,164 @@
+"""One raw sample (stored arrays + metadata) -> one compact preprocessed sample.
+
+`SampleSpec` gathers, from the validated config, everything the per-sample preprocessing needs;
+`preprocess_sample` chains the named functions of `trainer.data.preprocess` in the reference's
+order. Outputs keep compact dtypes (uint8 / uint16 / float32 as stored, uint8 class maps) so that
+handing a sample between processes stays cheap; `trainer.data.normalize` finishes the
+conversion batched, in the main process or on the device.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from packer.schema import MODALITIES, TIME_SERIES_INPUTS
+from trainer.config import active_inputs, selected_channels
+from trainer.data import preprocess as pp
+
+S2 = "SENTINEL2_TS"
+S2_MASK = "SENTINEL2_MSK-SC"
+
+
+def dates_key(series: str) -> str:
+    """Batch key of a series' day offsets (the reference's name: `SENTINEL2_TS` -> `SENTINEL2_DATES`)."""
+    return series.replace("_TS", "_DATES")
+
+
+def pad_mask_key(series: str) -> str:
+    """Batch key of a series' padding mask, True where a date is padding (U-TAE's convention)."""
+    return series.replace("_TS", "_PAD_MASK")
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """What to produce for each sample; built from a validated config by `from_config`."""
+
+    inputs: tuple[str, ...]
+    tasks: tuple[str, ...]
+    channels: Mapping[str, tuple[int, ...] | None]
+    label_channels: Mapping[str, int]
+    calc_elevation: bool = True
+    stack_dsm: bool = True
+    filter_s2: bool = True
+    max_cloud: float = 1
+    max_snow: float = 1
+    max_frac_cover: float = 0.05
+    average: Mapping[str, str | bool] = field(default_factory=dict)  # series -> period or False
+    ref_date: str = "05-15"
+    augment: bool = False
+    norm_type: str = "custom"
+    means: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    stds: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], augment: bool | None = None) -> "SampleSpec":
+        """`augment=None` follows `pre_processings.use_augmentation` (pass False for val/test)."""
+        mods = cfg["modalities"]
+        pre = mods["pre_processings"]
+        norm = mods["normalization"]
+        inputs = tuple(active_inputs(cfg))
+        channels = {m: (tuple(c) if (c := selected_channels(cfg, m)) else None) for m in inputs}
+        tasks = tuple(cfg["labels"])
+        label_channels = {t: int(cfg["labels_configs"][t].get("label_channel_nomenclature", 1)) for t in tasks}
+        average = {
+            "SENTINEL2_TS": pre["temporal_average_sentinel2"],
+            "SENTINEL1-ASC_TS": pre["temporal_average_sentinel1"],
+            "SENTINEL1-DESC_TS": pre["temporal_average_sentinel1"],
+        }
+        return cls(
+            inputs=inputs, tasks=tasks, channels=channels, label_channels=label_channels,
+            calc_elevation=pre["calc_elevation"], stack_dsm=pre["calc_elevation_stack_dsm"],
+            filter_s2=pre["filter_sentinel2"],
+            max_cloud=pre.get("filter_sentinel2_max_cloud", 1), max_snow=pre.get("filter_sentinel2_max_snow", 1),
+            max_frac_cover=pre.get("filter_sentinel2_max_frac_cover", 0.05),
+            average=average, ref_date=cfg["models"]["multitemp_model"]["ref_date"],
+            augment=pre["use_augmentation"] if augment is None else augment,
+            norm_type=norm["norm_type"],
+            means={m: tuple(norm.get(f"{m}_means") or ()) for m in inputs},
+            stds={m: tuple(norm.get(f"{m}_stds") or ()) for m in inputs},
+        )
+
+    @property
+    def needed_modalities(self) -> tuple[str, ...]:
+        """Stored modalities a sample must be read with (the S2 mask only when filtering)."""
+        extra = (S2_MASK,) if S2 in self.inputs and self.filter_s2 else ()
+        return (*self.inputs, *extra, *self.tasks)
+
+    @property
+    def series(self) -> tuple[str, ...]:
+        return tuple(m for m in self.inputs if m in TIME_SERIES_INPUTS)
+
+    @property
+    def mono(self) -> tuple[str, ...]:
+        return tuple(m for m in self.inputs if m not in TIME_SERIES_INPUTS)
+
+
+def sample_seed(seed: int, epoch: int, patch_id: str) -> np.random.Generator:
+    """A generator that depends only on (seed, epoch, sample): same draws whatever the worker layout."""
+    return np.random.default_rng([seed, epoch, zlib.crc32(patch_id.encode())])
+
+
+def preprocess_series(
+    name: str, arr: np.ndarray, dates: list[str], spec: SampleSpec, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One series: split dates, select channels, S2 filter, offsets, optional temporal average."""
+    series = pp.select_series_channels(pp.split_dates(arr, MODALITIES[name].bands_per_date), spec.channels.get(name))
+    when = pp.parse_dates(dates)
+    if len(when) != series.shape[0]:
+        raise ValueError(f"{name}: {series.shape[0]} dates in the array but {len(when)} acquisition dates")
+    if name == S2 and spec.filter_s2:
+        if mask is None:
+            raise ValueError(f"{name}: filter_sentinel2 is on but the sample has no {S2_MASK}")
+        keep = pp.filter_sentinel2_dates(
+            pp.split_dates(mask, MODALITIES[S2_MASK].bands_per_date), spec.max_cloud, spec.max_snow, spec.max_frac_cover
+        )
+        idx = np.flatnonzero(keep)
+        series = series[idx]
+        when = [when[i] for i in idx]
+    period = spec.average.get(name)
+    if period:
+        values, offsets = pp.temporal_average(series, when, period, spec.ref_date)
+        # The reference casts the float64 means to float32 when building its tensors; doing it
+        # here is the same rounding and halves what crosses the process boundary.
+        return values.astype(np.float32), offsets
+    return series, pp.date_offsets(when, spec.ref_date)
+
+
+def preprocess_sample(raw: Mapping[str, Any], spec: SampleSpec, seed: int = 0, epoch: int = 0) -> dict[str, Any]:
+    """Raw sample `{"patch_id", "meta", "arrays": {modality: stored array}}` -> compact sample.
+
+    Output keys: `patch_id`; each mono input `(C,H,W)`; each series `(T,C,H,W)` plus its
+    `dates_key` offsets `(T,)`; each task an `(H,W)` class map. Values are the reference's before
+    its normalisation and float conversion (see `trainer.data.normalize`).
+    """
+    arrays = raw["arrays"]
+    meta_mods = raw["meta"].get("modalities", {})
+    out: dict[str, Any] = {"patch_id": raw["patch_id"]}
+    for name in spec.inputs:
+        arr = arrays[name]
+        if name == "DEM_ELEV":
+            out[name] = pp.calc_elevation(arr, spec.stack_dsm) if spec.calc_elevation else arr
+        elif name in TIME_SERIES_INPUTS:
+            dates = meta_mods.get(name, {}).get("dates")
+            if dates is None:
+                raise ValueError(f"{raw['patch_id']}: no acquisition dates for {name} in its metadata")
+            try:
+                out[name], out[dates_key(name)] = preprocess_series(name, arr, dates, spec, arrays.get(S2_MASK))
+            except ValueError as exc:
+                raise ValueError(f"{raw['patch_id']}: {exc}") from None
+        else:
+            out[name] = pp.select_channels(arr, spec.channels.get(name))
+    for task in spec.tasks:
+        out[task] = pp.label_channel(arrays[task], spec.label_channels[task])
+    if spec.augment:
+        draws = pp.augmentation_draws(sample_seed(seed, epoch, raw["patch_id"]))
+        for key in (*spec.inputs, *spec.tasks):
+            out[key] = pp.augment(out[key], draws)
+        out["augment"] = draws
+    for key in (*spec.inputs, *spec.tasks):
+        out[key] = np.ascontiguousarray(out[key])
+    return out
