@@ -184,3 +184,19 @@ def test_save_load_round_trip(trained, tmp_path):
     _assert_same_outputs(trained, loaded)
     config_json.unlink()  # the config is also inside the safetensors metadata
     _assert_same_outputs(trained, load_model(weights).eval())
+
+
+def test_initial_weights_depend_on_the_seed_alone():
+    """A cold and a warm decoder-template cache give the same initial weights for the same seed
+    (smp's resnet encoders draw random numbers even when built on the meta device)."""
+    from trainer.model import monotemp
+
+    cfg = make_config(["AERIAL_RGBI"], [TASK], arch="resnet18-fpn", aux=False)
+    monotemp._decoder_template.cache_clear()
+    torch.manual_seed(123)
+    cold = build_model(cfg, input_sizes={"AERIAL_RGBI": 64}).state_dict()
+    torch.manual_seed(123)
+    warm = build_model(cfg, input_sizes={"AERIAL_RGBI": 64}).state_dict()
+    assert cold.keys() == warm.keys()
+    for key in cold:
+        assert torch.equal(cold[key], warm[key]), key

@@ -108,7 +108,9 @@ def _decoder_template(arch: str, encoder: str, classes: int) -> DecoderHead:
     Cached: a model has one decoder per task and auxiliary modality, all of the same structure,
     and building the throw-away encoder dominates the cost even on the meta device.
     """
-    with torch.device("meta"):
+    # Building consumes random numbers even on the meta device; fork the RNG so that a model's
+    # initial weights depend on the seed alone, not on whether this cache was already warm.
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
         full = create_smp_model(arch, encoder, 1, classes, DECODER_IMG_SIZE)
     return DecoderHead(full.decoder, full.segmentation_head)
 

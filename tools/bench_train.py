@@ -1,0 +1,194 @@
+"""Training throughput: does the streaming loader keep the model busy?
+
+    python -m tools.bench_train --work /tmp/bench_train                  # CPU: the demo config
+    python -m tools.bench_train --work /tmp/bench_train --gpu            # + Swin-B/UPerNet LC-A, LC-ALL, bf16
+
+For each setting, in a fresh subprocess:
+- **loader-fed**: `trainer.train.run` on packed toy shards (the real loop: loader -> model ->
+  loss -> backward -> optimizer, with the loop's own timing), `--steps` timed optimizer steps
+  after `--warmup` untimed ones; reports steps/s, samples/s and the data-wait share (time the
+  loop waited for the next batch / wall time);
+- **baseline, same run**: the same model, loss, optimizer and precision stepping on one batch
+  already on the device (no loader at all): the step rate the hardware allows.
+`loader/baseline` = loader-fed steps/s over baseline steps/s (1.00 = the loader never holds the
+model back). Target on GPU: data wait < 5 % of step time with the config's default workers.
+
+Settings: `demo` (configs/demo: ResNet-18/U-Net aerial + U-TAE S2, batch 2, CPU, fp32); with
+`--gpu`: `LC-A` and `LC-ALL` (configs/seed, Swin-B/UPerNet, batch 5, bf16, the config's
+`hardware.num_workers`, plus `--gpu-workers` loader processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def prepare(work: Path, patches: int) -> Path:
+    """A toy tree packed into shards under `work` (kept between runs)."""
+    from packer.pack import pack_dataset
+    from tools.flair_toy import ToyConfig, generate
+
+    tree, shards = work / "tree", work / "shards"
+    if not (tree / "GLOBAL_ALL_MTD").is_dir():
+        generate(tree, ToyConfig(patches=patches, domains=2, rois_per_domain=4, seed=0, t_s2=(20, 60),
+                                 t_s1=(20, 60), progress=True, overwrite=True))
+    if not (shards / "manifest.json").is_file():
+        pack_dataset(tree, shards, shard_size=64_000_000, progress=True)
+    return shards
+
+
+def setting_layers(name: str) -> list[Path]:
+    return [REPO / "configs" / "demo"] if name == "demo" else [REPO / "configs" / "seed" / f"{name}.yaml"]
+
+
+def run_one(args: argparse.Namespace) -> dict[str, Any]:
+    """One setting: loader-fed training, then the no-loader baseline (runs in a subprocess)."""
+    import torch
+
+    from trainer.train import run
+    from trainer.train_config import load_train_config
+
+    gpu = args.setting != "demo"
+    steps = args.warmup + args.steps
+    overrides = [
+        f"data.source={args.shards}", "data.train_split=train", f"paths.out_folder={args.work / 'runs'}",
+        f"paths.out_model_name={args.setting}-w{args.workers}", f"train.stop_after_steps={steps}",
+        "train.tensorboard=false", "train.report=false", "saving.enable_progress_bar=false",
+        "saving.ckpt_save_also_last=false", "hyperparams.num_epochs=1000",
+    ]
+    if gpu:
+        overrides += ["hardware.accelerator=gpu", "train.mixed_precision=bf16", f"hyperparams.batch_size={args.batch_size}"]
+    if args.workers >= 0:
+        overrides.append(f"hardware.num_workers={args.workers}")
+    cfg = load_train_config(setting_layers(args.setting), overrides)
+    # Evaluation is not what is measured: validate on a tiny split, rarely.
+    cfg["train"]["limit_val_batches"] = 1
+    out_dir = Path(cfg["paths"]["out_folder"]) / cfg["paths"]["out_model_name"]
+    (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    run(cfg)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in rows if r["kind"] == "step" and r["step"] > args.warmup]
+    if not timed:
+        raise SystemExit("no timed step: raise --patches or lower --warmup")
+    # Per-step rates come from the loop's own clock; their harmonic means give the window's rates.
+    step_s = [cfg["hyperparams"]["batch_size"] / r["samples_per_s"] for r in timed]
+    waits = [r["data_wait_share"] * s for r, s in zip(timed, step_s)]
+    total = sum(step_s)
+    loader = {"steps_per_s": len(timed) / total, "samples_per_s": len(timed) * cfg["hyperparams"]["batch_size"] / total,
+              "data_wait_share": sum(waits) / total, "wall_s": wall}
+    base = baseline(cfg, args.steps, args.warmup)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and gpu else "cpu"
+    return {"setting": args.setting, "device": device, "batch": cfg["hyperparams"]["batch_size"],
+            "precision": cfg["train"]["mixed_precision"], "workers": cfg["hardware"]["num_workers"],
+            "loader": loader, "baseline": base}
+
+
+def baseline(cfg: dict[str, Any], steps: int, warmup: int) -> dict[str, float]:
+    """Steps/s of the same training step on one batch that is already on the device."""
+    import torch
+    from accelerate import Accelerator
+
+    from trainer.data.loader import StreamingLoader
+    from trainer.losses import CompositeLoss
+    from trainer.model import build_model
+    from trainer.optim import build_optimizer
+    from trainer.train import forward
+
+    acc = Accelerator(cpu=cfg["hardware"]["accelerator"] == "cpu" or not torch.cuda.is_available(),
+                      mixed_precision=cfg["train"]["mixed_precision"])
+    loader = StreamingLoader.from_config(cfg, cfg["data"]["train_split"], rank=0, world_size=1, num_workers=0)
+    inputs = loader.to_model_inputs(next(iter(loader)), acc.device)
+    model = build_model(cfg)
+    loss_fn = CompositeLoss(cfg).to(acc.device)
+    optimizer = build_optimizer(cfg, model.parameters())
+    model, optimizer = acc.prepare(model, optimizer)
+    model.train()
+    series = loader.spec.series
+
+    def step() -> None:
+        with acc.autocast():
+            out = forward(model, inputs, series)
+            loss = loss_fn(out.tasks, out.aux, inputs, check_finite=False).total
+        acc.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        float(loss.detach())  # the loop reads the loss every step too (a device sync)
+
+    for _ in range(warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    dt = time.perf_counter() - t0
+    return {"steps_per_s": steps / dt, "samples_per_s": steps * cfg["hyperparams"]["batch_size"] / dt}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=Path("/tmp/bench_train"))
+    p.add_argument("--patches", type=int, default=48, help="toy patches to generate (about 60%% are train)")
+    p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per setting")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (start-up, allocator, cudnn)")
+    p.add_argument("--gpu", action="store_true", help="also run LC-A and LC-ALL (Swin-B/UPerNet, bf16) on the GPU")
+    p.add_argument("--batch-size", type=int, default=5, help="GPU settings' batch size (the reference's 5)")
+    p.add_argument("--gpu-workers", type=int, nargs="*", default=[4], help="extra loader-process counts for GPU settings")
+    p.add_argument("--run-one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--setting", default="demo", help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=int, default=-1, help=argparse.SUPPRESS)
+    p.add_argument("--shards", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.run_one:
+        print("RESULT " + json.dumps(run_one(args)), flush=True)
+        return 0
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    shards = prepare(args.work, args.patches)
+    plan: list[tuple[str, int]] = [("demo", -1)]
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("--gpu: no CUDA device here; GPU settings not measured", file=sys.stderr)
+        else:
+            for name in ("LC-A", "LC-ALL"):
+                plan += [(name, -1)] + [(name, w) for w in args.gpu_workers]
+    results = []
+    for name, workers in plan:
+        cmd = [sys.executable, "-m", "tools.bench_train", "--run-one", "--setting", name, "--workers", str(workers),
+               "--shards", str(shards), "--work", str(args.work), "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ})
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            print(f"{name} (workers {workers}) failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+            continue
+        results.append(json.loads(line[len("RESULT "):]))
+
+    print("| setting | device | batch | precision | loader workers | steps/s (loader) | samples/s (loader) "
+          "| data wait | steps/s (no loader) | loader/baseline |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        lo, ba = r["loader"], r["baseline"]
+        print(f"| {r['setting']} | {r['device']} | {r['batch']} | {r['precision']} | {r['workers']} | "
+              f"{lo['steps_per_s']:.3f} | {lo['samples_per_s']:.2f} | {100 * lo['data_wait_share']:.1f} % | "
+              f"{ba['steps_per_s']:.3f} | {lo['steps_per_s'] / ba['steps_per_s']:.2f} |")
+    if results:
+        worst = min(r["loader"]["steps_per_s"] / r["baseline"]["steps_per_s"] for r in results)
+        print(f"ratio: {worst:.2f}")
+    return 0 if results else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Training checkpoints: full state for exact resume, written so that a crash never corrupts them.
+
+A checkpoint is one torch file holding only tensors, numbers, strings, lists and dicts, so it is
+read back with `torch.load(weights_only=True)` (nothing is unpickled). It is written to a
+temporary name in the same folder, flushed to disk, then renamed over the old one: a reader
+sees either the previous complete file or the new complete file, never half of one.
+
+Full state (`kind: "full"`): model weights, optimizer, LR schedule, AMP grad scaler, the
+progress counters and early-stopping record (`Progress`), and per rank its RNG states and its
+loader position. Weights only (`kind: "weights"`, `saving.ckpt_weights_only`): the model and
+the progress counters (enough to evaluate or to start a new run from, not to resume).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+FORMAT = "flair-stream-train-ckpt"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or does not fit this run; the message names the file."""
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps done
+    micro_step: int = 0  # batches consumed (= step * gradient_accumulation_steps at step boundaries)
+    best_value: float | None = None  # best monitored metric so far
+    best_epoch: int | None = None
+    bad_evals: int = 0  # evaluations since the last improvement (early stopping)
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per evaluation
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "Progress":
+        return cls(**{k: state[k] for k in cls.__dataclass_fields__ if k in state})
+
+    def improved(self, value: float, mode: str) -> bool:
+        """Record `value` of the monitored metric; True when it beats the best so far."""
+        better = self.best_value is None or (value > self.best_value if mode == "max" else value < self.best_value)
+        if better:
+            self.best_value, self.best_epoch, self.bad_evals = float(value), self.epoch, 0
+        else:
+            self.bad_evals += 1
+        return better
+
+
+# --------------------------------------------------------------------------------------------
+# RNG state (plain types only, so it survives weights_only loading)
+# --------------------------------------------------------------------------------------------
+def capture_rng() -> dict[str, Any]:
+    """Python, numpy and torch (CPU + CUDA) generator states of this process."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _tuple_to_list(random.getstate()),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    random.setstate(_list_to_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuple_to_list(x: Any) -> Any:
+    return [_tuple_to_list(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _list_to_tuple(x: Any) -> Any:
+    return tuple(_list_to_tuple(v) for v in x) if isinstance(x, list) else x
+
+
+# --------------------------------------------------------------------------------------------
+# Writing and reading
+# --------------------------------------------------------------------------------------------
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """`torch.save` to a temporary file beside `path`, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def build_checkpoint(
+    *,
+    weights_only: bool,
+    model_state: Mapping[str, torch.Tensor],
+    progress: Progress,
+    config_yaml: str,
+    optimizer: torch.optim.Optimizer | None = None,
+    schedule: Any | None = None,
+    scaler: Any | None = None,
+    per_rank: list[Mapping[str, Any]] | None = None,
+    world_size: int = 1,
+) -> dict[str, Any]:
+    """The checkpoint dict (plain types). `per_rank[r]` holds rank r's `rng` and `loader` states."""
+    ckpt: dict[str, Any] = {
+        "format": FORMAT, "version": VERSION, "kind": "weights" if weights_only else "full",
+        "model": {k: v.detach().to("cpu") for k, v in model_state.items()},
+        "progress": progress.state_dict(), "config_yaml": config_yaml, "world_size": int(world_size),
+    }
+    if not weights_only:
+        if optimizer is None or schedule is None or per_rank is None:
+            raise ValueError("a full checkpoint needs the optimizer, the schedule and the per-rank states")
+        ckpt["optimizer"] = optimizer.state_dict()
+        ckpt["schedule"] = schedule.state_dict()
+        ckpt["scaler"] = scaler.state_dict() if scaler is not None else None
+        ckpt["per_rank"] = list(per_rank)
+    return ckpt
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read one of our training checkpoints; clear errors for missing, corrupt or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({exc.__class__.__name__}: {exc})") from None
+    except Exception as exc:  # weights_only refuses pickled objects with an UnpicklingError
+        raise CheckpointError(f"{path}: not a plain-data checkpoint, refused ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not a flair-stream training checkpoint (to start from reference or exported weights, "
+            "use tasks.train_tasks.init_weights_only_from_ckpt)"
+        )
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {ckpt.get('version')} is not {VERSION}")
+    return ckpt
+
+
+def check_model_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, shown: int = 10) -> None:
+    """Raise `CheckpointError` naming the missing, unexpected and mis-shaped weights."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                    for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or shapes:
+        parts = [f"{source}: incompatible with the model built from this config"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch (ckpt vs model)", shapes)):
+            if items:
+                parts.append(f"{len(items)} {title}: " + ", ".join(items[:shown]) + (" ..." if len(items) > shown else ""))
+        raise CheckpointError("; ".join(parts))
