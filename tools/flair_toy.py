@@ -191,6 +191,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="processes (default: all cores); output is identical")
     p.add_argument("--compress", choices=("deflate", "lzw", "zstd"), help="GeoTIFF compression (default none)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--zonal", type=Path, metavar="DIR",
+                   help="also mosaic one ROI of the tree into a zonal-detection test area in DIR "
+                        "(one raster per modality, dates files, labels as the known answer, a zonal.yaml)")
+    p.add_argument("--zonal-roi", default=None, help="with --zonal: <DOMAIN>-<YEAR>_<ROI> (default: the largest ROI)")
     return p
 
 
@@ -210,6 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = {s: len(res.ids_of(s)) for s in ("train", "valid", "test")}
     print(f"flair-toy: {len(res.patch_ids)} patches ({counts['train']} train / {counts['valid']} valid / "
           f"{counts['test']} test), {res.n_files} files, {res.n_bytes / 1e6:.1f} MB in {res.seconds:.1f} s -> {res.out_dir}")
+    if args.zonal is not None:
+        from tools import toy_zonal  # the zonal fixture reads the tree just written
+
+        return toy_zonal.main(["--tree", str(args.out), "--out", str(args.zonal),
+                               *(["--roi", args.zonal_roi] if args.zonal_roi else [])])
     return 0
 
 

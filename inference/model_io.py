@@ -1,0 +1,108 @@
+"""Loading a model for inference and calling it on a prepared batch.
+
+Two kinds of weights are accepted: our checkpoints (`<name>.safetensors` with the model config
+in `<name>.json` or in the file's metadata: nothing else needed), and the reference's released
+weights (`.ckpt`, `.pth`, `.safetensors`), which need the config they were trained with.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainer.data.sample import dates_key, pad_mask_key
+from trainer.model import build_model
+from trainer.model.checkpoint import check_state_dict, normalise_reference_keys, read_saved_config
+from trainer.model.weights_io import read_state_dict
+
+log = logging.getLogger("flair.infer")
+AUX_PREFIX = "aux_decoders."
+
+
+def our_checkpoint_config(weights: str | Path) -> dict[str, Any] | None:
+    """The model config stored with one of our checkpoints, or None for a foreign weight file."""
+    p = Path(weights)
+    if p.suffix != ".safetensors":
+        return None
+    try:
+        return read_saved_config(p)
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+def load_inference_model(weights: str | Path, config: Mapping[str, Any] | None = None,
+                         input_sizes: Mapping[str, int] | None = None,
+                         device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build the model for `weights` and load them (strict); returns (model in eval mode, its config).
+
+    Our checkpoints carry their config, which wins over `config`. Reference weights are loaded
+    into a model built from `config`. `input_sizes` (pixels per modality) matters only to
+    encoders whose layout depends on the input size (Swin windows on small inputs).
+    """
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"model weights not found: {weights}")
+    document = our_checkpoint_config(weights)
+    if document is not None:
+        model_cfg = dict(document["config"])
+        sizes = dict(document.get("input_sizes") or {})
+    elif config is not None:
+        model_cfg = dict(config)
+        sizes = {}
+    else:
+        raise ValueError(
+            f"{weights}: not one of our checkpoints (no config JSON beside it or in its metadata); "
+            "a reference checkpoint needs the training config it was trained with"
+        )
+    sizes.update(input_sizes or {})
+    model = build_model(model_cfg, input_sizes=sizes or None)
+    load_weights_for_inference(model, weights)
+    return model.to(device).eval(), model_cfg
+
+
+def load_weights_for_inference(model: torch.nn.Module, path: str | Path) -> None:
+    """Strict loading, except auxiliary decoders the inference model does not have.
+
+    Reference multimodal checkpoints carry one auxiliary decoder per modality (training-only
+    heads); a model built for inference from the zonal keys has none, as in the reference's
+    zonal script. Every other missing, unexpected or mis-shaped tensor is an error naming it.
+    """
+    expected = set(model.state_dict())
+    state = normalise_reference_keys(read_state_dict(path), expected)
+    extra = [k for k in state if k.startswith(AUX_PREFIX) and k not in expected]
+    for k in extra:
+        del state[k]
+    if extra:
+        log.info("%s: %d auxiliary-decoder tensors not used for inference", path, len(extra))
+    check_state_dict(model, state, str(path))
+    model.load_state_dict(state, strict=True)
+
+
+@torch.no_grad()
+def predict_logits(model: Any, inputs: Mapping[str, Any], series: Sequence[str], out_size: int,
+                   tasks: Sequence[str]) -> dict[str, Tensor]:
+    """Logits `(B, C, out_size, out_size)` per task for a batch from `trainer.data.normalize`.
+
+    The model's contract (`trainer.model.flair_uperfuse`): dates and pad masks keyed by series
+    name. A series-only model returns its U-TAE logits at the series' own size; they are
+    upsampled bilinearly here, as the reference does inside its model.
+    """
+    dates = {m: inputs[dates_key(m)] for m in series}
+    pads = {m: inputs[pad_mask_key(m)] for m in series}
+    out = model(inputs, dates, pads, out_size=out_size)
+    logits = out.tasks if hasattr(out, "tasks") else out
+    missing = [t for t in tasks if t not in logits]
+    if missing:
+        raise KeyError(f"the model does not predict task(s) {missing}; it predicts {sorted(logits)}")
+    res = {}
+    for t in tasks:
+        x = logits[t]
+        if tuple(x.shape[-2:]) != (out_size, out_size):
+            x = F.interpolate(x.float(), size=(out_size, out_size), mode="bilinear", align_corners=False)
+        res[t] = x
+    return res

@@ -1,0 +1,353 @@
+"""`flair-infer`: predict a split of packed shards, patch by patch, and score it when labels exist.
+
+The split is streamed with the training loader (`trainer.data.loader.StreamingLoader`: any
+source it supports, the same preprocessing), batched, on CPU or GPU; under `accelerate launch`
+each rank predicts its share and the confusion matrices are summed across ranks. Per patch and
+task one single-band uint8 GeoTIFF is written (or one band per class with `--output class_prob`),
+georeferenced from the index (CRS and bounds of the patch), compressed, with the class colour
+table and names (see `inference.writers`). With labels: confusion matrix, per-class IoU, mIoU
+over the weighted classes, OA (`trainer.metrics`) as CSV, JSON and PNG, printed as a table.
+
+Configuration: our checkpoints carry the model's config but not the preprocessing statistics;
+these come from `--config` (the training config) or, without it, from the shipped FLAIR-HUB
+defaults (`configs/flair-hub/`) with a warning. A reference checkpoint needs `--config`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from affine import Affine
+
+from inference.model_io import load_inference_model, our_checkpoint_config, predict_logits
+from inference.writers import probabilities_u8, write_raster
+from packer.schema import CLASS_TABLES, MODALITIES, PatchId
+from trainer.config import ConfigError, validate_config
+from trainer.data.catalog import Catalog
+from trainer.data.loader import StreamingLoader
+from trainer.data.sample import SampleSpec
+from trainer.data.sources import open_source
+from trainer.metrics import ConfusionMatrix, metrics_for_task, task_class_names
+from trainer.report import class_table_markdown, plot_confusion, plot_iou
+
+log = logging.getLogger("flair.infer")
+
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "flair-hub"
+
+
+@dataclass
+class InferOptions:
+    checkpoint: str
+    data: str
+    out: str
+    split: str = "test"
+    config: Sequence[str] | None = None
+    output: str = "argmax"  # or class_prob
+    batch_size: int = 4
+    num_workers: int = 0
+    device: str | None = None
+    compression: str = "lzw"
+    write: bool = True
+    limit: int | None = None
+    progress: bool = True
+    print_table: bool = True  # print the per-class table of each task at the end
+
+
+@dataclass
+class InferResult:
+    n_patches: int = 0
+    files: int = 0
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    confmats: dict[str, np.ndarray] = field(default_factory=dict)
+    read_s: float = 0.0
+    model_s: float = 0.0
+    write_s: float = 0.0
+    loop_s: float = 0.0  # the prediction loop alone (total_s also counts model loading and set-up)
+    total_s: float = 0.0
+    device: str = "cpu"
+    params: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+def _int_keys(names: Mapping[Any, Any]) -> dict[int, Any]:
+    return {int(k): v for k, v in names.items()}
+
+
+def model_overlay(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of a checkpoint's model config that decide what the loader must produce."""
+    mods = model_cfg.get("modalities", {})
+    overlay: dict[str, Any] = {
+        "modalities": {k: mods[k] for k in ("inputs", "inputs_channels", "pre_processings") if k in mods},
+        "models": model_cfg.get("models", {}),
+        "labels": list(model_cfg.get("labels") or []),
+        "labels_configs": {t: {"value_name": _int_keys(c["value_name"])}
+                           for t, c in (model_cfg.get("labels_configs") or {}).items()},
+    }
+    return overlay
+
+
+def infer_config(opts: InferOptions, ckpt_doc: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The validated loader config for this run (see the module docstring for where keys come from)."""
+    from trainer.train_config import deep_merge, read_config_layers
+
+    if opts.config:
+        raw = read_config_layers(list(opts.config))
+    elif ckpt_doc is not None:
+        log.warning("no --config: normalisation and preprocessing statistics are the FLAIR-HUB defaults "
+                    "(%s); pass the training config if the model was trained with others", DEFAULT_CONFIG_DIR)
+        raw = read_config_layers([DEFAULT_CONFIG_DIR])
+        overlay = model_overlay(ckpt_doc["config"])
+        for t in overlay["labels_configs"]:  # keep the default weights, take the checkpoint's class names
+            raw.setdefault("labels_configs", {}).setdefault(t, {})["value_name"] = {}
+        models = overlay.pop("models")
+        raw = deep_merge(raw, overlay)
+        raw["models"] = models  # the architecture is the checkpoint's, whole
+    else:
+        raise ConfigError(f"--config: {opts.checkpoint} is not one of our checkpoints (no model config with it); "
+                          "give the training config it was trained with")
+    raw.setdefault("data", {})["source"] = opts.data
+    cfg = validate_config(raw)
+    if ckpt_doc is not None:
+        _check_same_model(cfg, ckpt_doc["config"], opts.checkpoint)
+    return cfg
+
+
+def _check_same_model(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], ckpt: str) -> None:
+    want = {m for m, on in cfg["modalities"]["inputs"].items() if on}
+    have = {m for m, on in (model_cfg.get("modalities", {}).get("inputs") or {}).items() if on}
+    if want != have:
+        raise ConfigError(f"modalities.inputs: the config enables {sorted(want)} but {ckpt} was trained on {sorted(have)}")
+    missing = set(cfg["labels"]) - set(model_cfg.get("labels") or [])
+    if missing:
+        raise ConfigError(f"labels: {sorted(missing)} requested but {ckpt} predicts {model_cfg.get('labels')}")
+
+
+# --------------------------------------------------------------------------------------------
+# Georeferencing from the index
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PatchGeo:
+    crs: str
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+
+    def transform(self, size: int) -> Affine:
+        """The label's affine: origin at the upper-left corner, square pixels.
+
+        The pixel size is rounded to 1e-9 map units: bounds in Lambert-93 metres carry float
+        noise (700102.4 - 700000.0 != 102.4), and the label grids have exact decimal steps.
+        """
+        res = round((self.xmax - self.xmin) / size, 9)
+        return Affine(res, 0.0, self.xmin, 0.0, -res, self.ymax)
+
+
+def patch_geo(catalog: Catalog, patch_ids: Sequence[str]) -> dict[str, PatchGeo]:
+    t = catalog.table
+    wanted = set(patch_ids)
+    cols = {c: t.column(c).to_pylist() for c in ("patch_id", "crs", "xmin", "ymin", "xmax", "ymax")}
+    out = {}
+    for i, pid in enumerate(cols["patch_id"]):
+        if pid in wanted:
+            out[pid] = PatchGeo(cols["crs"][i], cols["xmin"][i], cols["ymin"][i], cols["xmax"][i], cols["ymax"][i])
+    return out
+
+
+def prediction_path(out: Path, task: str, patch_id: str, kind: str) -> Path:
+    """`<out>/predictions/<TASK>/PRED_<label file name>` (the reference's naming), `_prob` for probabilities."""
+    name = PatchId.parse(patch_id).file_name(task)
+    if kind != "argmax":
+        name = name.replace(".tif", "_prob.tif")
+    return out / "predictions" / task / f"PRED_{name}"
+
+
+def class_colors(task: str, n_classes: int, channel: int) -> list[tuple[int, int, int]] | None:
+    table = CLASS_TABLES.get(task)
+    if table is None or len(table) != n_classes or channel != 1:
+        return None
+    return [c.rgb for c in table]
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+def _labelled(catalog: Catalog, split: str, tasks: Sequence[str]) -> bool:
+    t = catalog.table
+    splits = t.column("split").to_pylist()
+    mods = t.column("modalities").to_pylist()
+    rows = [m for s, m in zip(splits, mods) if s == split]
+    return bool(rows) and all(task in m for m in rows for task in tasks)
+
+
+def _accelerator(device: str | None) -> Any:
+    if device is not None:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator()
+
+
+def run_infer(opts: InferOptions, model: Any = None) -> InferResult:
+    """Predict `opts.split` of `opts.data`; `model` (forward contract of `trainer.model`) replaces loading one."""
+    t_start = time.perf_counter()
+    if opts.output not in ("argmax", "class_prob"):
+        raise ValueError(f"--output must be argmax or class_prob, got {opts.output!r}")
+    acc = _accelerator(opts.device)
+    device = torch.device(opts.device) if opts.device is not None else acc.device
+    rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
+    main = rank == 0
+    ckpt_doc = our_checkpoint_config(opts.checkpoint) if model is None else None
+    if model is None and ckpt_doc is None and not opts.config:
+        raise ConfigError(f"--config: {opts.checkpoint} is not one of our checkpoints; a reference checkpoint "
+                          "needs the training config it was trained with")
+    cfg = infer_config(opts, ckpt_doc) if (opts.config or ckpt_doc is not None) else None
+    if cfg is None:
+        raise ConfigError("--config: needed to know the preprocessing when a model object is passed")
+    if model is None:
+        model, _ = load_inference_model(opts.checkpoint, cfg, device=device)
+    model.eval()
+    result = InferResult(device=str(device), params=sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else 0)
+
+    data = cfg["data"]
+    src = open_source(opts.data, retries=data["retries"], s3_endpoint_url=data["s3_endpoint_url"], hf_endpoint=data["hf_endpoint"])
+    catalog = Catalog(src)
+    tasks = list(cfg["labels"])
+    spec = SampleSpec.from_config(cfg, augment=False)
+    scored = _labelled(catalog, opts.split, tasks)
+    if not scored:
+        log.warning("split %r has no labels for %s: predictions only, no metrics", opts.split, tasks)
+        spec = dataclasses.replace(spec, tasks=())
+    ids = None
+    if opts.limit:
+        all_ids = catalog.select(opts.split, spec.needed_modalities).patch_ids
+        ids = all_ids[: opts.limit]
+    selection = catalog.select(opts.split, spec.needed_modalities, patch_ids=ids)
+    loader = StreamingLoader(src, catalog, selection, spec, batch_size=opts.batch_size, seed=0, rank=rank,
+                             world_size=world, num_workers=opts.num_workers, shuffle=False, uneven="pad",
+                             decode_threads=data["decode_threads"], verify=data["verify"],
+                             pin_memory=device.type == "cuda")
+    geo = patch_geo(catalog, selection.patch_ids)
+    out = Path(opts.out)
+    channels = {t: int(cfg["labels_configs"][t].get("label_channel_nomenclature", 1)) for t in tasks}
+    names = {t: task_class_names(cfg, t) for t in tasks}
+    colors = {t: class_colors(t, len(names[t]), channels[t]) for t in tasks}
+    confmats = {t: ConfusionMatrix(len(names[t]), device=device) for t in tasks}
+    out_size = MODALITIES[tasks[0]].size_px
+    if main:
+        log.info("%d patches of split %r from %s on %s x %d; tasks %s; output %s",
+                 len(selection), opts.split, opts.data, device, world, tasks, opts.output)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(loader), unit="batch", desc="flair-infer", disable=not (opts.progress and main))
+    t_loop = time.perf_counter()
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        result.read_s += time.perf_counter() - t0
+        if batch is None:
+            break
+        t1 = time.perf_counter()
+        inputs = loader.to_model_inputs(batch, device)
+        logits = predict_logits(model, inputs, spec.series, out_size, tasks)
+        valid = inputs["valid"]
+        preds = {t: logits[t].argmax(dim=1) for t in tasks}
+        if scored:
+            for t in tasks:
+                confmats[t].update(preds[t][valid], inputs[t][valid])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        result.model_s += time.perf_counter() - t1
+        t2 = time.perf_counter()
+        keep = valid.cpu().numpy()
+        for k, pid in enumerate(batch["patch_id"]):
+            if not keep[k]:
+                continue  # a repeat that equalises the ranks' batch counts
+            result.n_patches += 1
+            if not opts.write:
+                continue
+            g = geo[pid]
+            for t in tasks:
+                if opts.output == "argmax":
+                    arr = preds[t][k].to(torch.uint8).cpu().numpy()
+                else:
+                    arr = probabilities_u8(logits[t][k].float().cpu().numpy())
+                path = prediction_path(out, t, pid, opts.output)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_raster(path, arr, g.crs, g.transform(arr.shape[-1]), names[t], t, opts.output, colors[t],
+                             opts.compression)
+                result.files += 1
+        result.write_s += time.perf_counter() - t2
+        bar.update(1)
+    bar.close()
+    result.loop_s = time.perf_counter() - t_loop
+
+    if scored:
+        for t in tasks:
+            confmats[t].all_reduce(acc)
+            cm = confmats[t].matrix.cpu().numpy()
+            result.confmats[t] = cm
+            result.metrics[t] = metrics_for_task(cm, cfg, t)
+        if main:
+            write_metrics(out, result.metrics, result.confmats)
+            for t in tasks if opts.print_table else ():
+                print(class_table_markdown(t, result.metrics[t]))
+    result.total_s = time.perf_counter() - t_start
+    if main:
+        log.info("%d patches, %d files in %.1f s (read %.1f s, model %.1f s, write %.1f s)", result.n_patches,
+                 result.files, result.total_s, result.read_s, result.model_s, result.write_s)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics files
+# --------------------------------------------------------------------------------------------
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_metrics(out: Path, metrics: Mapping[str, Mapping[str, Any]], confmats: Mapping[str, np.ndarray]) -> Path:
+    """`<out>/metrics/`: per task `<TASK>_metrics.json`, `_per_class.csv`, `_confusion.csv`, PNG plots."""
+    import json
+
+    folder = out / "metrics"
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for task, m in metrics.items():
+        cm = np.asarray(confmats[task], dtype=np.int64)
+        names = [c["name"] for c in m["per_class"]]
+        _atomic_text(folder / f"{task}_metrics.json", json.dumps(dict(m), indent=2) + "\n")
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["index", "name", "evaluated", "weight", "support", "iou", "precision", "recall", "f1"])
+        for c in m["per_class"]:
+            w.writerow([c["index"], c["name"], c["evaluated"], c["weight"], c["support"],
+                        *("" if c[k] is None else f"{c[k]:.6f}" for k in ("iou", "precision", "recall", "f1"))])
+        _atomic_text(folder / f"{task}_per_class.csv", buf.getvalue())
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["truth \\ prediction", *names])
+        for name, row in zip(names, cm):
+            w.writerow([name, *row.tolist()])
+        _atomic_text(folder / f"{task}_confusion.csv", buf.getvalue())
+        plot_confusion(task, cm, names, folder / f"{task}_confusion.png")
+        plot_iou(task, m, folder / f"{task}_iou.png")
+        summary[task] = {k: m[k] for k in ("miou", "oa", "wiou", "mf1", "n_pixels")}
+    _atomic_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return folder
