@@ -8,9 +8,11 @@ georeferenced from the index (CRS and bounds of the patch), compressed, with the
 table and names (see `inference.writers`). With labels: confusion matrix, per-class IoU, mIoU
 over the weighted classes, OA (`trainer.metrics`) as CSV, JSON and PNG, printed as a table.
 
-Configuration: our checkpoints carry the model's config but not the preprocessing statistics;
-these come from `--config` (the training config) or, without it, from the shipped FLAIR-HUB
-defaults (`configs/flair-hub/`) with a warning. A reference checkpoint needs `--config`.
+Configuration: the preprocessing (channels, normalisation statistics, filters) comes from
+`--config` when given; else from the training config that `flair-train` stores in its checkpoints
+(`train_config_yaml` in the checkpoint's JSON); else, for checkpoints saved without one, from the
+shipped FLAIR-HUB defaults (`configs/flair-hub/`) with a warning. A reference checkpoint needs
+`--config`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import yaml
 import torch
 from affine import Affine
 
@@ -104,6 +107,11 @@ def infer_config(opts: InferOptions, ckpt_doc: Mapping[str, Any] | None) -> dict
 
     if opts.config:
         raw = read_config_layers(list(opts.config))
+    elif ckpt_doc is not None and ckpt_doc.get("train_config_yaml"):
+        # Written by flair-train: the exact preprocessing the model was trained with.
+        raw = yaml.safe_load(ckpt_doc["train_config_yaml"])
+        raw.pop("train", None)  # the training loop's own section; not a loader key
+        log.info("preprocessing from the training config stored with %s", opts.checkpoint)
     elif ckpt_doc is not None:
         log.warning("no --config: normalisation and preprocessing statistics are the FLAIR-HUB defaults "
                     "(%s); pass the training config if the model was trained with others", DEFAULT_CONFIG_DIR)

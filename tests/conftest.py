@@ -70,3 +70,19 @@ def toy_shards(toy_tree: ToyTree, tmp_path_factory: pytest.TempPathFactory) -> T
     out = tmp_path_factory.mktemp("toy_shards") / "shards"
     pack_dataset(toy_tree.root, out, shard_size=5_000_000, workers=1, progress=False)
     return ToyShards(out, toy_tree)
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Run a module's tiny-tensor tests on one torch thread, then restore the count.
+
+    On 2 shared cores, OpenMP hand-offs cost more than the work on tensors this small (measured
+    about 20x slower with the default thread count under load). Use it with
+    `pytestmark = pytest.mark.usefixtures("single_torch_thread")`.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

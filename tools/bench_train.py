@@ -33,17 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def prepare(work: Path, patches: int) -> Path:
-    """A toy tree packed into shards under `work` (kept between runs)."""
-    from packer.pack import pack_dataset
-    from tools.flair_toy import ToyConfig, generate
+    """A toy tree packed into shards under `work` (kept between runs); the loader benchmark's data."""
+    from tools.bench_loader import prepare as prepare_tree_and_shards
 
-    tree, shards = work / "tree", work / "shards"
-    if not (tree / "GLOBAL_ALL_MTD").is_dir():
-        generate(tree, ToyConfig(patches=patches, domains=2, rois_per_domain=4, seed=0, t_s2=(20, 60),
-                                 t_s1=(20, 60), progress=True, overwrite=True))
-    if not (shards / "manifest.json").is_file():
-        pack_dataset(tree, shards, shard_size=64_000_000, progress=True)
-    return shards
+    return prepare_tree_and_shards(work, patches)[1]
 
 
 def setting_layers(name: str) -> list[Path]:

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             "--set", f"data.source={shards}", f"paths.out_folder={out}", "paths.out_model_name=train"])
     _run("predict the test split with metrics", [
         str(BIN / "flair-infer"), "--checkpoint", str(best), "--data", str(shards), "--split", "test",
-        "--out", str(preds), "--config", "configs/demo"])
+        "--out", str(preds)])  # the checkpoint carries its training config
 
     # The zonal area: the largest ROI of the toy tree mosaicked into one raster per modality.
     area_info = toy_zonal.build_zonal_area(tree, area)

@@ -193,7 +193,7 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
             best_eval = {"metrics": ev["metrics"], "confmats": ev["confmats"], "scalars": row}
             save("best", weights_only)
             if main_proc:  # weights + model config for inference (trainer.model.load_model)
-                save_model(accelerator.unwrap_model(model), ckpt_dir / "best_model")
+                save_model(accelerator.unwrap_model(model), ckpt_dir / "best_model", train_config_yaml=config_yaml)
         say(f"eval at epoch {progress.epoch} step {progress.step}: "
             + " ".join(f"{k}={v:.4f}" for k, v in ev["scalars"].items() if k.count("_") == 1)
             + f" | best {monitor}={progress.best_value:.4f}")

@@ -23,12 +23,7 @@ COSIA = "AERIAL_LABEL-COSIA"
 TINY_ARCH = "mobilenet_v2-fpn"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +156,25 @@ def test_our_checkpoint_and_a_reference_style_checkpoint_give_the_same_predictio
     # Without --config a reference checkpoint is refused with a clear message.
     assert infer_main(["--checkpoint", str(lightning), "--data", str(shards), "--out", str(tmp_path / "c"),
                        "--device", "cpu", "--no-progress"]) == 1
+
+
+def test_checkpoint_carries_its_training_preprocessing(shards, tmp_path) -> None:
+    """A checkpoint saved by the trainer brings its training config: no --config, no defaults."""
+    from inference.predict import infer_config
+    from trainer.model import build_model, save_model
+    from trainer.model.checkpoint import read_saved_config
+    from trainer.train_config import dump_config
+
+    raw = _tiny_model_config()
+    raw["modalities"]["normalization"]["AERIAL_RGBI_means"] = [1.0, 2.0, 3.0]
+    raw["train"] = {"mixed_precision": "no"}  # the trainer's own section travels too and is ignored
+    model = build_model(raw).eval()
+    with_cfg, _ = save_model(model, tmp_path / "with" / "m", train_config_yaml=dump_config(raw))
+    without, _ = save_model(model, tmp_path / "without" / "m")
+    opts = dict(data=str(shards), out=str(tmp_path / "o"), device="cpu", progress=False)
+
+    cfg = infer_config(InferOptions(checkpoint=str(with_cfg), **opts), read_saved_config(with_cfg))
+    assert cfg["modalities"]["normalization"]["AERIAL_RGBI_means"] == [1.0, 2.0, 3.0]
+    assert cfg["data"]["source"] == str(shards)
+    default = infer_config(InferOptions(checkpoint=str(without), **opts), read_saved_config(without))
+    assert default["modalities"]["normalization"]["AERIAL_RGBI_means"] == [106.59, 105.66, 111.35]

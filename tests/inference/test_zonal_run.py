@@ -24,13 +24,7 @@ X0, Y0 = 700_000.0, 6_600_000.0
 NAMES = {i: f"class {i}" for i in range(19)}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny tensors on a shared 2-core machine: thread hand-offs cost more than the work.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def write_area(path: Path, arr: np.ndarray, res: float) -> Path:

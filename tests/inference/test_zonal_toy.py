@@ -22,12 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 COSIA = "AERIAL_LABEL-COSIA"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ SMALL_SIZES = {"AERIAL_RGBI": 32, "AERIAL-RLT_PAN": 32, "DEM_ELEV": 32, "SPOT_RG
 COMBINATIONS = [c for k in range(1, len(INPUT_KEYS) + 1) for c in itertools.combinations(INPUT_KEYS, k)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors on shared, busy cores: one thread avoids OpenMP contention (20x faster here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

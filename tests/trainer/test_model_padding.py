@@ -13,12 +13,7 @@ TINY_UTAE = {"encoder_widths": [8, 8, 16], "decoder_widths": [8, 8, 16], "out_co
 SIZES = {"AERIAL_RGBI": 32, "SENTINEL2_TS": 4, "SENTINEL1-ASC_TS": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _model(inputs, **multitemp):

@@ -82,8 +82,13 @@ def load_reference_weights(model: FlairUPerFuse, path: str | Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def save_model(model: FlairUPerFuse, path: str | Path) -> tuple[Path, Path]:
-    """Write `<path>.safetensors` and `<path>.json` (the building config); returns both paths."""
+def save_model(model: FlairUPerFuse, path: str | Path, train_config_yaml: str | None = None) -> tuple[Path, Path]:
+    """Write `<path>.safetensors` and `<path>.json` (the building config); returns both paths.
+
+    `train_config_yaml`, the whole training config as YAML text (YAML keeps the integer class keys
+    that JSON would turn into strings), travels along so that inference reproduces the training
+    preprocessing (channels, normalisation statistics, filters) with nothing but the checkpoint.
+    """
     if model.model_config is None:
         raise ValueError("this model was not built from a config (use build_model); nothing to save with it")
     weights_path = Path(path).with_suffix(".safetensors")
@@ -94,6 +99,8 @@ def save_model(model: FlairUPerFuse, path: str | Path) -> tuple[Path, Path]:
         "input_sizes": dict(model.spec.input_sizes),
         "config": model.model_config,
     }
+    if train_config_yaml is not None:
+        document["train_config_yaml"] = train_config_yaml
     text = json.dumps(document, indent=2, sort_keys=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights_path.parent.mkdir(parents=True, exist_ok=True)
