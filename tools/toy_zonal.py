@@ -167,15 +167,30 @@ def build_zonal_area(tree: str | Path, out: str | Path, roi: str | None = None,
     return area
 
 
+
+DEFAULT_MODALITIES_YAML = Path(__file__).resolve().parents[1] / "configs" / "flair-hub" / "config_modalities.yaml"
+
+
+def default_statistics(path: Path = DEFAULT_MODALITIES_YAML) -> dict[str, tuple[list[int] | None, list[float], list[float]]]:
+    """Per mono-temporal input: (channels, means, stds) of the shipped FLAIR-HUB defaults.
+
+    Read from `configs/flair-hub/config_modalities.yaml` so the statistics live in one place;
+    statistics are indexed by position among the selected channels, as in the reference.
+    """
+    mods = yaml.safe_load(path.read_text(encoding="utf-8"))["modalities"]
+    norm, channels = mods["normalization"], mods.get("inputs_channels") or {}
+    out = {}
+    for m in ("AERIAL_RGBI", "AERIAL-RLT_PAN", "SPOT_RGBI", "DEM_ELEV"):
+        chans = channels.get(m) or ([1] if MODALITIES[m].bands_per_date == 1 else None)
+        n = len(chans) if chans else len(norm[f"{m}_means"])
+        out[m] = (chans, list(norm[f"{m}_means"][:n]), list(norm[f"{m}_stds"][:n]))
+    return out
+
+
 def zonal_config(area: ZonalArea, model_weights: str | Path, inputs: Sequence[str] = ("AERIAL_RGBI",),
                  tasks: Sequence[str] = ("AERIAL_LABEL-COSIA",), **overrides: object) -> dict:
     """A zonal config over `area` with the reference's keys (FLAIR-HUB default statistics)."""
-    stats = {
-        "AERIAL_RGBI": ([4, 1, 2], [106.59, 105.66, 111.35], [39.78, 52.23, 45.62]),
-        "AERIAL-RLT_PAN": ([1], [125.92], [38.45]),
-        "SPOT_RGBI": ([4, 1, 2], [433.26, 508.75, 467.77], [312.76, 284.61, 226.02]),
-        "DEM_ELEV": (None, [311.06, 311.06], [537.55, 537.55]),
-    }
+    stats = default_statistics()
     mods: dict[str, object] = {"inputs": {m: m in inputs for m in INPUT_MODALITIES if m != "SENTINEL2_MSK-SC"}}
     for m in inputs:
         if m not in area.rasters:
