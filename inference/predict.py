@@ -21,7 +21,6 @@ import csv
 import dataclasses
 import io
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from affine import Affine
 
 from inference.model_io import load_inference_model, our_checkpoint_config, predict_logits
 from inference.writers import probabilities_u8, write_raster
+from packer.atomic import write_text_atomic
 from packer.schema import CLASS_TABLES, MODALITIES, PatchId
 from trainer.config import ConfigError, validate_config
 from trainer.data.catalog import Catalog
@@ -324,12 +324,6 @@ def run_infer(opts: InferOptions, model: Any = None) -> InferResult:
 # --------------------------------------------------------------------------------------------
 # Metrics files
 # --------------------------------------------------------------------------------------------
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_metrics(out: Path, metrics: Mapping[str, Mapping[str, Any]], confmats: Mapping[str, np.ndarray]) -> Path:
     """`<out>/metrics/`: per task `<TASK>_metrics.json`, `_per_class.csv`, `_confusion.csv`, PNG plots."""
     import json
@@ -340,22 +334,22 @@ def write_metrics(out: Path, metrics: Mapping[str, Mapping[str, Any]], confmats:
     for task, m in metrics.items():
         cm = np.asarray(confmats[task], dtype=np.int64)
         names = [c["name"] for c in m["per_class"]]
-        _atomic_text(folder / f"{task}_metrics.json", json.dumps(dict(m), indent=2) + "\n")
+        write_text_atomic(folder / f"{task}_metrics.json", json.dumps(dict(m), indent=2) + "\n")
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["index", "name", "evaluated", "weight", "support", "iou", "precision", "recall", "f1"])
         for c in m["per_class"]:
             w.writerow([c["index"], c["name"], c["evaluated"], c["weight"], c["support"],
                         *("" if c[k] is None else f"{c[k]:.6f}" for k in ("iou", "precision", "recall", "f1"))])
-        _atomic_text(folder / f"{task}_per_class.csv", buf.getvalue())
+        write_text_atomic(folder / f"{task}_per_class.csv", buf.getvalue())
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["truth \\ prediction", *names])
         for name, row in zip(names, cm):
             w.writerow([name, *row.tolist()])
-        _atomic_text(folder / f"{task}_confusion.csv", buf.getvalue())
+        write_text_atomic(folder / f"{task}_confusion.csv", buf.getvalue())
         plot_confusion(task, cm, names, folder / f"{task}_confusion.png")
         plot_iou(task, m, folder / f"{task}_iou.png")
         summary[task] = {k: m[k] for k in ("miou", "oa", "wiou", "mf1", "n_pixels")}
-    _atomic_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
     return folder

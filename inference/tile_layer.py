@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 from typing import Any, Sequence
@@ -11,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from inference.tiling import Tile, tile_bounds
+from packer.atomic import atomic_path
 
 
 # --------------------------------------------------------------------------------------------
@@ -29,9 +29,7 @@ def write_tile_layer(path: Path, tiles: Sequence[Tile], areas: Any) -> Path:
             np.array([t.row for t in tiles]), np.array([t.col for t in tiles]),
             np.array([t.core_x[0] for t in tiles]), np.array([t.core_x[1] for t in tiles]),
             np.array([t.core_y[0] for t in tiles]), np.array([t.core_y[1] for t in tiles])]
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.unlink(missing_ok=True)
-    pyogrio.raw.write(str(tmp), geoms, data, fields, driver="GPKG", geometry_type="Polygon",
-                      crs=areas.crs.to_wkt() if areas.crs else None, layer="tiles")
-    os.replace(tmp, path)
+    with atomic_path(path, keep_suffix=True) as tmp:  # GDAL wants a .gpkg name for a GeoPackage
+        pyogrio.raw.write(str(tmp), geoms, data, fields, driver="GPKG", geometry_type="Polygon",
+                          crs=areas.crs.to_wkt() if areas.crs else None, layer="tiles")
     return path

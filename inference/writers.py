@@ -13,7 +13,6 @@ reader never sees half a raster.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 from xml.sax.saxutils import quoteattr
@@ -23,13 +22,10 @@ import rasterio
 from affine import Affine
 from rasterio.shutil import copy as rio_copy
 
+from packer.atomic import atomic_path, write_text_atomic
+
 COMPRESSIONS = {"lzw": "lzw", "zstd": "zstd", "deflate": "deflate"}
 BLOCK_CHOICES = (512, 256, 128, 64, 32, 16)
-
-
-def temp_name(path: Path) -> Path:
-    """Where `path` is written before the rename (same folder, so the rename is atomic)."""
-    return path.with_name(f".{path.name}.partial")
 
 
 def pick_blocksize(stride_px: int | None, default: int = 512) -> int:
@@ -84,17 +80,10 @@ def describe(dst: Any, class_names: Sequence[str], task: str, kind: str,
 @contextlib.contextmanager
 def open_output(path: str | Path, profile: Mapping[str, Any]) -> Iterator[Any]:
     """Open `path` for writing under its temporary name; renamed on success, removed on error."""
-    path = Path(path)
-    tmp = temp_name(path)
-    tmp.unlink(missing_ok=True)
-    try:
+    with atomic_path(path) as tmp:
         with rasterio.Env(GDAL_PAM_ENABLED="NO"):  # everything goes inside the TIFF, no .aux.xml
             with rasterio.open(tmp, "w", **profile) as dst:
                 yield dst
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_raster(path: str | Path, data: np.ndarray, crs: Any, transform: Affine, class_names: Sequence[str],
@@ -114,16 +103,9 @@ def write_raster(path: str | Path, data: np.ndarray, crs: Any, transform: Affine
 def to_cog(src: str | Path, dst: str | Path, compression: str = "lzw", blocksize: int = 512) -> Path:
     """Convert a GeoTIFF into a Cloud Optimized GeoTIFF (tiled, nearest overviews for classes)."""
     src, dst = Path(src), Path(dst)
-    tmp = temp_name(dst)
-    tmp.unlink(missing_ok=True)
-    try:
-        with rasterio.Env(GDAL_PAM_ENABLED="NO"):
-            rio_copy(str(src), str(tmp), driver="COG", COMPRESS=COMPRESSIONS[compression].upper(),
-                     BLOCKSIZE=blocksize, OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER")
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(dst) as tmp, rasterio.Env(GDAL_PAM_ENABLED="NO"):
+        rio_copy(str(src), str(tmp), driver="COG", COMPRESS=COMPRESSIONS[compression].upper(),
+                 BLOCKSIZE=blocksize, OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER")
     return dst
 
 
@@ -148,10 +130,7 @@ def write_qml(raster_path: str | Path, class_names: Sequence[str], colors: Seque
         "</qgis>\n"
     )
     qml = Path(raster_path).with_suffix(".qml")
-    tmp = temp_name(qml)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, qml)
-    return qml
+    return write_text_atomic(qml, text)
 
 
 def probabilities_u8(logits: np.ndarray) -> np.ndarray:

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 import zstandard
 
+from packer.atomic import write_bytes_atomic
+
 
 class ResumeMismatch(RuntimeError):
     """The work folder belongs to a run with other settings, or another run is using it."""
@@ -54,7 +56,7 @@ class WorkDir:
                 )
         root.mkdir(parents=True, exist_ok=True)
         if not manifest.is_file():
-            _atomic_bytes(manifest, text.encode())
+            write_bytes_atomic(manifest, text.encode())
         self._cctx = zstandard.ZstdCompressor(level=3)
         self._dctx = zstandard.ZstdDecompressor()
 
@@ -73,17 +75,13 @@ class WorkDir:
     def save(self, tile_id: str, task: str, arr: np.ndarray) -> None:
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-        _atomic_bytes(self.path(tile_id, task), self._cctx.compress(buf.getvalue()))
+        write_bytes_atomic(self.path(tile_id, task), self._cctx.compress(buf.getvalue()))
 
     def load(self, tile_id: str, task: str) -> np.ndarray:
         raw = self._dctx.decompress(self.path(tile_id, task).read_bytes())
         return np.load(io.BytesIO(raw), allow_pickle=False)
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packer import schema
+from packer.atomic import atomic_path
 
 
 def member_columns(name: str) -> tuple[str, str]:
@@ -45,9 +46,8 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
 def write_index(out: str | os.PathLike, table: pa.Table) -> Path:
     """Write atomically (temp name, then rename) so a reader never sees half an index."""
     path = Path(out) / schema.INDEX_FILE
-    tmp = path.with_name(path.name + ".partial")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     return path
 
 

@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from packer import schema
+from packer.atomic import write_text_atomic
 
 
 def packer_version() -> str:
@@ -44,9 +45,7 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 def dump_json(path: Path, obj: object) -> None:
     """Deterministic, human-readable JSON written atomically."""
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def write_manifest(out: str | os.PathLike, manifest: dict) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import yaml
 from affine import Affine
 from rasterio.windows import Window
 
+from packer.atomic import atomic_path
 from packer.metadata import read_series_dates
 from packer.schema import (
     CLASS_TABLES,
@@ -109,14 +109,13 @@ def _mosaic(files: Sequence[Path], out: Path) -> tuple[float, float, float, floa
         profile.update(tiled=False)
         profile.pop("blockxsize")
         profile.pop("blockysize")
-    tmp = out.with_name(f".{out.name}.partial")
-    with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(tmp, "w", **profile) as dst:
-        for f, b, *_ in metas:
-            col = round((b.left - left) / res[0])
-            row = round((top - b.top) / res[1])
-            with rasterio.open(f) as src:
-                dst.write(src.read(), window=Window(col, row, src.width, src.height))
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(tmp, "w", **profile) as dst:
+            for f, b, *_ in metas:
+                col = round((b.left - left) / res[0])
+                row = round((top - b.top) / res[1])
+                with rasterio.open(f) as src:
+                    dst.write(src.read(), window=Window(col, row, src.width, src.height))
     return (left, bottom, right, top)
 
 

@@ -14,32 +14,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from packer.atomic import write_bytes_atomic
 from packer.schema import CLASS_TABLES
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _pct(x: float | None) -> str:
@@ -98,7 +81,7 @@ def plot_confusion(task: str, confmat: np.ndarray, names: list[str], path: Path)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    _atomic_bytes(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def plot_iou(task: str, metrics: Mapping[str, Any], path: Path) -> None:
@@ -123,7 +106,7 @@ def plot_iou(task: str, metrics: Mapping[str, Any], path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    _atomic_bytes(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def write_report(
@@ -146,13 +129,13 @@ def write_report(
         cm = np.asarray(confmats[task], dtype=np.int64)
         buf = io.BytesIO()
         np.save(buf, cm, allow_pickle=False)
-        _atomic_bytes(folder / f"{stem}_confusion.npy", buf.getvalue())
+        write_bytes_atomic(folder / f"{stem}_confusion.npy", buf.getvalue())
         plot_confusion(task, cm, names, folder / f"{stem}_confusion.png")
         plot_iou(task, metrics, folder / f"{stem}_iou.png")
         body.append(class_table_markdown(task, metrics))
         body.append(f"![confusion matrix]({stem}_confusion.png)\n\n![per-class IoU]({stem}_iou.png)\n")
-    _atomic_bytes(folder / "report.md", "\n".join(body).encode("utf-8"))
+    write_bytes_atomic(folder / "report.md", "\n".join(body).encode("utf-8"))
     doc = {"summary": dict(summary), "tasks": {t: dict(m) for t, m in task_metrics.items()}}
-    _atomic_bytes(folder / "metrics.json", json.dumps(doc, indent=2, default=float).encode("utf-8"))
-    _atomic_bytes(folder / "config_used.yaml", config_yaml.encode("utf-8"))
+    write_bytes_atomic(folder / "metrics.json", json.dumps(doc, indent=2, default=float).encode("utf-8"))
+    write_bytes_atomic(folder / "config_used.yaml", config_yaml.encode("utf-8"))
     return folder

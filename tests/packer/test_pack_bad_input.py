@@ -47,6 +47,16 @@ def _assert_skipped(out, summary, pid, fragment):
     assert verify_dataset(out).ok
 
 
+def _assert_fails_then_skips(root, tmp_path, pid, bad, problem):
+    """`--on-error fail` stops naming the file and the problem; `skip` packs the rest."""
+    with pytest.raises(PackError) as err:
+        pack_dataset(root, tmp_path / "fail", **OPTS)
+    assert bad.name in str(err.value) and problem in str(err.value)
+    _assert_nothing_inconsistent(tmp_path / "fail")
+    summary = pack_dataset(root, tmp_path / "skip", on_error="skip", **OPTS)
+    _assert_skipped(tmp_path / "skip", summary, pid, problem)
+
+
 def _rewrite(path, fn):
     with rasterio.open(path) as src:
         profile, arr = src.profile, src.read()
@@ -63,12 +73,7 @@ def test_truncated_geotiff(tree, tmp_path):
     bad = root / schema.PatchId.parse(pid).relative_path("AERIAL_RGBI")
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(PackError) as err:
-        pack_dataset(root, tmp_path / "fail", **OPTS)
-    assert bad.name in str(err.value) and "unreadable GeoTIFF" in str(err.value)
-    _assert_nothing_inconsistent(tmp_path / "fail")
-    summary = pack_dataset(root, tmp_path / "skip", on_error="skip", **OPTS)
-    _assert_skipped(tmp_path / "skip", summary, pid, "unreadable GeoTIFF")
+    _assert_fails_then_skips(root, tmp_path, pid, bad, "unreadable GeoTIFF")
 
 
 @pytest.mark.parametrize("modality", ["SENTINEL2_TS", "SPOT_RGBI", "SENTINEL2_MSK-SC"])
@@ -77,12 +82,7 @@ def test_wrong_band_count(tree, tmp_path, modality):
     pid = _victim(result)
     bad = root / schema.PatchId.parse(pid).relative_path(modality)
     _rewrite(bad, lambda a: a[:-1])
-    with pytest.raises(PackError) as err:
-        pack_dataset(root, tmp_path / "fail", **OPTS)
-    assert bad.name in str(err.value) and "wrong band count" in str(err.value)
-    _assert_nothing_inconsistent(tmp_path / "fail")
-    summary = pack_dataset(root, tmp_path / "skip", on_error="skip", **OPTS)
-    _assert_skipped(tmp_path / "skip", summary, pid, "wrong band count")
+    _assert_fails_then_skips(root, tmp_path, pid, bad, "wrong band count")
 
 
 def test_footprint_mismatch(tree, tmp_path):

@@ -171,7 +171,7 @@ def test_pickled_objects_are_refused(trained, tmp_path):
 def test_save_load_round_trip(trained, tmp_path):
     weights, config_json = save_model(trained, tmp_path / "run" / "best")
     assert weights.name == "best.safetensors" and config_json.name == "best.json"
-    assert not [p for p in weights.parent.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in weights.parent.iterdir() if p.name.endswith(".partial")]
     document = json.loads(config_json.read_text())
     assert document["config"]["modalities"]["inputs"]["SENTINEL2_TS"] is True
     assert "paths" not in document["config"]  # only what builds the model

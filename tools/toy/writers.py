@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import struct
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +22,7 @@ from pyogrio.raw import write as ogr_write
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
+from packer.atomic import atomic_path
 from packer.schema import (
     ACQUISITION_DATES_COLUMN,
     CRS_EPSG,
@@ -46,19 +46,6 @@ SPLIT_COLUMN = "split_1"
 _CRS = CRS.from_epsg(CRS_EPSG)
 
 
-@contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """A temp path next to `final`, renamed onto it if the block succeeds, removed otherwise."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}{final.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_geotiff(path: Path, array: np.ndarray, origin: tuple[float, float], modality_name: str,
                   compress: str | None = None) -> None:
     """One patch file: striped GTiff, EPSG:2154, `Affine(gsd, 0, x0, 0, -gsd, y0)`."""
@@ -72,7 +59,7 @@ def write_geotiff(path: Path, array: np.ndarray, origin: tuple[float, float], mo
     )
     if compress:
         profile["compress"] = compress
-    with atomic_path(path) as tmp:
+    with atomic_path(path, keep_suffix=True) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(array)
 
@@ -101,7 +88,7 @@ def write_gpkg(path: Path, plans: Sequence[PatchPlan], columns: dict[str, list[s
     names = ["patch_id", *columns]
     data = [np.array([p.patch_id for p in plans], dtype=object),
             *(np.array(v, dtype=object) for v in columns.values())]
-    with _pinned_gpkg_clock(), atomic_path(path) as tmp:
+    with _pinned_gpkg_clock(), atomic_path(path, keep_suffix=True) as tmp:
         ogr_write(str(tmp), geometry=geometry, field_data=data, fields=names, crs=f"EPSG:{CRS_EPSG}",
                   geometry_type="Polygon", driver="GPKG", layer=path.stem)
 
@@ -145,7 +132,7 @@ def write_split_csvs(out: Path, plans: Sequence[PatchPlan]) -> dict[str, Path]:
                 writer.writerow([p.patch_id, *(p.pid.csv_path(m) if m in p.modalities else ""
                                                for m in SPLIT_CSV_COLUMNS[1:])])
         final = out / SPLIT_CSV_NAMES[split]
-        with atomic_path(final) as tmp:
+        with atomic_path(final, keep_suffix=True) as tmp:
             tmp.write_text(buf.getvalue(), encoding="utf-8")
         paths[split] = final
     return paths

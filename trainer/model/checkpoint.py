@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,6 +19,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
+
+from packer.atomic import atomic_path, write_text_atomic
 
 from .flair_uperfuse import FlairUPerFuse, build_model
 from .weights_io import read_state_dict
@@ -104,8 +104,9 @@ def save_model(model: FlairUPerFuse, path: str | Path, train_config_yaml: str | 
     text = json.dumps(document, indent=2, sort_keys=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: text}))
-    _atomic_write(config_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    with atomic_path(weights_path) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: text})
+    write_text_atomic(config_path, text + "\n")
     return weights_path, config_path
 
 
@@ -135,12 +136,3 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> FlairUPe
     return model.to(device)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
