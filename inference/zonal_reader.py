@@ -28,6 +28,7 @@ from rasterio.windows import Window
 from inference.tiling import Tile, TileGrid, tile_bounds
 from inference.zonal_config import active_modalities
 from packer.schema import MODALITIES, SENTINEL2_MASK_OF
+from trainer.data.preprocess import parse_dates
 
 S2 = "SENTINEL2_TS"
 S2_MASK = next(iter(SENTINEL2_MASK_OF))  # "SENTINEL2_MSK-SC"
@@ -72,9 +73,7 @@ def read_dates_file(path: str | Path, key: str) -> list[str]:
         if len(d) != 8 or not d.isdigit():
             raise ZonalInputError(f"{key}: {path} line {i + 1}: expected YYYYMMDD, got {d!r}")
         try:
-            import datetime
-
-            datetime.date(int(d[:4]), int(d[4:6]), int(d[6:8]))
+            parse_dates([d])
         except ValueError:
             raise ZonalInputError(f"{key}: {path} line {i + 1}: not a valid date: {d!r}") from None
     return dates

@@ -78,3 +78,15 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
     raw["model_weights"] = str(tmp_path / "nope.ckpt")
     with pytest.raises(ConfigError, match=r"^model_weights: file not found"):
         validate_zonal_config(raw, base_dir=tmp_path)
+
+
+def test_dates_file_rejects_impossible_dates(tmp_path):
+    from inference.zonal_reader import ZonalInputError, read_dates_file
+
+    good = tmp_path / "good.txt"
+    good.write_text("20210114\n\n20210228\n")
+    assert read_dates_file(good, "SENTINEL2_TS.dates_txt") == ["20210114", "20210228"]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("20210114\n20210230\n")
+    with pytest.raises(ZonalInputError, match=r"line 2: not a valid date: '20210230'"):
+        read_dates_file(bad, "SENTINEL2_TS.dates_txt")
