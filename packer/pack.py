@@ -37,7 +37,8 @@ from packer.manifest import dump_json, file_sha256, modality_table, packer_versi
 from packer.sample import EncodedSample, build_or_error, init_worker
 from packer.source import Discovery, PatchSource, discover
 from packer.split_csv import parse_csv_argument
-from packer.tarwriter import HashingTarWriter, member_header, padding
+from packer.ordered_io import OrderedIO
+from packer.tarwriter import ShardFile, TarLayout
 
 DEFAULT_SHARD_SIZE = 256 * 10**6
 STATE_DIR = ".pack"
@@ -206,12 +207,17 @@ def completed_shards(out: Path, split: str, plan: list[PatchSource]) -> tuple[in
 # Writing
 # ------------------------------------------------------------------------------------------------
 class SplitWriter:
-    """Rolls samples of one split into shards of about `target` bytes, each renamed when complete."""
+    """Rolls samples of one split into shards of about `target` bytes, each renamed when complete.
 
-    def __init__(self, out: Path, split: str, first_number: int, target: int):
-        self.out, self.split, self.number, self.target = out, split, first_number, target
-        self.file = None
-        self.tar: HashingTarWriter | None = None
+    Offsets and index rows are computed here, at once; the bytes, the closing of a shard (fsync,
+    rename) and its sidecar go to the I/O thread `io`, in order, while the caller goes on encoding.
+    """
+
+    def __init__(self, out: Path, split: str, first_number: int, target: int, io: OrderedIO):
+        self.out, self.split, self.number, self.target, self.io = out, split, first_number, target, io
+        self.file: ShardFile | None = None
+        self.layout: TarLayout | None = None
+        self.unfinished: list[ShardFile] = []  # opened, not yet renamed into place (read after io stops)
         self.rows: list[dict] = []
         self.consumed: list[str] = []
         self.skipped: list[dict] = []
@@ -224,26 +230,29 @@ class SplitWriter:
     def _open(self) -> None:
         final = self.out / self.rel_path
         final.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(final.with_name(final.name + ".partial"), "wb")
-        self.tar = HashingTarWriter(self.file)
+        self.file = ShardFile(final.with_name(final.name + ".partial"))
+        self.unfinished.append(self.file)
+        self.layout = TarLayout()
 
     def add(self, sample: EncodedSample) -> None:
-        size = sum(len(member_header(n, len(d))) + len(d) + len(padding(len(d))) for n, d in sample.members)
-        if self.tar is not None and self.rows and self.tar.offset + size > self.target:
+        size = TarLayout.size_of(sample.members)
+        if self.layout is not None and self.rows and self.layout.offset + size > self.target:
             self.close_shard()
-        if self.tar is None:
+        if self.layout is None:
             self._open()
-        start = self.tar.offset
+        start = self.layout.offset
         row = dict(sample.row, shard=self.rel_path, sample_index=len(self.rows), offset=start)
+        chunks: list[bytes] = []
         for name, data in sample.members:
-            off, n = self.tar.add(name, data)
+            off, n = self.layout.add(name, data, chunks)
             suffix = name[len(sample.patch_id) + 1:]
             if suffix == schema.META_SUFFIX:
                 row["json_offset"], row["json_size"] = off, n
             else:
                 col_off, col_size = member_columns(suffix[: -len(schema.ARRAY_SUFFIX)])
                 row[col_off], row[col_size] = off, n
-        row["size"] = self.tar.offset - start
+        row["size"] = self.layout.offset - start
+        self.io.submit(self.file.write, chunks, nbytes=row["size"])
         self.rows.append(row)
         self.consumed.append(sample.patch_id)
 
@@ -252,30 +261,33 @@ class SplitWriter:
         self.skipped.append(err.as_record())
 
     def close_shard(self) -> None:
-        """Finish the tar, rename it into place, then record it (sidecar last: it marks completion)."""
-        self.tar.finish()
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        final = self.out / self.rel_path
-        os.replace(final.with_name(final.name + ".partial"), final)
-        dump_json(sidecar_path(self.out, self.split, self.number), {
-            "path": self.rel_path, "split": self.split, "samples": len(self.rows), "bytes": self.tar.offset,
-            "sha256": self.tar.sha.hexdigest(), "consumed": self.consumed, "skipped": self.skipped,
-            "rows": self.rows,
-        })
+        """Queue: end the tar, fsync, rename it into place, then record it (the sidecar marks completion)."""
+        end = self.layout.end()
+        record = {"path": self.rel_path, "split": self.split, "samples": len(self.rows), "bytes": self.layout.offset,
+                  "consumed": self.consumed, "skipped": self.skipped, "rows": self.rows}
+        self.io.submit(self._finish_shard, self.file, end, self.out / self.rel_path,
+                       sidecar_path(self.out, self.split, self.number), record)
         self.number += 1
         self.shards_written += 1
-        self.file = self.tar = None
+        self.file = self.layout = None
         self.rows, self.consumed, self.skipped = [], [], []
 
+    def _finish_shard(self, file: ShardFile, end: bytes, final: Path, sidecar: Path, record: dict) -> None:
+        """On the I/O thread, after all the shard's bytes."""
+        file.write([end])
+        record["sha256"] = file.close()
+        if file.bytes != record["bytes"]:
+            raise PackError(final, f"wrote {file.bytes} bytes but the index expects {record['bytes']}")
+        os.replace(file.path, final)
+        self.unfinished.remove(file)
+        dump_json(sidecar, record)
+
     def abort(self) -> None:
-        """Drop the shard being written: nothing half-written may remain under a final name."""
-        if self.file is not None:
-            self.file.close()
-            final = self.out / self.rel_path
-            final.with_name(final.name + ".partial").unlink(missing_ok=True)
-            self.file = self.tar = None
+        """Drop the shards not yet in place (call once `io` has stopped): nothing half-written may remain."""
+        for file in self.unfinished:
+            file.discard()
+        self.unfinished.clear()
+        self.file = self.layout = None
 
     def finish(self) -> list[dict]:
         """Close the last shard; returns skip records not covered by a sidecar (trailing skips)."""
@@ -352,7 +364,8 @@ def _pack(src: Path, out: Path, opts: PackOptions, workers: int, pool: ProcessPo
 
     start = {split: completed_shards(out, split, items) for split, items in plan.items()}
     tasks = [p for split, items in plan.items() for p in items[start[split][0]:]]
-    writers = {split: SplitWriter(out, split, start[split][1], opts.shard_size) for split in plan}
+    io = OrderedIO()
+    writers = {split: SplitWriter(out, split, start[split][1], opts.shard_size, io) for split in plan}
     resumed = sum(n for _, n in start.values())
     delay = float(os.environ.get(SLOW_ENV, "0") or 0)
 
@@ -388,12 +401,15 @@ def _pack(src: Path, out: Path, opts: PackOptions, workers: int, pool: ProcessPo
                                 refresh=False)
         for w in writers.values():
             trailing_skips += w.finish()
+        io.drain()
         stream_s = time.monotonic() - first_written if first_written is not None else 0.0
     except BaseException:
+        io.close(cancel=True)
         for w in writers.values():
             w.abort()
         raise
     finally:
+        io.close()
         bar.close()
 
     summary = _finalise(out, opts, src, plan, disc, trailing_skips)

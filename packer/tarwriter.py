@@ -1,16 +1,23 @@
 """A minimal deterministic tar writer that reports where every member's bytes land.
 
 Headers have fixed mtime/uid/gid/uname/gname/mode, so the same members always give the same bytes;
-the offsets returned go into the index (one ranged read per sample or per member).
+the offsets go into the index (one ranged read per sample or per member). Laying members out
+(`TarLayout`, offsets known at once) is separate from writing their bytes (`ShardFile`), so the
+writing, hashing and syncing can run on a background thread (`packer.ordered_io`) while the
+caller goes on encoding.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import tarfile
-from typing import BinaryIO
+from pathlib import Path
 
 BLOCK = 512
+END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
+SYNC_EVERY = 32 * 2**20
+"""`ShardFile` flushes to disk every this many bytes, so closing a 256 MB shard never waits for all of it."""
 
 
 def member_header(name: str, size: int) -> bytes:
@@ -28,27 +35,62 @@ def padding(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
 
 
-class HashingTarWriter:
-    """Appends members to a binary file, hashing everything written (sha256 of the whole tar)."""
+class TarLayout:
+    """Where members go in a tar being built: their bytes to write and their data offsets."""
 
-    def __init__(self, fileobj: BinaryIO):
-        self.f = fileobj
+    def __init__(self) -> None:
         self.offset = 0
-        self.sha = hashlib.sha256()
 
-    def _write(self, data: bytes) -> None:
-        self.f.write(data)
-        self.sha.update(data)
-        self.offset += len(data)
-
-    def add(self, name: str, data: bytes) -> tuple[int, int]:
-        """Write one member; returns (offset of its data, size of its data)."""
-        self._write(member_header(name, len(data)))
-        start = self.offset
-        self._write(data)
-        self._write(padding(len(data)))
+    def add(self, name: str, data: bytes, chunks: list[bytes]) -> tuple[int, int]:
+        """Append the member's header, data and padding to `chunks`; returns (data offset, data size)."""
+        header, pad = member_header(name, len(data)), padding(len(data))
+        chunks += (header, data, pad)
+        start = self.offset + len(header)
+        self.offset = start + len(data) + len(pad)
         return start, len(data)
 
-    def finish(self) -> None:
-        """End-of-archive marker: two zero blocks."""
-        self._write(b"\0" * (2 * BLOCK))
+    def end(self) -> bytes:
+        """The end-of-archive marker (two zero blocks), counted in the offset."""
+        self.offset += len(END_OF_ARCHIVE)
+        return END_OF_ARCHIVE
+
+    @staticmethod
+    def size_of(members: list[tuple[str, bytes]]) -> int:
+        return sum(len(member_header(n, len(d))) + len(d) + len(padding(len(d))) for n, d in members)
+
+
+class ShardFile:
+    """The bytes of one shard on disk: written in order, hashed (sha256 of the whole tar), synced.
+
+    Used from one thread at a time (the I/O thread); `close` leaves a durable file.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.f = open(self.path, "wb")
+        self.sha = hashlib.sha256()
+        self.bytes = 0
+        self._unsynced = 0
+
+    def write(self, chunks: list[bytes]) -> None:
+        for data in chunks:
+            self.f.write(data)
+            self.sha.update(data)
+            self.bytes += len(data)
+            self._unsynced += len(data)
+        if self._unsynced >= SYNC_EVERY:
+            self.f.flush()
+            os.fdatasync(self.f.fileno())
+            self._unsynced = 0
+
+    def close(self) -> str:
+        """Flush and fsync; returns the sha256 hex digest."""
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        return self.sha.hexdigest()
+
+    def discard(self) -> None:
+        """Close without syncing and delete the file (an aborted shard)."""
+        self.f.close()
+        self.path.unlink(missing_ok=True)
