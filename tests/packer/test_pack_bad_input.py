@@ -161,3 +161,30 @@ def test_without_split_file_everything_is_train(tree, tmp_path):
     assert read_manifest(tmp_path / "o")["parameters"]["split_source"] == "default"
     with pytest.raises(PackError, match=schema.SPLIT_FILE):
         pack_dataset(root, tmp_path / "o2", split_column="split_2", **OPTS)
+
+
+def test_errors_survive_pickling():
+    """Workers return PatchErrors to the writer process: they must unpickle with their fields."""
+    import pickle
+
+    from packer.errors import PatchError
+
+    err = pickle.loads(pickle.dumps(PatchError("D001-2019_AA-S1-1_1-1", "/x/a.tif", "wrong band count")))
+    assert (err.patch_id, err.path, err.problem) == ("D001-2019_AA-S1-1_1-1", "/x/a.tif", "wrong band count")
+    again = pickle.loads(pickle.dumps(PackError("--level", "must be 1..22")))
+    assert str(again) == "--level: must be 1..22"
+
+
+def test_bad_patch_with_two_workers(tree, tmp_path):
+    """The multi-process path reports and skips a bad patch exactly like the single-process one."""
+    root, result = tree
+    pid = _victim(result)
+    bad = root / schema.PatchId.parse(pid).relative_path("SENTINEL2_TS")
+    _rewrite(bad, lambda a: a[:-1])
+    opts = dict(OPTS, workers=2)
+    with pytest.raises(PackError) as err:
+        pack_dataset(root, tmp_path / "fail", **opts)
+    assert bad.name in str(err.value) and "wrong band count" in str(err.value)
+    _assert_nothing_inconsistent(tmp_path / "fail")
+    summary = pack_dataset(root, tmp_path / "skip", on_error="skip", **opts)
+    _assert_skipped(tmp_path / "skip", summary, pid, "wrong band count")
