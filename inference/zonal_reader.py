@@ -27,6 +27,7 @@ from rasterio.windows import Window
 
 from inference.tiling import Tile, TileGrid, tile_bounds
 from inference.zonal_config import active_modalities
+from packer.read import read_all_bands
 from packer.schema import MODALITIES, SENTINEL2_MASK_OF
 from trainer.data.preprocess import parse_dates
 
@@ -193,7 +194,7 @@ def read_window(src: Any, info: RasterInfo, bounds: tuple[float, float, float, f
         cs, ce = max(c0, 0), min(c0 + size, info.width)
         rs, re_ = max(r0, 0), min(r0 + size, info.height)
         if cs < ce and rs < re_:
-            out[:, rs - r0 : re_ - r0, cs - c0 : ce - c0] = src.read(window=Window(cs, rs, ce - cs, re_ - rs))
+            out[:, rs - r0 : re_ - r0, cs - c0 : ce - c0] = read_all_bands(src, Window(cs, rs, ce - cs, re_ - rs))
         return out
     return src.read(
         window=Window(col, row, span, span),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
 from packer.read import read_all_bands
 
@@ -51,8 +52,8 @@ class _NoPrivateRead:
         self._src = src
         self.dtypes = src.dtypes
 
-    def read(self):
-        return self._src.read()
+    def read(self, window=None):
+        return self._src.read(window=window)
 
 
 class _ChangedPrivateRead(_NoPrivateRead):
@@ -69,3 +70,17 @@ def test_falls_back_to_public_read(tmp_path, wrapper):
     _write(path, arr, "pixel")
     with rasterio.open(path) as src:
         np.testing.assert_array_equal(read_all_bands(wrapper(src)), arr)
+
+
+@pytest.mark.parametrize("window", [Window(0, 0, 9, 7), Window(2, 3, 4, 2), Window(8, 6, 1, 1),
+                                    Window(1.5, 0, 3, 3), Window(-1, 0, 3, 3), Window(7, 5, 4, 4)])
+def test_windows_match_rasterio(tmp_path, window):
+    """Whole-pixel windows inside the raster take the fast path; the others rasterio's own (same result)."""
+    arr = np.arange(400 * 7 * 9, dtype="int16").reshape(400, 7, 9)
+    path = tmp_path / "w.tif"
+    _write(path, arr, "pixel")
+    with rasterio.open(path) as src:
+        expected = src.read(window=window)
+        got = read_all_bands(src, window)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
