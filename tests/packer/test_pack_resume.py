@@ -15,10 +15,10 @@ from packer.pack import SLOW_ENV, STATE_DIR, pack_dataset
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _start(src: Path, out: Path) -> subprocess.Popen:
+def _start(src: Path, out: Path, workers: int = 1) -> subprocess.Popen:
     env = dict(os.environ, **{SLOW_ENV: "0.4"})
     cmd = [sys.executable, "-m", "packer.cli", "--src", str(src), "--out", str(out), "--shard-size", "1",
-           "--workers", "1", "--no-progress"]
+           "--workers", str(workers), "--no-progress"]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
 
@@ -46,10 +46,11 @@ def reference(toy_tree, tmp_path_factory):
     return out
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["1worker", "2workers"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
-def test_killed_run_resumes_to_identical_output(toy_tree, reference, tmp_path, sig):
+def test_killed_run_resumes_to_identical_output(toy_tree, reference, tmp_path, sig, workers):
     out = tmp_path / "shards"
-    proc = _start(toy_tree.root, out)
+    proc = _start(toy_tree.root, out, workers)
     _wait_for_shards(proc, out, 3)
     os.killpg(proc.pid, sig)
     proc.wait(timeout=30)
