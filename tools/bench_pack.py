@@ -134,6 +134,44 @@ def codec_table(paths: list[Path], levels: list[int], per_modality: int) -> list
     return rows
 
 
+def writer_capacity(src: Path, work: Path, n_samples: int = 30, total: int = 300) -> dict:
+    """Patches/s that the single writer (main process + I/O thread) absorbs when samples arrive at once.
+
+    With many workers the writer is the shared stage: it unpickles every sample, lays it out, and
+    its I/O thread hashes and writes it. Here `n_samples` real samples are encoded up front, pickled
+    as a worker would send them, and fed `total` times through `pickle.loads` + `SplitWriter.add`
+    to real shards (the pipe's own cost is not included). Workers beyond capacity / (patches/s per
+    worker) would wait on the writer; pack parts (`--num-parts`) side by side then.
+    """
+    import pickle
+
+    from packer import schema
+    from packer.ordered_io import OrderedIO
+    from packer.pack import DEFAULT_SHARD_SIZE, SplitWriter
+    from packer.sample import build_sample
+    from packer.source import discover
+
+    patches = discover(src, schema.MODALITY_NAMES, (), None, 1, 0).patches[:n_samples]
+    with rasterio.Env():
+        blobs = [pickle.dumps(build_sample(p, DEFAULT_LEVEL, DEFAULT_FILTER)) for p in patches]
+    out = work / "writer_only"
+    shutil.rmtree(out, ignore_errors=True)
+    io = OrderedIO()
+    writer = SplitWriter(out, "train", 0, DEFAULT_SHARD_SIZE, io)
+    nbytes = 0
+    c0, t0 = time.process_time(), time.perf_counter()  # process CPU: the I/O thread included
+    for i in range(total):
+        sample = pickle.loads(blobs[i % len(blobs)])
+        nbytes += sum(len(d) for _, d in sample.members)
+        writer.add(sample)
+    writer.finish()
+    io.drain()
+    io.close()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    shutil.rmtree(out, ignore_errors=True)
+    return dict(patches_s=total / wall, mb_s=nbytes / MB / wall, cpu_ms=1000 * cpu / total, samples=total)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--patches", type=int, default=100, help="toy patches to generate (default 100)")
@@ -210,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{DEFAULT_LEVEL} --filter {DEFAULT_FILTER})")
 
     print(f"load average after the timed runs: {os.getloadavg()[0]:.1f} (other work on the machine skews the ratios)")
+    cap = writer_capacity(src, args.work)
+    per_worker = 1 / steady(packs[1])
+    print(f"\nwriter alone (unpickle + layout + I/O thread: sha256, write, sync), {cap['samples']} samples: "
+          f"{cap['patches_s']:.0f} patches/s, {cap['mb_s']:.0f} MB/s out, {cap['cpu_ms']:.1f} ms CPU/patch; "
+          f"at {per_worker:.1f} patches/s per worker that feeds about {cap['patches_s'] / per_worker:.0f} workers")
     levels = [int(x) for x in args.levels.split(",")]
     rows = codec_table(paths, levels, args.codec_files)
     dtypes = list(rows[0]["by_dtype"])
