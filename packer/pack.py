@@ -1,7 +1,8 @@
 """`pack_dataset`: a FLAIR-HUB tree -> shards per split + index.parquet + manifest.json.
 
 Flow: discover -> plan (per split, shuffled with the seed) -> workers read and encode patches in
-parallel -> the main process writes samples in plan order into rolling shards -> index + manifest.
+parallel -> the main process lays samples out in plan order into rolling shards, and its I/O thread
+writes, hashes and syncs them (`packer.ordered_io`) -> index + manifest.
 
 Resumable at shard granularity: a shard is written as `<name>.tar.partial`, renamed when complete,
 then a sidecar `<out>/.pack/<split>-NNNNNN.json` records what it consumed and its index rows. A rerun
@@ -34,10 +35,10 @@ from packer.codec import DEFAULT_FILTER, DEFAULT_LEVEL, FILTERS
 from packer.errors import PackError, PatchError
 from packer.index import INDEX_SCHEMA, member_columns, rows_to_table, write_index
 from packer.manifest import dump_json, file_sha256, modality_table, packer_version, write_manifest
+from packer.ordered_io import OrderedIO
 from packer.sample import EncodedSample, build_or_error, init_worker
 from packer.source import Discovery, PatchSource, discover
 from packer.split_csv import parse_csv_argument
-from packer.ordered_io import OrderedIO
 from packer.tarwriter import ShardFile, TarLayout
 
 DEFAULT_SHARD_SIZE = 256 * 10**6
