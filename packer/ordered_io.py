@@ -20,14 +20,28 @@ class OrderedIO:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="flair-pack-io")
         self._pending: deque[tuple[Future, int]] = deque()
         self._bytes = 0
+        self._failed: BaseException | None = None  # set on the I/O thread by the first failing task
         self.max_pending_bytes = max_pending_bytes
 
     def submit(self, fn: Callable[..., object], *args: object, nbytes: int = 0) -> None:
-        """Queue `fn(*args)`; raises here the error of any earlier task that failed."""
-        self._pending.append((self._pool.submit(fn, *args), nbytes))
+        """Queue `fn(*args)`; raises here the error of any earlier task that failed.
+
+        Once a task fails, the tasks queued after it do not run (a shard must not be completed
+        after an earlier one failed to be written).
+        """
+        self._pending.append((self._pool.submit(self._run, fn, args), nbytes))
         self._bytes += nbytes
         while self._pending and (self._pending[0][0].done() or self._bytes > self.max_pending_bytes):
             self._pop()
+
+    def _run(self, fn: Callable[..., object], args: tuple) -> object:
+        if self._failed is not None:
+            raise RuntimeError(f"not run: an earlier I/O task failed ({self._failed!r})")
+        try:
+            return fn(*args)
+        except BaseException as exc:
+            self._failed = exc
+            raise
 
     def _pop(self) -> None:
         fut, n = self._pending.popleft()

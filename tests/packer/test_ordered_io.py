@@ -36,6 +36,23 @@ def test_an_error_on_the_thread_is_raised_in_the_caller():
     io.close()
 
 
+def test_nothing_runs_after_a_failed_task():
+    io, seen = OrderedIO(), []
+    gate = threading.Event()
+    io.submit(gate.wait)
+
+    def boom():
+        raise OSError("disk full")
+
+    io.submit(boom)
+    io.submit(seen.append, "after")
+    gate.set()
+    with pytest.raises(OSError, match="disk full"):  # the first error, not the skipped task's
+        io.drain()
+    io.close()
+    assert seen == []
+
+
 def test_pending_bytes_are_bounded():
     """A slow disk makes `submit` wait instead of letting queued bytes grow without limit."""
     gate, io = threading.Event(), OrderedIO(max_pending_bytes=100)
