@@ -51,7 +51,9 @@ def pack_parser() -> argparse.ArgumentParser:
         epilog="other commands: flair-pack verify OUT | flair-pack inspect OUT [PATCH_ID] | "
                "flair-pack merge --out OUT PART_DIR... (each has --help)")
     p.add_argument("--src", required=True, help="FLAIR-HUB root (modality folders + GLOBAL_ALL_MTD/)")
-    p.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    p.add_argument("--out", required=True, help="output folder, or s3://bucket/prefix (rerun the same command to resume)")
+    p.add_argument("--staging", default=None,
+                   help="with an s3:// --out: local folder for the shard being written (default: under $TMPDIR)")
     p.add_argument("--modalities", type=_modalities, default=schema.MODALITY_NAMES,
                    help="comma-separated subset to pack (default: all)")
     p.add_argument("--splits-csv", nargs="+", default=(), metavar="[SPLIT=]CSV",
@@ -76,12 +78,20 @@ def run_pack(argv: list[str]) -> int:
 
     a = pack_parser().parse_args(argv)
     summary = pack_dataset(
-        a.src, a.out, modalities=a.modalities, splits_csv=a.splits_csv, split_column=a.split_column,
+        a.src, a.out, staging=a.staging, modalities=a.modalities, splits_csv=a.splits_csv, split_column=a.split_column,
         shard_size=a.shard_size, seed=a.seed, keep_order=a.keep_order, workers=a.workers, level=a.level,
         filter=a.filter, num_parts=a.num_parts, part=a.part, on_error=a.on_error, progress=not a.no_progress,
     )
     print(summary)
     return 0
+
+
+def _local_only(command: str, *paths: str) -> None:
+    """verify / inspect / merge read local folders; say so plainly for a URL."""
+    for path in paths:
+        if "://" in str(path):
+            raise PackError(path, f"`flair-pack {command}` works on local folders; copy the dataset down first "
+                                  "(a training run checks every shard it streams with data.verify: true)")
 
 
 def run_verify(argv: list[str]) -> int:
@@ -91,6 +101,7 @@ def run_verify(argv: list[str]) -> int:
     p.add_argument("out")
     p.add_argument("--no-decode", action="store_true", help="skip decoding the members (hashes/offsets only)")
     a = p.parse_args(argv)
+    _local_only("verify", a.out)
     report = verify_dataset(a.out, decode=not a.no_decode)
     print(report)
     return 0 if report.ok else 1
@@ -103,6 +114,7 @@ def run_inspect(argv: list[str]) -> int:
     p.add_argument("out")
     p.add_argument("patch_id", nargs="?")
     a = p.parse_args(argv)
+    _local_only("inspect", a.out)
     print(describe_sample(a.out, a.patch_id) if a.patch_id else summarize_dataset(a.out))
     return 0
 
@@ -115,6 +127,7 @@ def run_merge(argv: list[str]) -> int:
     p.add_argument("--mode", choices=MODES, default="link", help="how shards reach OUT (default: hard link)")
     p.add_argument("parts", nargs="+")
     a = p.parse_args(argv)
+    _local_only("merge", a.out, *a.parts)
     m = merge_parts(a.out, a.parts, a.mode)
     print(f"merged {len(a.parts)} parts into {a.out}: {m['index']['rows']} samples, {len(m['shards'])} shards")
     return 0

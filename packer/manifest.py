@@ -43,9 +43,14 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def json_text(obj: object) -> str:
+    """Deterministic, human-readable JSON (sorted keys), as the manifest and resume records are written."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
 def dump_json(path: Path, obj: object) -> None:
-    """Deterministic, human-readable JSON written atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """`json_text` written atomically."""
+    write_text_atomic(path, json_text(obj))
 
 
 def write_manifest(out: str | os.PathLike, manifest: dict) -> Path:

@@ -34,11 +34,12 @@ from packer import schema
 from packer.codec import DEFAULT_FILTER, DEFAULT_LEVEL, FILTERS
 from packer.errors import PackError, PatchError
 from packer.index import INDEX_SCHEMA, member_columns, rows_to_table, write_index
-from packer.manifest import dump_json, file_sha256, modality_table, packer_version, write_manifest
+from packer.manifest import file_sha256, json_text, modality_table, packer_version
 from packer.ordered_io import OrderedIO
 from packer.sample import EncodedSample, build_or_error, init_worker
 from packer.source import Discovery, PatchSource, discover
 from packer.split_csv import parse_csv_argument
+from packer.store import OutputStore, open_store
 from packer.tarwriter import ShardFile, TarLayout
 
 DEFAULT_SHARD_SIZE = 256 * 10**6
@@ -164,42 +165,43 @@ def make_plan(patches: list[PatchSource], seed: int, keep_order: bool) -> dict[s
     return {s: plan[s] for s in split_order(plan)}
 
 
-def sidecar_path(out: Path, split: str, number: int) -> Path:
-    return out / STATE_DIR / f"{Path(schema.shard_name(split, number)).stem}.json"
+def sidecar_rel(split: str, number: int) -> str:
+    """The resume record of shard `number` of `split`, relative to the output."""
+    return f"{STATE_DIR}/{Path(schema.shard_name(split, number)).stem}.json"
 
 
-def _check_params(out: Path, params: dict) -> None:
-    path = out / STATE_DIR / "params.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
+def _check_params(store: OutputStore, params: dict) -> None:
+    rel = f"{STATE_DIR}/params.json"
+    if store.exists(rel):
+        old = json.loads(store.read_text(rel))
         diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
         if diff:
             details = "; ".join(f"{k}: {old.get(k)!r} -> {params.get(k)!r}" for k in diff)
-            raise PackError(out, f"already holds a pack made with other options ({details}); "
-                                 "use another --out or delete it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dump_json(path, params)
+            raise PackError(store, f"already holds a pack made with other options ({details}); "
+                                   "use another --out or delete it")
+    store.write_text(rel, json_text(params))
 
 
-def completed_shards(out: Path, split: str, plan: list[PatchSource]) -> tuple[int, int]:
+def completed_shards(store: OutputStore, split: str, plan: list[PatchSource]) -> tuple[int, int]:
     """(patches consumed, shards complete) of `split` from earlier runs, checked against the plan."""
     pos = number = 0
-    while (sc := sidecar_path(out, split, number)).is_file():
-        side = json.loads(sc.read_text())
+    while store.exists(sc := sidecar_rel(split, number)):
+        side = json.loads(store.read_text(sc))
         consumed = side["consumed"]
         if consumed != [p.patch_id for p in plan[pos:pos + len(consumed)]]:
-            raise PackError(sc, "an earlier run packed other patches here (source changed?); use a new --out")
-        shard = out / side["path"]
-        if not shard.is_file() or shard.stat().st_size != side["bytes"]:
-            break  # the shard was damaged after its sidecar: redo from here
+            raise PackError(f"{store}/{sc}", "an earlier run packed other patches here (source changed?); "
+                                             "use a new --out")
+        if store.size(side["path"]) != side["bytes"]:
+            break  # the shard was damaged or removed after its sidecar: redo from here
         pos += len(consumed)
         number += 1
     # Later sidecars/shards belong to an interrupted attempt at what comes next: they get rewritten.
     stale = number
-    while (sc := sidecar_path(out, split, stale)).is_file():
-        sc.unlink()
+    while store.exists(sc := sidecar_rel(split, stale)):
+        store.delete(sc)
         stale += 1
-    for partial in (out / split).glob("*.partial") if (out / split).is_dir() else []:
+    local = store.local(split)
+    for partial in local.glob("*.partial") if local.is_dir() else []:
         partial.unlink()
     return pos, number
 
@@ -214,8 +216,8 @@ class SplitWriter:
     rename) and its sidecar go to the I/O thread `io`, in order, while the caller goes on encoding.
     """
 
-    def __init__(self, out: Path, split: str, first_number: int, target: int, io: OrderedIO):
-        self.out, self.split, self.number, self.target, self.io = out, split, first_number, target, io
+    def __init__(self, store: OutputStore, split: str, first_number: int, target: int, io: OrderedIO):
+        self.store, self.split, self.number, self.target, self.io = store, split, first_number, target, io
         self.file: ShardFile | None = None
         self.layout: TarLayout | None = None
         self.unfinished: list[ShardFile] = []  # opened, not yet renamed into place (read after io stops)
@@ -229,9 +231,9 @@ class SplitWriter:
         return schema.shard_name(self.split, self.number)
 
     def _open(self) -> None:
-        final = self.out / self.rel_path
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self.file = ShardFile(final.with_name(final.name + ".partial"))
+        local = self.store.local(self.rel_path)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        self.file = ShardFile(local.with_name(local.name + ".partial"))
         self.unfinished.append(self.file)
         self.layout = TarLayout()
 
@@ -266,22 +268,21 @@ class SplitWriter:
         end = self.layout.end()
         record = {"path": self.rel_path, "split": self.split, "samples": len(self.rows), "bytes": self.layout.offset,
                   "consumed": self.consumed, "skipped": self.skipped, "rows": self.rows}
-        self.io.submit(self._finish_shard, self.file, end, self.out / self.rel_path,
-                       sidecar_path(self.out, self.split, self.number), record)
+        self.io.submit(self._finish_shard, self.file, end, self.rel_path, sidecar_rel(self.split, self.number), record)
         self.number += 1
         self.shards_written += 1
         self.file = self.layout = None
         self.rows, self.consumed, self.skipped = [], [], []
 
-    def _finish_shard(self, file: ShardFile, end: bytes, final: Path, sidecar: Path, record: dict) -> None:
-        """On the I/O thread, after all the shard's bytes."""
+    def _finish_shard(self, file: ShardFile, end: bytes, rel: str, sidecar: str, record: dict) -> None:
+        """On the I/O thread, after all the shard's bytes: complete it, put it in place, then record it."""
         file.write([end])
         record["sha256"] = file.close()
         if file.bytes != record["bytes"]:
-            raise PackError(final, f"wrote {file.bytes} bytes but the index expects {record['bytes']}")
-        os.replace(file.path, final)
+            raise PackError(file.path, f"wrote {file.bytes} bytes but the index expects {record['bytes']}")
+        self.store.put(file.path, rel)
         self.unfinished.remove(file)
-        dump_json(sidecar, record)
+        self.store.write_text(sidecar, json_text(record))
 
     def abort(self) -> None:
         """Drop the shards not yet in place (call once `io` has stopped): nothing half-written may remain."""
@@ -334,23 +335,25 @@ def _format_errors(errors: list[PatchError], limit: int = 20) -> str:
     return "\n".join(lines)
 
 
-def pack_dataset(src: str | os.PathLike, out: str | os.PathLike, **options) -> PackSummary:
-    """Pack `src` into `out`; options are PackOptions' fields. Reruns resume; see module doc."""
+def pack_dataset(src: str | os.PathLike, out: str | os.PathLike, staging: str | os.PathLike | None = None,
+                 **options) -> PackSummary:
+    """Pack `src` into `out` (a folder or an s3:// URL; `staging`: local folder for the shard being
+    written to S3); options are PackOptions' fields. Reruns resume; see module doc."""
     opts = PackOptions(**options)
     t0 = time.monotonic()
-    src, out = Path(src), Path(out)
+    src = Path(src)
     workers = opts.workers or len(os.sched_getaffinity(0))
 
     pool = _start_pool(workers)
     try:
-        return _pack(src, out, opts, workers, pool, t0)
+        return _pack(src, out, staging, opts, workers, pool, t0)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _pack(src: Path, out: Path, opts: PackOptions, workers: int, pool: ProcessPoolExecutor | None,
-          t0: float) -> PackSummary:
+def _pack(src: Path, out: str | os.PathLike, staging: str | os.PathLike | None, opts: PackOptions, workers: int,
+          pool: ProcessPoolExecutor | None, t0: float) -> PackSummary:
     """discover -> plan -> resume point -> stream samples into shards -> index + manifest."""
     disc = discover(src, opts.modalities, opts.splits_csv, opts.split_column, opts.num_parts, opts.part)
     if disc.errors and opts.on_error == "fail":
@@ -358,15 +361,15 @@ def _pack(src: Path, out: Path, opts: PackOptions, workers: int, pool: ProcessPo
                              f"(--on-error skip packs the others):\n{_format_errors(disc.errors)}")
     plan = make_plan(disc.patches, opts.seed, opts.keep_order)
 
-    out.mkdir(parents=True, exist_ok=True)
-    _check_params(out, opts.recorded(src))
+    store = open_store(out, staging)
+    _check_params(store, opts.recorded(src))
     for done_marker in (schema.MANIFEST_FILE, schema.INDEX_FILE):
-        (out / done_marker).unlink(missing_ok=True)  # rewritten at the end; absent = incomplete
+        store.delete(done_marker)  # rewritten at the end; absent = incomplete
 
-    start = {split: completed_shards(out, split, items) for split, items in plan.items()}
+    start = {split: completed_shards(store, split, items) for split, items in plan.items()}
     tasks = [p for split, items in plan.items() for p in items[start[split][0]:]]
     io = OrderedIO()
-    writers = {split: SplitWriter(out, split, start[split][1], opts.shard_size, io) for split in plan}
+    writers = {split: SplitWriter(store, split, start[split][1], opts.shard_size, io) for split in plan}
     resumed = sum(n for _, n in start.values())
     delay = float(os.environ.get(SLOW_ENV, "0") or 0)
 
@@ -413,7 +416,7 @@ def _pack(src: Path, out: Path, opts: PackOptions, workers: int, pool: ProcessPo
         io.close()
         bar.close()
 
-    summary = _finalise(out, opts, src, plan, disc, trailing_skips)
+    summary = _finalise(store, opts, src, plan, disc, trailing_skips)
     summary.elapsed_s = time.monotonic() - t0
     summary.stream_s = stream_s
     summary.streamed = len(tasks)
@@ -421,16 +424,16 @@ def _pack(src: Path, out: Path, opts: PackOptions, workers: int, pool: ProcessPo
     return summary
 
 
-def _finalise(out: Path, opts: PackOptions, src: Path, plan: dict[str, list[PatchSource]], disc: Discovery,
-              trailing_skips: list[dict]) -> PackSummary:
+def _finalise(store: OutputStore, opts: PackOptions, src: Path, plan: dict[str, list[PatchSource]],
+              disc: Discovery, trailing_skips: list[dict]) -> PackSummary:
     """Build index + manifest from the sidecars (the same whether or not the run was resumed)."""
     shards, tables, skipped = [], [], [e.as_record() for e in disc.errors] + trailing_skips
     split_sizes: dict[str, dict] = {}
     for split in plan:
         number = 0
         n = nbytes = 0
-        while (sc := sidecar_path(out, split, number)).is_file():
-            side = json.loads(sc.read_text())
+        while store.exists(sc := sidecar_rel(split, number)):
+            side = json.loads(store.read_text(sc))
             shards.append({k: side[k] for k in ("path", "split", "samples", "bytes", "sha256")})
             tables.append(rows_to_table(side["rows"]))
             skipped += side["skipped"]
@@ -439,7 +442,9 @@ def _finalise(out: Path, opts: PackOptions, src: Path, plan: dict[str, list[Patc
             number += 1
         split_sizes[split] = {"samples": n, "shards": number, "bytes": nbytes}
     table = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
-    index_path = write_index(out, table)
+    index_path = write_index(store.work, table)
+    index_sha = file_sha256(index_path)
+    store.put(index_path, schema.INDEX_FILE)
     skipped.sort(key=lambda s: s["patch_id"])
     manifest = {
         "format_version": schema.FORMAT_VERSION,
@@ -450,13 +455,13 @@ def _finalise(out: Path, opts: PackOptions, src: Path, plan: dict[str, list[Patc
         "modalities": modality_table([m for m in schema.MODALITY_NAMES if m in opts.modalities]),
         "splits": split_sizes,
         "shards": shards,
-        "index": {"path": schema.INDEX_FILE, "rows": table.num_rows, "sha256": file_sha256(index_path)},
+        "index": {"path": schema.INDEX_FILE, "rows": table.num_rows, "sha256": index_sha},
         "skipped": skipped,
         "not_in_splits": disc.not_in_splits,
     }
-    write_manifest(out, manifest)
+    store.write_text(schema.MANIFEST_FILE, json_text(manifest))  # last: its presence means complete
     return PackSummary(
-        out=str(out), patches=table.num_rows, shards=len(shards),
+        out=str(store), patches=table.num_rows, shards=len(shards),
         bytes_in=sum(v for v in table.column("source_bytes").to_pylist() if v),
         bytes_out=sum(s["bytes"] for s in shards), elapsed_s=0.0,
         splits={s: v["samples"] for s, v in split_sizes.items()}, skipped=skipped,

@@ -7,7 +7,6 @@ import copy
 import http.server
 import os
 import re
-import socket
 import threading
 from pathlib import Path
 
@@ -55,30 +54,9 @@ def assert_same(a, b):
                 assert torch.equal(v, y[k]), k
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # --------------------------------------------------------------------------------------------
 # S3
 # --------------------------------------------------------------------------------------------
-@pytest.fixture
-def s3_server(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 def upload(endpoint: str, root: Path, bucket: str, prefix: str) -> None:
     import boto3
 

@@ -1,0 +1,150 @@
+"""Where a pack's results go: a local folder, or an `s3://bucket/prefix` on any S3-compatible store.
+
+The packer writes every shard to a local file first (`<work>/<rel>.partial`), then `put`s it into
+place when it is complete: a rename in a local folder, an upload (multipart for large shards) to
+object storage, where an object only becomes visible once its upload has finished. Small files
+(resume sidecars, `params.json`, `manifest.json`) are written whole with `write_text`. So the
+rules of docs/packing.md hold for both: nothing incomplete under a final name, sidecar after shard,
+manifest last, and a rerun resumes from what the store holds (for S3, on any machine: the resume
+state lives in the bucket under `<prefix>/.pack/`; the local staging folder only holds the shard
+being written).
+
+S3 endpoint and credentials come from the environment, as for the loader: `$FLAIR_S3_ENDPOINT_URL`
+or `$AWS_ENDPOINT_URL` for a non-AWS endpoint, the usual `AWS_*` variables for credentials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from packer.atomic import write_text_atomic
+from packer.errors import PackError
+
+
+class OutputStore(ABC):
+    """A tree of files addressed by relative POSIX paths, plus a local `work` folder to build them in."""
+
+    url: str
+    work: Path
+
+    def local(self, rel: str) -> Path:
+        """Where the file `rel` is built locally before `put`."""
+        return self.work / rel
+
+    @abstractmethod
+    def size(self, rel: str) -> int | None:
+        """Size in bytes, or None when there is no such file."""
+
+    def exists(self, rel: str) -> bool:
+        return self.size(rel) is not None
+
+    @abstractmethod
+    def read_text(self, rel: str) -> str: ...
+
+    @abstractmethod
+    def write_text(self, rel: str, text: str) -> None:
+        """Replace `rel` with `text` in one step: readers see the old file, none, or all of the new."""
+
+    @abstractmethod
+    def put(self, local: Path, rel: str) -> None:
+        """Move the complete local file `local` to `rel` (it is gone from `local` afterwards)."""
+
+    @abstractmethod
+    def delete(self, rel: str) -> None:
+        """Remove `rel` if present."""
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class LocalStore(OutputStore):
+    def __init__(self, out: str | os.PathLike):
+        self.work = Path(out)
+        self.url = str(self.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    def size(self, rel: str) -> int | None:
+        path = self.work / rel
+        return path.stat().st_size if path.is_file() else None
+
+    def read_text(self, rel: str) -> str:
+        return (self.work / rel).read_text()
+
+    def write_text(self, rel: str, text: str) -> None:
+        write_text_atomic(self.work / rel, text)
+
+    def put(self, local: Path, rel: str) -> None:
+        final = self.work / rel
+        if Path(local) != final:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(local, final)
+
+    def delete(self, rel: str) -> None:
+        (self.work / rel).unlink(missing_ok=True)
+
+
+class S3Store(OutputStore):
+    """`s3://bucket/prefix`, through s3fs (already a dependency of the loader)."""
+
+    def __init__(self, url: str, staging: str | os.PathLike | None = None):
+        self.url = url.rstrip("/")
+        bucket = self.url[len("s3://"):].split("/", 1)[0]
+        if not bucket:
+            raise PackError("--out", f"{url}: no bucket name (expected s3://bucket/prefix)")
+        default = Path(tempfile.gettempdir()) / f"flair-pack-{hashlib.sha1(self.url.encode()).hexdigest()[:12]}"
+        self.work = Path(staging) if staging is not None else default
+        self.work.mkdir(parents=True, exist_ok=True)
+        import s3fs
+
+        endpoint = os.environ.get("FLAIR_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+        kwargs = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+        self.fs = s3fs.S3FileSystem(skip_instance_cache=True, **kwargs)
+        try:
+            self.fs.ls(bucket, refresh=True)
+        except (FileNotFoundError, PermissionError, OSError) as exc:
+            raise PackError("--out", f"{url}: bucket {bucket!r} cannot be listed ({exc})") from None
+
+    def _key(self, rel: str) -> str:
+        return f"{self.url[len('s3://'):]}/{rel.lstrip('/')}"
+
+    def size(self, rel: str) -> int | None:
+        key = self._key(rel)
+        self.fs.invalidate_cache(key)
+        try:
+            return int(self.fs.info(key)["size"])
+        except FileNotFoundError:
+            return None
+
+    def read_text(self, rel: str) -> str:
+        return self.fs.cat_file(self._key(rel)).decode("utf-8")
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.fs.pipe_file(self._key(rel), text.encode("utf-8"))  # one PUT: all or nothing
+
+    def put(self, local: Path, rel: str) -> None:
+        self.fs.put_file(str(local), self._key(rel))
+        if self.size(rel) != Path(local).stat().st_size:
+            raise PackError(self._key(rel), "upload incomplete: the object's size differs from the local file")
+        Path(local).unlink()
+
+    def delete(self, rel: str) -> None:
+        try:
+            self.fs.rm_file(self._key(rel))
+        except FileNotFoundError:
+            pass
+
+
+def open_store(out: str | os.PathLike, staging: str | os.PathLike | None = None) -> OutputStore:
+    """`s3://...` -> S3Store (staging folder for the shard being written), anything else a local folder."""
+    text = str(out)
+    if text.startswith("s3://"):
+        return S3Store(text, staging)
+    if "://" in text:
+        raise PackError("--out", f"{text}: only local folders and s3:// URLs can be written")
+    if staging is not None:
+        raise PackError("--staging", "only used with an s3:// --out (a local --out is its own staging folder)")
+    return LocalStore(text)

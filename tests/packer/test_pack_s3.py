@@ -1,0 +1,92 @@
+"""`--out s3://bucket/prefix`: the same bytes as a local pack, written straight to object storage,
+never an incomplete object under a final name, and a resume from the bucket on another machine."""
+
+from __future__ import annotations
+
+import pytest
+
+from packer import schema, tarwriter
+from packer.cli import main
+from packer.errors import PackError
+from packer.pack import STATE_DIR, pack_dataset
+
+OPTS = dict(shard_size=3_000_000, progress=False)
+
+
+@pytest.fixture
+def bucket(s3_server, monkeypatch):
+    import boto3
+
+    monkeypatch.setenv("FLAIR_S3_ENDPOINT_URL", s3_server)
+    client = boto3.client("s3", endpoint_url=s3_server)
+    client.create_bucket(Bucket="flair")
+    return client
+
+
+def _objects(client, prefix: str) -> dict[str, bytes]:
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="flair", Prefix=prefix + "/")
+            for o in page.get("Contents", [])]
+    return {k[len(prefix) + 1:]: client.get_object(Bucket="flair", Key=k)["Body"].read() for k in keys}
+
+
+def _local_files(out) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def local_pack(toy_tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "shards"
+    pack_dataset(toy_tree.root, out, workers=1, **OPTS)
+    return _local_files(out)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_s3_pack_is_byte_identical_to_a_local_pack(toy_tree, bucket, local_pack, tmp_path, workers):
+    summary = pack_dataset(toy_tree.root, "s3://flair/hub/v1", staging=tmp_path / "staging", workers=workers, **OPTS)
+    assert summary.out == "s3://flair/hub/v1" and summary.shards > 3
+    assert _objects(bucket, "hub/v1") == local_pack  # shards, index, manifest and resume records alike
+    assert not list((tmp_path / "staging").rglob("*.tar*"))  # nothing left in staging
+
+
+def test_failed_s3_pack_resumes_on_another_machine(toy_tree, bucket, local_pack, tmp_path, monkeypatch):
+    real_write, calls = tarwriter.ShardFile.write, {"n": 0}
+
+    def failing_write(self, chunks):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise OSError(28, "No space left on device")
+        return real_write(self, chunks)
+
+    monkeypatch.setattr(tarwriter.ShardFile, "write", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        pack_dataset(toy_tree.root, "s3://flair/run", staging=tmp_path / "machine-a", workers=1, **OPTS)
+    stored = _objects(bucket, "run")
+    assert schema.MANIFEST_FILE not in stored and schema.INDEX_FILE not in stored
+    shards = [k for k in stored if k.endswith(".tar")]
+    assert shards, "some shards were complete before the failure"
+    for key in shards:  # every shard object has its completion record
+        assert f"{STATE_DIR}/{key.rsplit('/', 1)[1][:-4]}.json" in stored
+
+    monkeypatch.setattr(tarwriter.ShardFile, "write", real_write)
+    summary = pack_dataset(toy_tree.root, "s3://flair/run", staging=tmp_path / "machine-b", workers=1, **OPTS)
+    assert summary.resumed_shards == len(shards)
+    assert _objects(bucket, "run") == local_pack
+
+
+def test_s3_rerun_with_other_options_is_refused(toy_tree, bucket, tmp_path):
+    pack_dataset(toy_tree.root, "s3://flair/x", staging=tmp_path / "s", workers=1, modalities=("SPOT_RGBI",), **OPTS)
+    with pytest.raises(PackError, match="other options"):
+        pack_dataset(toy_tree.root, "s3://flair/x", staging=tmp_path / "s", workers=1, **OPTS)
+
+
+def test_bad_output_urls(toy_tree, bucket, tmp_path, capsys):
+    with pytest.raises(PackError, match="cannot be listed"):
+        pack_dataset(toy_tree.root, "s3://no-such-bucket/x", workers=1, **OPTS)
+    with pytest.raises(PackError, match="only local folders and s3://"):
+        pack_dataset(toy_tree.root, "gs://flair/x", workers=1, **OPTS)
+    assert main(["--src", str(toy_tree.root), "--out", str(tmp_path / "o"), "--staging", str(tmp_path / "s"),
+                 "--no-progress", "--workers", "1"]) == 2
+    assert "--staging" in capsys.readouterr().err
+    for command in (["verify", "s3://flair/x"], ["inspect", "s3://flair/x"], ["merge", "--out", "o", "s3://flair/x"]):
+        assert main(command) == 2
+        assert "works on local folders" in capsys.readouterr().err
