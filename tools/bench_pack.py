@@ -150,6 +150,7 @@ def writer_capacity(src: Path, work: Path, n_samples: int = 30, total: int = 300
     from packer.pack import DEFAULT_SHARD_SIZE, SplitWriter
     from packer.sample import build_sample
     from packer.source import discover
+    from packer.store import LocalStore
 
     patches = discover(src, schema.MODALITY_NAMES, (), None, 1, 0).patches[:n_samples]
     with rasterio.Env():
@@ -157,7 +158,7 @@ def writer_capacity(src: Path, work: Path, n_samples: int = 30, total: int = 300
     out = work / "writer_only"
     shutil.rmtree(out, ignore_errors=True)
     io = OrderedIO()
-    writer = SplitWriter(out, "train", 0, DEFAULT_SHARD_SIZE, io)
+    writer = SplitWriter(LocalStore(out), "train", 0, DEFAULT_SHARD_SIZE, io)
     nbytes = 0
     c0, t0 = time.process_time(), time.perf_counter()  # process CPU: the I/O thread included
     for i in range(total):
