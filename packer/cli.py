@@ -87,21 +87,19 @@ def run_pack(argv: list[str]) -> int:
 
 
 def _local_only(command: str, *paths: str) -> None:
-    """verify / inspect / merge read local folders; say so plainly for a URL."""
+    """merge links or copies files between local folders; say so plainly for a URL."""
     for path in paths:
         if "://" in str(path):
-            raise PackError(path, f"`flair-pack {command}` works on local folders; copy the dataset down first "
-                                  "(a training run checks every shard it streams with data.verify: true)")
+            raise PackError(path, f"`flair-pack {command}` works on local folders; copy the parts down first")
 
 
 def run_verify(argv: list[str]) -> int:
     from packer.verify import verify_dataset
 
     p = argparse.ArgumentParser(prog="flair-pack verify", description="Check shards against manifest and index.")
-    p.add_argument("out")
+    p.add_argument("out", help="packed dataset: a folder or s3://bucket/prefix")
     p.add_argument("--no-decode", action="store_true", help="skip decoding the members (hashes/offsets only)")
     a = p.parse_args(argv)
-    _local_only("verify", a.out)
     report = verify_dataset(a.out, decode=not a.no_decode)
     print(report)
     return 0 if report.ok else 1
@@ -111,10 +109,9 @@ def run_inspect(argv: list[str]) -> int:
     from packer.inspection import describe_sample, summarize_dataset
 
     p = argparse.ArgumentParser(prog="flair-pack inspect", description="Summary of a dataset or one sample.")
-    p.add_argument("out")
+    p.add_argument("out", help="packed dataset: a folder or s3://bucket/prefix")
     p.add_argument("patch_id", nargs="?")
     a = p.parse_args(argv)
-    _local_only("inspect", a.out)
     print(describe_sample(a.out, a.patch_id) if a.patch_id else summarize_dataset(a.out))
     return 0
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from packer import schema
 from packer.atomic import atomic_path
+from packer.store import OutputStore, open_store
 
 
 def member_columns(name: str) -> tuple[str, str]:
@@ -51,6 +52,7 @@ def write_index(out: str | os.PathLike, table: pa.Table) -> Path:
     return path
 
 
-def read_index(out: str | os.PathLike) -> pa.Table:
-    """The index of a packed dataset (a local directory)."""
-    return pq.read_table(Path(out) / schema.INDEX_FILE)
+def read_index(out: str | os.PathLike | OutputStore) -> pa.Table:
+    """The index of a packed dataset (a local folder or an s3:// URL)."""
+    with open_store(out, create=False).open(schema.INDEX_FILE) as f:
+        return pq.read_table(f)

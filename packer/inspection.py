@@ -19,20 +19,22 @@ from packer.codec import decode_array
 from packer.errors import PackError
 from packer.index import read_index
 from packer.manifest import read_manifest
+from packer.store import OutputStore, open_store
 
 
-def read_sample(out: str | Path, row: dict) -> dict[str, bytes]:
+def read_sample(out: str | Path | OutputStore, row: dict) -> dict[str, bytes]:
     """All members of the sample described by index `row`, from one ranged read of its shard."""
-    with open(Path(out) / row["shard"], "rb") as f:
+    with open_store(out, create=False).open(row["shard"]) as f:
         f.seek(row["offset"])
         blob = f.read(row["size"])
     with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tf:
         return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
 
 
-def summarize_dataset(out: str | Path) -> str:
-    m = read_manifest(out)
-    index = read_index(out)
+def summarize_dataset(out: str | Path | OutputStore) -> str:
+    store = open_store(out, create=False)
+    m = read_manifest(store)
+    index = read_index(store)
     p = m["parameters"]
     lines = [
         f"{out}: format {m['format_version']}, packer {m['packer_version']}, codec zstd level "
@@ -63,13 +65,14 @@ def summarize_dataset(out: str | Path) -> str:
     return "\n".join(lines)
 
 
-def describe_sample(out: str | Path, patch_id: str) -> str:
-    index = read_index(out)
+def describe_sample(out: str | Path | OutputStore, patch_id: str) -> str:
+    store = open_store(out, create=False)
+    index = read_index(store)
     hit = index.filter(pc.equal(index.column("patch_id"), patch_id))
     if hit.num_rows == 0:
-        raise PackError(patch_id, f"not in {Path(out) / schema.INDEX_FILE}")
+        raise PackError(patch_id, f"not in {store}/{schema.INDEX_FILE}")
     row = hit.to_pylist()[0]
-    members = read_sample(out, row)
+    members = read_sample(store, row)
     meta = json.loads(members[schema.meta_member_name(patch_id)])
     lines = [f"{patch_id}: split {row['split']}, {row['shard']} #{row['sample_index']} "
              f"(bytes {row['offset']}..{row['offset'] + row['size']})",

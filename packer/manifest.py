@@ -14,6 +14,7 @@ from pathlib import Path
 
 from packer import schema
 from packer.atomic import write_text_atomic
+from packer.store import OutputStore, open_store
 
 
 def packer_version() -> str:
@@ -59,8 +60,10 @@ def write_manifest(out: str | os.PathLike, manifest: dict) -> Path:
     return path
 
 
-def read_manifest(out: str | os.PathLike) -> dict:
-    path = Path(out) / schema.MANIFEST_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest (not a packed dataset, or the pack did not finish)")
-    return json.loads(path.read_text())
+def read_manifest(out: str | os.PathLike | OutputStore) -> dict:
+    """The manifest of a packed dataset (a local folder or an s3:// URL)."""
+    store = open_store(out, create=False)
+    if not store.exists(schema.MANIFEST_FILE):
+        raise FileNotFoundError(f"{store}/{schema.MANIFEST_FILE}: no manifest (not a packed dataset, or the pack "
+                                "did not finish)")
+    return json.loads(store.read_text(schema.MANIFEST_FILE))

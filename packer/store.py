@@ -20,6 +20,7 @@ import os
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import BinaryIO
 
 from packer.atomic import write_text_atomic
 from packer.errors import PackError
@@ -46,6 +47,10 @@ class OutputStore(ABC):
     def read_text(self, rel: str) -> str: ...
 
     @abstractmethod
+    def open(self, rel: str) -> BinaryIO:
+        """A seekable binary reader of `rel` (FileNotFoundError when absent)."""
+
+    @abstractmethod
     def write_text(self, rel: str, text: str) -> None:
         """Replace `rel` with `text` in one step: readers see the old file, none, or all of the new."""
 
@@ -62,10 +67,11 @@ class OutputStore(ABC):
 
 
 class LocalStore(OutputStore):
-    def __init__(self, out: str | os.PathLike):
+    def __init__(self, out: str | os.PathLike, create: bool = True):
         self.work = Path(out)
         self.url = str(self.work)
-        self.work.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.work.mkdir(parents=True, exist_ok=True)
 
     def size(self, rel: str) -> int | None:
         path = self.work / rel
@@ -73,6 +79,9 @@ class LocalStore(OutputStore):
 
     def read_text(self, rel: str) -> str:
         return (self.work / rel).read_text()
+
+    def open(self, rel: str) -> BinaryIO:
+        return open(self.work / rel, "rb")
 
     def write_text(self, rel: str, text: str) -> None:
         write_text_atomic(self.work / rel, text)
@@ -90,14 +99,15 @@ class LocalStore(OutputStore):
 class S3Store(OutputStore):
     """`s3://bucket/prefix`, through s3fs (already a dependency of the loader)."""
 
-    def __init__(self, url: str, staging: str | os.PathLike | None = None):
+    def __init__(self, url: str, staging: str | os.PathLike | None = None, create: bool = True):
         self.url = url.rstrip("/")
         bucket = self.url[len("s3://"):].split("/", 1)[0]
         if not bucket:
             raise PackError("--out", f"{url}: no bucket name (expected s3://bucket/prefix)")
         default = Path(tempfile.gettempdir()) / f"flair-pack-{hashlib.sha1(self.url.encode()).hexdigest()[:12]}"
         self.work = Path(staging) if staging is not None else default
-        self.work.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.work.mkdir(parents=True, exist_ok=True)
         import s3fs
 
         endpoint = os.environ.get("FLAIR_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
@@ -122,6 +132,9 @@ class S3Store(OutputStore):
     def read_text(self, rel: str) -> str:
         return self.fs.cat_file(self._key(rel)).decode("utf-8")
 
+    def open(self, rel: str) -> BinaryIO:
+        return self.fs.open(self._key(rel), "rb", block_size=8 * 2**20)  # 8 MB range reads, read ahead
+
     def write_text(self, rel: str, text: str) -> None:
         self.fs.pipe_file(self._key(rel), text.encode("utf-8"))  # one PUT: all or nothing
 
@@ -138,13 +151,19 @@ class S3Store(OutputStore):
             pass
 
 
-def open_store(out: str | os.PathLike, staging: str | os.PathLike | None = None) -> OutputStore:
-    """`s3://...` -> S3Store (staging folder for the shard being written), anything else a local folder."""
+def open_store(out: str | os.PathLike | OutputStore, staging: str | os.PathLike | None = None,
+               create: bool = True) -> OutputStore:
+    """`s3://...` -> S3Store (staging folder for the shard being written), anything else a local folder.
+
+    `create=False` opens an existing dataset to read it (verify, inspect): no folder is made.
+    """
+    if isinstance(out, OutputStore):
+        return out
     text = str(out)
     if text.startswith("s3://"):
-        return S3Store(text, staging)
+        return S3Store(text, staging, create)
     if "://" in text:
-        raise PackError("--out", f"{text}: only local folders and s3:// URLs can be written")
+        raise PackError("--out", f"{text}: only local folders and s3:// URLs are supported")
     if staging is not None:
         raise PackError("--staging", "only used with an s3:// --out (a local --out is its own staging folder)")
-    return LocalStore(text)
+    return LocalStore(text, create)

@@ -1,23 +1,27 @@
 """`flair-pack verify OUT`: check every shard against the manifest and the index.
 
-Recomputes each shard's sha256 and size, walks its tar headers (member names, data offsets, sizes,
-sample order), compares them with the index rows, and decodes every member (arrays against the
-shape/dtype in the sample JSON), reading members by range so memory stays small. Collects every
-problem into a readable report instead of stopping at the first.
+OUT is a local folder or an `s3://` URL (`packer.store`). Each shard is read once, as a stream:
+its sha256 and size are computed from the bytes as they pass, its tar headers (member names,
+data offsets, sizes, sample order) are compared with the index rows, and every member is decoded
+(arrays against the shape/dtype in the sample JSON) one sample at a time, so memory stays small.
+Collects every problem into a readable report instead of stopping at the first.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from packer import schema
 from packer.codec import decode_array
 from packer.index import member_columns, read_index
-from packer.manifest import file_sha256, read_manifest
+from packer.manifest import read_manifest
+from packer.store import OutputStore, open_store
 
 
 @dataclass
@@ -38,16 +42,21 @@ class VerifyReport:
         return head + f"{len(self.problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in self.problems)
 
 
-def _walk_tar(path: Path) -> list[tuple[str, int, int]]:
-    """(name, data offset, size) of every member, read from the headers."""
-    with tarfile.open(path, "r:") as tf:
-        return [(m.name, m.offset_data, m.size) for m in tf.getmembers()]
+class _HashingReader:
+    """A forward-only reader that hashes and counts every byte read through it."""
 
+    def __init__(self, f: BinaryIO):
+        self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
 
-def _read_range(path: Path, offset: int, size: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.sha.update(data)
+        self.bytes += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 22):
+            pass
 
 
 def _check_sample(data: dict[str, bytes], pid: str, where: str, report: VerifyReport) -> None:
@@ -77,20 +86,28 @@ def _check_sample(data: dict[str, bytes], pid: str, where: str, report: VerifyRe
                                    f"{expect['dtype']}{expect['shape']}")
 
 
-def verify_dataset(out: str | Path, decode: bool = True) -> VerifyReport:
-    out = Path(out)
+def _stream_sha256(f: BinaryIO) -> str:
+    reader = _HashingReader(f)
+    reader.drain()
+    return reader.sha.hexdigest()
+
+
+def verify_dataset(out: str | Path | OutputStore, decode: bool = True) -> VerifyReport:
     report = VerifyReport()
     try:
-        manifest = read_manifest(out)
-        index = read_index(out)
+        store = open_store(out, create=False)
+        manifest = read_manifest(store)
+        index = read_index(store)
     except Exception as exc:
         report.problems.append(f"{out}: cannot read manifest/index ({exc})")
         return report
     idx_info = manifest.get("index", {})
-    if idx_info.get("sha256") and file_sha256(out / schema.INDEX_FILE) != idx_info["sha256"]:
-        report.problems.append(f"{out / schema.INDEX_FILE}: sha256 differs from the manifest")
+    if idx_info.get("sha256"):
+        with store.open(schema.INDEX_FILE) as f:
+            if _stream_sha256(f) != idx_info["sha256"]:
+                report.problems.append(f"{store}/{schema.INDEX_FILE}: sha256 differs from the manifest")
     if idx_info.get("rows") is not None and idx_info["rows"] != index.num_rows:
-        report.problems.append(f"{out / schema.INDEX_FILE}: {index.num_rows} rows, manifest says {idx_info['rows']}")
+        report.problems.append(f"{store}/{schema.INDEX_FILE}: {index.num_rows} rows, manifest says {idx_info['rows']}")
 
     rows_by_shard: dict[str, list[dict]] = defaultdict(list)
     for row in index.to_pylist():
@@ -101,51 +118,77 @@ def verify_dataset(out: str | Path, decode: bool = True) -> VerifyReport:
 
     for entry in manifest["shards"]:
         report.shards += 1
-        path = out / entry["path"]
         rows = sorted(rows_by_shard.get(entry["path"], []), key=lambda r: r["sample_index"])
-        if not path.is_file():
-            report.problems.append(f"{path}: missing")
-            continue
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            report.problems.append(f"{path}: {size} bytes, manifest says {entry['bytes']} (truncated or replaced?)")
-        if file_sha256(path) != entry["sha256"]:
-            report.problems.append(f"{path}: sha256 differs from the manifest (corrupted)")
-        if len(rows) != entry["samples"]:
-            report.problems.append(f"{path}: index has {len(rows)} samples, manifest says {entry['samples']}")
-        try:
-            members = _walk_tar(path)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            report.problems.append(f"{path}: not a readable tar ({exc})")
-            continue
-        by_name = {name: (off, n) for name, off, n in members}
-        keys = list(dict.fromkeys(name.split(".", 1)[0] for name, _, _ in members))
-        if keys != [r["patch_id"] for r in rows]:
-            report.problems.append(f"{path}: samples in the tar differ from the index's (order or set)")
-        for row in rows:
-            report.samples += 1
-            pid = row["patch_id"]
-            where = f"{entry['path']}#{row['sample_index']}"
-            expected = {schema.meta_member_name(pid): (row["json_offset"], row["json_size"])}
-            for mod in row["modalities"]:
-                c_off, c_size = member_columns(mod)
-                expected[schema.member_name(pid, mod)] = (row[c_off], row[c_size])
-            data = {}
-            for name, (off, n) in expected.items():
-                report.members += 1
-                if by_name.get(name) != (off, n):
-                    report.problems.append(f"{where}: {name} is at {by_name.get(name)} in the tar, index says {(off, n)}")
-                    continue
-                if off + n > size:
-                    report.problems.append(f"{where}: {name} runs past the end of the shard")
-                    continue
-                if decode:
-                    data[name] = _read_range(path, off, n)
-            if row["offset"] + row["size"] > size:
-                report.problems.append(f"{where}: sample span runs past the end of the shard")
-            extra = [n for n in by_name if n.split(".", 1)[0] == pid and n not in expected]
-            if extra:
-                report.problems.append(f"{where}: members not in the index: {extra}")
-            if decode and len(data) == len(expected):
-                _check_sample(data, pid, where, report)
+        _verify_shard(store, entry, rows, decode, report)
     return report
+
+
+def _expected_members(row: dict) -> dict[str, tuple[int, int]]:
+    """Member name -> (data offset, size) that the index row promises."""
+    pid = row["patch_id"]
+    expected = {schema.meta_member_name(pid): (row["json_offset"], row["json_size"])}
+    for mod in row["modalities"]:
+        c_off, c_size = member_columns(mod)
+        expected[schema.member_name(pid, mod)] = (row[c_off], row[c_size])
+    return expected
+
+
+def _verify_shard(store: OutputStore, entry: dict, rows: list[dict], decode: bool, report: VerifyReport) -> None:
+    """One streaming pass over the shard: hash, size, headers against the index, decode per sample."""
+    where_shard = f"{store}/{entry['path']}"
+    size = store.size(entry["path"])
+    if size is None:
+        report.problems.append(f"{where_shard}: missing")
+        return
+    if size != entry["bytes"]:
+        report.problems.append(f"{where_shard}: {size} bytes, manifest says {entry['bytes']} (truncated or replaced?)")
+    if len(rows) != entry["samples"]:
+        report.problems.append(f"{where_shard}: index has {len(rows)} samples, manifest says {entry['samples']}")
+    row_of = {r["patch_id"]: r for r in rows}
+    expected = {r["patch_id"]: _expected_members(r) for r in rows}
+    seen: dict[str, dict[str, tuple[int, int]]] = {}  # patch id -> member -> (offset, size) in the tar
+    current: str | None = None
+    data: dict[str, bytes] = {}
+
+    def finish_sample(pid: str | None) -> None:
+        if pid is None or pid not in row_of:
+            return
+        report.samples += 1
+        row = row_of[pid]
+        where = f"{entry['path']}#{row['sample_index']}"
+        for name, want in expected[pid].items():
+            report.members += 1
+            got = seen[pid].get(name)
+            if got != want:
+                report.problems.append(f"{where}: {name} is at {got} in the tar, index says {want}")
+        if row["offset"] + row["size"] > size:
+            report.problems.append(f"{where}: sample span runs past the end of the shard")
+        extra = [n for n in seen[pid] if n not in expected[pid]]
+        if extra:
+            report.problems.append(f"{where}: members not in the index: {extra}")
+        if decode and set(data) == set(expected[pid]):
+            _check_sample(data, pid, where, report)
+
+    with store.open(entry["path"]) as f:
+        reader = _HashingReader(f)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tf:
+                for member in tf:
+                    pid = member.name.split(".", 1)[0]
+                    if pid != current:
+                        finish_sample(current)
+                        current, data = pid, {}
+                        seen.setdefault(pid, {})
+                    seen[pid][member.name] = (member.offset_data, member.size)
+                    if decode and expected.get(pid, {}).get(member.name) == (member.offset_data, member.size):
+                        data[member.name] = tf.extractfile(member).read()
+            finish_sample(current)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            report.problems.append(f"{where_shard}: not a readable tar ({exc})")
+        reader.drain()
+    if reader.sha.hexdigest() != entry["sha256"]:
+        report.problems.append(f"{where_shard}: sha256 differs from the manifest (corrupted)")
+    if list(seen) != [r["patch_id"] for r in rows]:
+        report.problems.append(f"{where_shard}: samples in the tar differ from the index's (order or set)")
+        for pid in row_of.keys() - seen.keys():
+            report.problems.append(f"{entry['path']}#{row_of[pid]['sample_index']}: sample {pid} is not in the tar")

@@ -82,11 +82,31 @@ def test_s3_rerun_with_other_options_is_refused(toy_tree, bucket, tmp_path):
 def test_bad_output_urls(toy_tree, bucket, tmp_path, capsys):
     with pytest.raises(PackError, match="cannot be listed"):
         pack_dataset(toy_tree.root, "s3://no-such-bucket/x", workers=1, **OPTS)
-    with pytest.raises(PackError, match="only local folders and s3://"):
+    with pytest.raises(PackError, match="only local folders and s3:// URLs are supported"):
         pack_dataset(toy_tree.root, "gs://flair/x", workers=1, **OPTS)
     assert main(["--src", str(toy_tree.root), "--out", str(tmp_path / "o"), "--staging", str(tmp_path / "s"),
                  "--no-progress", "--workers", "1"]) == 2
     assert "--staging" in capsys.readouterr().err
-    for command in (["verify", "s3://flair/x"], ["inspect", "s3://flair/x"], ["merge", "--out", "o", "s3://flair/x"]):
-        assert main(command) == 2
-        assert "works on local folders" in capsys.readouterr().err
+    assert main(["merge", "--out", "o", "s3://flair/x"]) == 2
+    assert "works on local folders" in capsys.readouterr().err
+
+
+def test_verify_and_inspect_read_straight_from_s3(toy_tree, bucket, tmp_path, capsys):
+    pack_dataset(toy_tree.root, "s3://flair/v", staging=tmp_path / "s", workers=1, **OPTS)
+    assert main(["verify", "s3://flair/v"]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["inspect", "s3://flair/v"]) == 0
+    assert "12 samples" in capsys.readouterr().out
+    pid = sorted(toy_tree.result.patch_ids)[0]
+    assert main(["inspect", "s3://flair/v", pid]) == 0
+    assert pid in capsys.readouterr().out
+
+    key = next(k for k in _objects(bucket, "v") if k.endswith(".tar"))
+    blob = bytearray(bucket.get_object(Bucket="flair", Key=f"v/{key}")["Body"].read())
+    blob[3000] ^= 0x01
+    bucket.put_object(Bucket="flair", Key=f"v/{key}", Body=bytes(blob))
+    assert main(["verify", "s3://flair/v"]) == 1
+    out = capsys.readouterr().out
+    assert key in out and "sha256" in out
+    assert main(["verify", "s3://flair/nothing-here"]) == 1
+    assert "no manifest" in capsys.readouterr().out
