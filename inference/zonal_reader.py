@@ -9,7 +9,7 @@ the area the values are 0, as in the reference's boundless reads.
 Where a modality's tile falls exactly on its own pixel grid (the usual case: FLAIR-HUB
 resolutions divide the tile and margin sizes), the read is a plain integer window: values are
 the stored ones, bit for bit. Otherwise the window is resampled (bilinear for images, nearest for
-the cloud mask), like the reference's `out_shape` reads.
+the cloud mask) with the values of the reference's boundless `out_shape` reads (`read_resampled`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
+from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from inference.tiling import Tile, TileGrid, tile_bounds
@@ -196,10 +197,45 @@ def read_window(src: Any, info: RasterInfo, bounds: tuple[float, float, float, f
         if cs < ce and rs < re_:
             out[:, rs - r0 : re_ - r0, cs - c0 : ce - c0] = read_all_bands(src, Window(cs, rs, ce - cs, re_ - rs))
         return out
-    return src.read(
-        window=Window(col, row, span, span),
-        out_shape=(info.count, size, size),
-        resampling=resampling,
-        boundless=True,
-        fill_value=0,
-    )
+    return read_resampled(src, Window(col, row, span, span), size, resampling)
+
+
+RESAMPLE_BAND_CHUNK = 128
+"""Bands per in-memory copy in `read_resampled` (measured: 30 -> 0.41 s, 100-300 -> 0.25 s for 1,500 bands)."""
+
+
+def read_resampled(src: Any, window: Window, size: int, resampling: Resampling) -> np.ndarray:
+    """`src.read(window=window, out_shape=(count, size, size), resampling=..., boundless=True,
+    fill_value=0)`, the reference's read, with the same values at a fraction of the cost.
+
+    rasterio's boundless read wraps the whole raster in a VRT whose every band opens the source file
+    again, so its cost grows with the square of the band count: 1.5-4.5 s for one tile of a
+    1,500-band Sentinel-2 series. Here the pixels around the window (a margin wider than the
+    resampling kernel) are read once with one RasterIO call, copied into small in-memory
+    GeoTIFFs of `RESAMPLE_BAND_CHUNK` bands, and the same boundless read runs on those, with the
+    window moved by the whole-pixel offset of the copy: 0.25 s for that tile. The kernel only ever
+    sees the pixels the full read would see; tests compare both reads on random windows, inside,
+    across and outside the raster, for several dtypes and both resamplings.
+    """
+    pad = math.ceil(2 * max(window.width, window.height) / size) + 2  # wider than the kernel's support
+    c0, r0 = max(0, math.floor(window.col_off) - pad), max(0, math.floor(window.row_off) - pad)
+    c1 = min(src.width, math.ceil(window.col_off + window.width) + pad)
+    r1 = min(src.height, math.ceil(window.row_off + window.height) + pad)
+    dtype = src.dtypes[0]
+    out = np.zeros((src.count, size, size), dtype=dtype)
+    if c0 >= c1 or r0 >= r1:
+        return out  # nowhere near the raster: all fill value, as the boundless read gives
+    box = Window(c0, r0, c1 - c0, r1 - r0)
+    pixels = read_all_bands(src, box)
+    moved = Window(window.col_off - c0, window.row_off - r0, window.width, window.height)
+    for b0 in range(0, src.count, RESAMPLE_BAND_CHUNK):
+        part = pixels[b0:b0 + RESAMPLE_BAND_CHUNK]
+        profile = dict(driver="GTiff", width=box.width, height=box.height, count=part.shape[0], dtype=dtype,
+                       crs=src.crs, transform=src.window_transform(box), interleave="band", nodata=src.nodata)
+        with MemoryFile() as mem:
+            with mem.open(**profile) as dst:
+                dst.write(part)
+            with mem.open() as copy:
+                out[b0:b0 + part.shape[0]] = copy.read(window=moved, out_shape=(part.shape[0], size, size),
+                                                       resampling=resampling, boundless=True, fill_value=0)
+    return out
