@@ -12,6 +12,9 @@ from rasterio.windows import Window
 from inference import zonal_reader
 from inference.zonal_reader import read_resampled
 
+# rasterio's own window_transform uses Affine `*`, deprecated by affine: thousands of lines of noise here
+pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+
 
 def _raster(path, dtype, nodata, bands=23, size=60):
     rng = np.random.default_rng(7)
