@@ -99,6 +99,9 @@ class LocalStore(OutputStore):
 class S3Store(OutputStore):
     """`s3://bucket/prefix`, through s3fs (already a dependency of the loader)."""
 
+    upload_chunk = 50 * 2**20
+    """Part size of multipart uploads; s3fs uploads files of 2 parts or more that way (256 MB shards do)."""
+
     def __init__(self, url: str, staging: str | os.PathLike | None = None, create: bool = True):
         self.url = url.rstrip("/")
         bucket = self.url[len("s3://"):].split("/", 1)[0]
@@ -139,7 +142,7 @@ class S3Store(OutputStore):
         self.fs.pipe_file(self._key(rel), text.encode("utf-8"))  # one PUT: all or nothing
 
     def put(self, local: Path, rel: str) -> None:
-        self.fs.put_file(str(local), self._key(rel))
+        self.fs.put_file(str(local), self._key(rel), chunksize=self.upload_chunk)
         if self.size(rel) != Path(local).stat().st_size:
             raise PackError(self._key(rel), "upload incomplete: the object's size differs from the local file")
         Path(local).unlink()

@@ -48,6 +48,19 @@ def test_s3_pack_is_byte_identical_to_a_local_pack(toy_tree, bucket, local_pack,
     assert not list((tmp_path / "staging").rglob("*.tar*"))  # nothing left in staging
 
 
+def test_large_shards_go_up_as_multipart_uploads(toy_tree, bucket, tmp_path, monkeypatch):
+    """Real shards (256 MB) are uploaded in parts; here 5 MiB parts (the S3 minimum) and ~10 MB shards."""
+    from packer.store import S3Store
+
+    monkeypatch.setattr(S3Store, "upload_chunk", 5 * 2**20)
+    opts = dict(OPTS, shard_size=30_000_000)
+    pack_dataset(toy_tree.root, tmp_path / "local", workers=1, **opts)
+    pack_dataset(toy_tree.root, "s3://flair/big", staging=tmp_path / "s", workers=1, **opts)
+    assert _objects(bucket, "big") == _local_files(tmp_path / "local")
+    etags = {o["Key"]: o["ETag"] for o in bucket.list_objects_v2(Bucket="flair", Prefix="big/")["Contents"]}
+    assert any("-" in tag for key, tag in etags.items() if key.endswith(".tar")), "no shard went up in parts"
+
+
 def test_failed_s3_pack_resumes_on_another_machine(toy_tree, bucket, local_pack, tmp_path, monkeypatch):
     real_write, calls = tarwriter.ShardFile.write, {"n": 0}
 
