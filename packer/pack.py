@@ -40,7 +40,7 @@ from packer.sample import EncodedSample, build_or_error, init_worker
 from packer.source import Discovery, PatchSource, discover
 from packer.split_csv import parse_csv_argument
 from packer.store import OutputStore, open_store
-from packer.tarwriter import ShardFile, TarLayout
+from packer.tarwriter import ShardFile, TarLayout, member_blocks
 
 DEFAULT_SHARD_SIZE = 256 * 10**6
 STATE_DIR = ".pack"
@@ -238,7 +238,8 @@ class SplitWriter:
         self.layout = TarLayout()
 
     def add(self, sample: EncodedSample) -> None:
-        size = TarLayout.size_of(sample.members)
+        blocks = [member_blocks(name, data) for name, data in sample.members]
+        size = sum(len(b) for member in blocks for b in member)
         if self.layout is not None and self.rows and self.layout.offset + size > self.target:
             self.close_shard()
         if self.layout is None:
@@ -246,8 +247,8 @@ class SplitWriter:
         start = self.layout.offset
         row = dict(sample.row, shard=self.rel_path, sample_index=len(self.rows), offset=start)
         chunks: list[bytes] = []
-        for name, data in sample.members:
-            off, n = self.layout.add(name, data, chunks)
+        for (name, _), member in zip(sample.members, blocks):
+            off, n = self.layout.add(member, chunks)
             suffix = name[len(sample.patch_id) + 1:]
             if suffix == schema.META_SUFFIX:
                 row["json_offset"], row["json_size"] = off, n

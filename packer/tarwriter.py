@@ -35,16 +35,24 @@ def padding(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
 
 
+MemberBlocks = tuple[bytes, bytes, bytes]
+"""A member as it lies in the tar: header, data, padding to the next 512-byte block."""
+
+
+def member_blocks(name: str, data: bytes) -> MemberBlocks:
+    return member_header(name, len(data)), data, padding(len(data))
+
+
 class TarLayout:
     """Where members go in a tar being built: their bytes to write and their data offsets."""
 
     def __init__(self) -> None:
         self.offset = 0
 
-    def add(self, name: str, data: bytes, chunks: list[bytes]) -> tuple[int, int]:
-        """Append the member's header, data and padding to `chunks`; returns (data offset, data size)."""
-        header, pad = member_header(name, len(data)), padding(len(data))
-        chunks += (header, data, pad)
+    def add(self, blocks: MemberBlocks, chunks: list[bytes]) -> tuple[int, int]:
+        """Append the member's blocks to `chunks`; returns (data offset, data size)."""
+        header, data, pad = blocks
+        chunks += blocks
         start = self.offset + len(header)
         self.offset = start + len(data) + len(pad)
         return start, len(data)
@@ -53,10 +61,6 @@ class TarLayout:
         """The end-of-archive marker (two zero blocks), counted in the offset."""
         self.offset += len(END_OF_ARCHIVE)
         return END_OF_ARCHIVE
-
-    @staticmethod
-    def size_of(members: list[tuple[str, bytes]]) -> int:
-        return sum(len(member_header(n, len(d))) + len(d) + len(padding(len(d))) for n, d in members)
 
 
 class ShardFile:
