@@ -11,6 +11,7 @@ import json
 import os
 from importlib import metadata
 from pathlib import Path
+from typing import BinaryIO
 
 from packer import schema
 from packer.atomic import write_text_atomic
@@ -36,12 +37,17 @@ def modality_table(names: list[str]) -> dict[str, dict]:
     return out
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+def stream_sha256(f: BinaryIO, chunk: int = 1 << 22) -> str:
+    """sha256 of what is left to read in `f` (a local file or an S3 object alike)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    while block := f.read(chunk):
+        h.update(block)
     return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    with open(path, "rb") as f:
+        return stream_sha256(f)
 
 
 def json_text(obj: object) -> str:

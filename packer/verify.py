@@ -20,7 +20,7 @@ from typing import BinaryIO
 from packer import schema
 from packer.codec import decode_array
 from packer.index import member_columns, read_index
-from packer.manifest import read_manifest
+from packer.manifest import read_manifest, stream_sha256
 from packer.store import OutputStore, open_store
 
 
@@ -86,12 +86,6 @@ def _check_sample(data: dict[str, bytes], pid: str, where: str, report: VerifyRe
                                    f"{expect['dtype']}{expect['shape']}")
 
 
-def _stream_sha256(f: BinaryIO) -> str:
-    reader = _HashingReader(f)
-    reader.drain()
-    return reader.sha.hexdigest()
-
-
 def verify_dataset(out: str | Path | OutputStore, decode: bool = True) -> VerifyReport:
     report = VerifyReport()
     try:
@@ -104,7 +98,7 @@ def verify_dataset(out: str | Path | OutputStore, decode: bool = True) -> Verify
     idx_info = manifest.get("index", {})
     if idx_info.get("sha256"):
         with store.open(schema.INDEX_FILE) as f:
-            if _stream_sha256(f) != idx_info["sha256"]:
+            if stream_sha256(f) != idx_info["sha256"]:
                 report.problems.append(f"{store}/{schema.INDEX_FILE}: sha256 differs from the manifest")
     if idx_info.get("rows") is not None and idx_info["rows"] != index.num_rows:
         report.problems.append(f"{store}/{schema.INDEX_FILE}: {index.num_rows} rows, manifest says {idx_info['rows']}")
