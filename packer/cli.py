@@ -86,13 +86,6 @@ def run_pack(argv: list[str]) -> int:
     return 0
 
 
-def _local_only(command: str, *paths: str) -> None:
-    """merge links or copies files between local folders; say so plainly for a URL."""
-    for path in paths:
-        if "://" in str(path):
-            raise PackError(path, f"`flair-pack {command}` works on local folders; copy the parts down first")
-
-
 def run_verify(argv: list[str]) -> int:
     from packer.verify import verify_dataset
 
@@ -124,7 +117,9 @@ def run_merge(argv: list[str]) -> int:
     p.add_argument("--mode", choices=MODES, default="link", help="how shards reach OUT (default: hard link)")
     p.add_argument("parts", nargs="+")
     a = p.parse_args(argv)
-    _local_only("merge", a.out, *a.parts)
+    for path in (a.out, *a.parts):  # merge links or copies files between local folders
+        if "://" in path:
+            raise PackError(path, "`flair-pack merge` works on local folders; copy the parts down first")
     m = merge_parts(a.out, a.parts, a.mode)
     print(f"merged {len(a.parts)} parts into {a.out}: {m['index']['rows']} samples, {len(m['shards'])} shards")
     return 0
