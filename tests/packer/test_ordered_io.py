@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from packer import tarwriter
 from packer.ordered_io import OrderedIO
 from packer.pack import pack_dataset
 from packer.verify import verify_dataset
@@ -76,17 +75,9 @@ def test_cancel_skips_queued_tasks():
     assert seen == []
 
 
-def test_failed_write_leaves_only_complete_shards(toy_tree, tmp_path, monkeypatch):
+def test_failed_write_leaves_only_complete_shards(toy_tree, tmp_path, disk_full_at):
     """A write error (disk full) on the I/O thread stops the run; what remains resumes to a valid dataset."""
-    real_write, calls = tarwriter.ShardFile.write, {"n": 0}
-
-    def failing_write(self, chunks):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise OSError(28, "No space left on device")
-        return real_write(self, chunks)
-
-    monkeypatch.setattr(tarwriter.ShardFile, "write", failing_write)
+    restore = disk_full_at(5)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="No space left"):
         pack_dataset(toy_tree.root, out, workers=1, shard_size=3_000_000, progress=False)
@@ -94,7 +85,7 @@ def test_failed_write_leaves_only_complete_shards(toy_tree, tmp_path, monkeypatc
     assert not list(out.rglob("*.partial"))
     for tar in out.rglob("*.tar"):  # every shard in place has its sidecar: it is complete
         assert (out / ".pack" / f"{tar.stem}.json").is_file()
-    monkeypatch.setattr(tarwriter.ShardFile, "write", real_write)
+    restore()
     summary = pack_dataset(toy_tree.root, out, workers=1, shard_size=3_000_000, progress=False)
     assert summary.resumed_shards >= 1
     assert verify_dataset(out).ok

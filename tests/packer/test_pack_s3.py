@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from packer import schema, tarwriter
+from packer import schema
 from packer.cli import main
 from packer.errors import PackError
 from packer.pack import STATE_DIR, pack_dataset
@@ -61,16 +61,8 @@ def test_large_shards_go_up_as_multipart_uploads(toy_tree, bucket, tmp_path, mon
     assert any("-" in tag for key, tag in etags.items() if key.endswith(".tar")), "no shard went up in parts"
 
 
-def test_failed_s3_pack_resumes_on_another_machine(toy_tree, bucket, local_pack, tmp_path, monkeypatch):
-    real_write, calls = tarwriter.ShardFile.write, {"n": 0}
-
-    def failing_write(self, chunks):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise OSError(28, "No space left on device")
-        return real_write(self, chunks)
-
-    monkeypatch.setattr(tarwriter.ShardFile, "write", failing_write)
+def test_failed_s3_pack_resumes_on_another_machine(toy_tree, bucket, local_pack, tmp_path, disk_full_at):
+    restore = disk_full_at(6)
     with pytest.raises(OSError, match="No space left"):
         pack_dataset(toy_tree.root, "s3://flair/run", staging=tmp_path / "machine-a", workers=1, **OPTS)
     stored = _objects(bucket, "run")
@@ -80,7 +72,7 @@ def test_failed_s3_pack_resumes_on_another_machine(toy_tree, bucket, local_pack,
     for key in shards:  # every shard object has its completion record
         assert f"{STATE_DIR}/{key.rsplit('/', 1)[1][:-4]}.json" in stored
 
-    monkeypatch.setattr(tarwriter.ShardFile, "write", real_write)
+    restore()
     summary = pack_dataset(toy_tree.root, "s3://flair/run", staging=tmp_path / "machine-b", workers=1, **OPTS)
     assert summary.resumed_shards == len(shards)
     assert _objects(bucket, "run") == local_pack
