@@ -96,6 +96,23 @@ class LocalStore(OutputStore):
         (self.work / rel).unlink(missing_ok=True)
 
 
+def s3_endpoint(explicit: str | None = None) -> str | None:
+    """`explicit`, else `$FLAIR_S3_ENDPOINT_URL`, else `$AWS_ENDPOINT_URL`, else None (AWS itself).
+
+    The one place the endpoint rule lives: the packer's output and the loader's source use it alike.
+    """
+    return explicit or os.environ.get("FLAIR_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def s3_filesystem(endpoint_url: str | None = None):
+    """A fresh s3fs client for `s3_endpoint(endpoint_url)`."""
+    import s3fs
+
+    endpoint = s3_endpoint(endpoint_url)
+    kwargs = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    return s3fs.S3FileSystem(skip_instance_cache=True, **kwargs)
+
+
 class S3Store(OutputStore):
     """`s3://bucket/prefix`, through s3fs (already a dependency of the loader)."""
 
@@ -111,11 +128,7 @@ class S3Store(OutputStore):
         self.work = Path(staging) if staging is not None else default
         if create:
             self.work.mkdir(parents=True, exist_ok=True)
-        import s3fs
-
-        endpoint = os.environ.get("FLAIR_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-        kwargs = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
-        self.fs = s3fs.S3FileSystem(skip_instance_cache=True, **kwargs)
+        self.fs = s3_filesystem()
         try:
             self.fs.ls(bucket, refresh=True)
         except (FileNotFoundError, PermissionError, OSError) as exc:

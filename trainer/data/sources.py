@@ -25,6 +25,8 @@ from abc import ABC, abstractmethod
 from typing import Callable, Iterator, TypeVar
 from urllib.parse import quote
 
+from packer.store import s3_endpoint, s3_filesystem
+
 T = TypeVar("T")
 
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
@@ -142,15 +144,12 @@ class S3Source(Source):
 
     def __init__(self, base: str, retries: int = 5, endpoint_url: str | None = None) -> None:
         super().__init__(base, retries)
-        self.endpoint_url = endpoint_url or os.environ.get("FLAIR_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+        self.endpoint_url = s3_endpoint(endpoint_url)
 
     def _fs(self):
         if getattr(self, "_h_pid", None) != os.getpid():
-            import s3fs
-
-            kwargs = {"client_kwargs": {"endpoint_url": self.endpoint_url}} if self.endpoint_url else {}
             # One client per process: botocore sessions are not fork-safe.
-            self._h_fs = s3fs.S3FileSystem(skip_instance_cache=True, **kwargs)
+            self._h_fs = s3_filesystem(self.endpoint_url)
             self._h_pid = os.getpid()
         return self._h_fs
 
