@@ -24,6 +24,10 @@ from trainer.data.sources import LocalSource, Source, check_shard
 
 _NPY_MAGIC = b"\x93NUMPY"
 _local = threading.local()
+_HEADER_LOCK = threading.Lock()
+"""numpy parses .npy headers with `ast.literal_eval`; CPython 3.11's AST constructor is not safe
+from several threads at once (it failed here with "SystemError: AST constructor recursion depth
+mismatch" under the decode threads), so header parsing, ~20 us a member, takes turns."""
 
 
 def decode_member(data: bytes | memoryview) -> np.ndarray:
@@ -53,7 +57,8 @@ def array_from_npy(raw: bytes) -> np.ndarray:
     header = io.BytesIO(raw[start : start + 65536])
     version = np.lib.format.read_magic(header)
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran, dtype = read_header(header)
+    with _HEADER_LOCK:
+        shape, fortran, dtype = read_header(header)
     if dtype.hasobject:
         raise ValueError("member holds an object array (would need pickle); refused")
     offset = start + header.tell()
