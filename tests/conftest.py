@@ -107,3 +107,35 @@ def s3_server(monkeypatch):
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+# --- appended for the reliability matrix (docs/reliability.md) ------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def one_error_line():
+    """`check(stderr, tool)`: stderr is exactly one line `<tool>: error: ...` and no traceback; returns it."""
+    def check(err: str, tool: str) -> str:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"{tool}: error: "), err
+        assert "Traceback" not in err
+        return lines[0]
+
+    return check
+
+
+@pytest.fixture
+def no_s3_server(monkeypatch) -> str:
+    """An S3 endpoint URL on 127.0.0.1 where nothing listens (a server that is down), with test credentials."""
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    url = f"http://127.0.0.1:{_free_port()}"
+    monkeypatch.setenv("FLAIR_S3_ENDPOINT_URL", url)
+    return url

@@ -37,6 +37,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
 from tqdm import tqdm
 
+from packer.command import error_line, run_command
+from packer.errors import PackError
 from trainer.checkpointing import (
     CheckpointError, Progress, atomic_torch_save, build_checkpoint, capture_rng, check_model_state,
     load_checkpoint, restore_rng,
@@ -67,24 +69,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 EXPECTED_ERRORS = (ConfigError, CheckpointError, CheckpointMismatch, SelectionError, SourceError,
-                   ShardIntegrityError, NonFiniteLossError, FileNotFoundError)
+                   ShardIntegrityError, NonFiniteLossError, PackError)
+"""Bad input, reported as one line; OSErrors (missing files, full disks) and remote errors are too."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line entry: errors that come from bad input are printed as one clear message."""
+    """Command line entry: errors that come from bad input are printed as one clear line
+    (`packer.command`, the same for every command)."""
     args = parse_args(argv)
-    try:
-        cfg = load_train_config(args.config, args.overrides)
-        run(cfg)
-    except EXPECTED_ERRORS as exc:
-        print(f"flair-train: error: {exc}", file=sys.stderr)
-        return 2
-    except torch.OutOfMemoryError as exc:
-        print(f"flair-train: error: out of memory ({exc}). Lower hyperparams.batch_size (and raise "
-              "train.gradient_accumulation_steps to keep the effective batch), or use train.mixed_precision: bf16.",
-              file=sys.stderr)
-        return 3
-    return 0
+
+    def body() -> int:
+        try:
+            run(load_train_config(args.config, args.overrides))
+        except torch.OutOfMemoryError as exc:
+            print(error_line("flair-train", f"out of memory ({' '.join(str(exc).split())}). Lower "
+                             "hyperparams.batch_size (and raise train.gradient_accumulation_steps to keep the "
+                             "effective batch), or use train.mixed_precision: bf16."), file=sys.stderr)
+            return 3
+        return 0
+
+    return run_command("flair-train", body, expected=EXPECTED_ERRORS)
 
 
 # ============================================================================================
