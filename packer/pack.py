@@ -339,7 +339,9 @@ def _start_pool(workers: int) -> ProcessPoolExecutor | None:
     if workers == 1:
         return None
     # spawn, not fork: the parent uses GDAL (GeoPackages), which is not fork-safe.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker)
+    # Each worker ends with this process, even after a kill -9 (packer.lifetime).
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
+                               initargs=(os.getpid(),))
     for _ in range(workers):
         pool.submit(int)  # a no-op that makes the pool start its processes now
     return pool
