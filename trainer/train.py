@@ -55,6 +55,7 @@ from trainer.model import CheckpointMismatch, build_model, load_reference_weight
 from trainer.optim import Schedule, build_optimizer
 from trainer.report import write_report
 from trainer.train_config import dump_config, load_train_config, task_suffix
+from trainer.unused_parameters import needs_unused_parameter_search
 
 
 # ============================================================================================
@@ -146,6 +147,9 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
     n_params = sum(p.numel() for p in model.parameters())
     say(f"model: {n_params / 1e6:.2f} M parameters, arch {cfg['models']['monotemp_model'].get('arch')}")
     loss_fn = CompositeLoss(cfg).to(accelerator.device)
+
+    if tc["find_unused_parameters"] == "auto" and world > 1:
+        decide_unused_parameter_search(cfg, accelerator, model)
 
     # ---------------------------------------------------------------- optimiser
     optimizer = build_optimizer(cfg, model.parameters())
@@ -315,7 +319,8 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
 # Helpers of the loop (kept here because they are the loop's own logic)
 # ============================================================================================
 def make_accelerator(cfg: Mapping[str, Any]) -> Accelerator:
-    """Accelerator from the config: device, mixed precision, DDP's find_unused_parameters."""
+    """Accelerator from the config: device, mixed precision, DDP's find_unused_parameters (for
+    `auto`, decided once the model exists: `decide_unused_parameter_search`)."""
     tc, hw = cfg["train"], cfg.get("hardware") or {}
     cpu = hw.get("accelerator") == "cpu" or not torch.cuda.is_available()
     if tc["mixed_precision"] == "fp16" and cpu:
@@ -324,27 +329,20 @@ def make_accelerator(cfg: Mapping[str, Any]) -> Accelerator:
         print("flair-train: hardware.accelerator is gpu but no CUDA device is visible; running on the CPU",
               file=sys.stderr)
     unused = tc["find_unused_parameters"]
-    if unused == "auto":
-        unused = needs_unused_parameter_search(cfg)
     return Accelerator(cpu=cpu, mixed_precision=tc["mixed_precision"],
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused is True)])
 
 
-def needs_unused_parameter_search(cfg: Mapping[str, Any]) -> bool:
-    """True when some parameters get no gradient in a step, which DDP must be told about.
-
-    That happens with modality dropout (a dropped branch sits the step out), with one input
-    modality or series only (the fusion's 1x1 convolutions are then bypassed, as in the
-    reference), and for a series-only model with one task (its 1x1 task head is bypassed).
-    Auxiliary heads always feed the loss, so they need nothing.
-    """
-    mods = cfg["modalities"]
-    active = [m for m, on in mods["inputs"].items() if on]
-    mono = [m for m in active if not m.endswith("_TS")]
-    dropout = len(active) > 1 and any((mods.get("modality_dropout") or {}).get(m, 0) for m in active)
-    fusion_bypassed = not (mono and len(active) >= 2)
-    head_bypassed = not mono and len(cfg["labels"]) == 1
-    return bool(dropout or fusion_bypassed or head_bypassed)
+def decide_unused_parameter_search(cfg: Mapping[str, Any], accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """`find_unused_parameters: auto`: ask the model which parameters never get a gradient
+    (`trainer.unused_parameters`) and tell DDP before the model is wrapped."""
+    model.to(accelerator.device)
+    needed, unused = needs_unused_parameter_search(model, cfg, accelerator.device)
+    accelerator.ddp_handler.find_unused_parameters = needed
+    shown = ", ".join(sorted({n.rsplit(".", 1)[0] for n in unused})[:6])
+    accelerator.print(f"ddp: {len(unused)} of {sum(1 for _ in model.parameters())} parameters never get a gradient"
+                      + (f" ({shown}{', ...' if len(unused) > 6 else ''})" if unused else "")
+                      + f"; find_unused_parameters={needed}")
 
 
 def forward(model: torch.nn.Module, inputs: Mapping[str, Any], series: tuple[str, ...]) -> Any:

@@ -172,20 +172,6 @@ def test_init_weights_only_from_our_checkpoints(runs):
         assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items()), path
 
 
-def test_unused_parameter_search_follows_the_model_structure():
-    from trainer.train import needs_unused_parameter_search
-
-    def cfg(inputs, labels=("AERIAL_LABEL-COSIA",), dropout=None):
-        return {"labels": list(labels), "modalities": {"inputs": {m: True for m in inputs},
-                                                        "modality_dropout": dropout or {}}}
-
-    assert needs_unused_parameter_search(cfg(["AERIAL_RGBI"]))  # fusion bypassed
-    assert not needs_unused_parameter_search(cfg(["AERIAL_RGBI", "SENTINEL2_TS"]))
-    assert needs_unused_parameter_search(cfg(["AERIAL_RGBI", "SENTINEL2_TS"], dropout={"SENTINEL2_TS": 0.2}))
-    assert needs_unused_parameter_search(cfg(["SENTINEL2_TS", "SENTINEL1-ASC_TS"]))  # series only
-    assert not needs_unused_parameter_search(cfg(["AERIAL_RGBI", "DEM_ELEV"], labels=("AERIAL_LABEL-COSIA", "ALL_LABEL-LPIS")))
-
-
 def test_resume_after_a_crash_logs_each_step_once(toy_shards, tmp_path):
     """The run went on past its last checkpoint (step 1) to step 2, then died: resuming from the
     checkpoint replays step 2, and metrics.jsonl / samples/rank0.txt hold each step and each
