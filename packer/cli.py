@@ -15,7 +15,7 @@ import sys
 
 from packer import schema
 from packer.codec import DEFAULT_FILTER, DEFAULT_LEVEL, FILTERS
-from packer.command import report, run_command
+from packer.command import EXIT_PROBLEMS_FOUND, report, run_command
 from packer.errors import PackError
 
 COMMANDS = ("pack", "verify", "inspect", "merge")
@@ -103,9 +103,9 @@ def run_verify(argv: list[str]) -> int:
     p.add_argument("out", help="packed dataset: a folder or s3://bucket/prefix")
     p.add_argument("--no-decode", action="store_true", help="skip decoding the members (hashes/offsets only)")
     a = p.parse_args(argv)
-    report = verify_dataset(a.out, decode=not a.no_decode)
-    print(report)
-    return 0 if report.ok else 1
+    found = verify_dataset(a.out, decode=not a.no_decode)
+    print(found)
+    return 0 if found.ok else EXIT_PROBLEMS_FOUND
 
 
 def run_inspect(argv: list[str]) -> int:

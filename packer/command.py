@@ -8,10 +8,9 @@ the tool and hides the one line that matters). So every command runs its body th
     <tool>: error: <file, key or URL>: <problem>            exit status 2
 
 (a list of the bad items, where there are several, follows on indented lines), and a stop by the
-user into one line with the shell's status for the signal (130 for Ctrl-C,
-143 for SIGTERM), so that scripts and job schedulers still see that the command was stopped
-rather than failed. A check that ran and found problems (`flair-pack verify`) prints its report
-and exits 1. Anything else is a bug and keeps its traceback.
+user into one line with the shell's status for the signal (130 for Ctrl-C, 143 for SIGTERM), so
+that scripts and job schedulers still see that the command was stopped rather than failed. A
+check that ran and found problems (`flair-pack verify`) prints its report and exits 1. Anything else is a bug and keeps its traceback.
 
 argparse's own usage errors already have this form (`<prog>: error: ...`, status 2).
 """

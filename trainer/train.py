@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             return 3
         return 0
 
-    return run_command("flair-train", body, expected=EXPECTED_ERRORS)
+    return run_command("flair-train", body, expected=EXPECTED_ERRORS,
+                       interrupted="checkpoints on disk are intact: resume with "
+                                   "tasks.train_tasks.resume_training_from_ckpt and paths.ckpt_model_path")
 
 
 # ============================================================================================
@@ -164,8 +166,8 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
 
     # ---------------------------------------------------------------- resume
     if train_tasks.get("resume_training_from_ckpt"):
-        best_eval = resume(cfg["paths"]["ckpt_model_path"], accelerator, model, optimizer, schedule, train_loader, progress,
-                           logs=(log, sample_log))
+        best_eval = resume(cfg["paths"]["ckpt_model_path"], accelerator, model, optimizer, schedule, train_loader,
+                           progress, logs=(log, sample_log))
         say(f"resumed from {cfg['paths']['ckpt_model_path']} at epoch {progress.epoch}, step {progress.step}")
 
     writer = make_tensorboard(out_dir) if (main_proc and tc["tensorboard"]) else None
@@ -624,7 +626,8 @@ class SampleLog(AppendLog):
 
     def write(self, epoch: int, batch_index: int, patch_ids: list[str], valid: torch.Tensor) -> None:
         if self.path is not None:
-            self.append("".join(f"{epoch} {batch_index} {pid} {int(ok)}\n" for pid, ok in zip(patch_ids, valid.tolist())))
+            rows = zip(patch_ids, valid.tolist())
+            self.append("".join(f"{epoch} {batch_index} {pid} {int(ok)}\n" for pid, ok in rows))
 
 
 class StepLog(AppendLog):

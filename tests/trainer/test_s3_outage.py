@@ -56,7 +56,7 @@ def _upload(endpoint: str, root) -> None:
     s3.create_bucket(Bucket="flair")
     for f in root.rglob("*"):
         if f.is_file() and ".pack" not in f.parts:
-            s3.upload_file(str(f), "flair", f"shards/{f.relative_to(root).as_posix()}")
+            s3.upload_file(str(f), "flair", f"outage-src/{f.relative_to(root).as_posix()}")
 
 
 @pytest.mark.parametrize("outage_s, retries", [(20, 6), (60, 8)], ids=["20s", "60s"])
@@ -67,7 +67,7 @@ def test_loader_rides_out_an_s3_outage(toy_shards, s3_proxy, outage_s, retries, 
     want = _batches(_loader(str(toy_shards.out)))
     assert len(want) == 5
 
-    loader = _loader("s3://flair/shards", s3_endpoint_url=proxy.url, retries=retries)
+    loader = _loader("s3://flair/outage-src", s3_endpoint_url=proxy.url, retries=retries)
     t0 = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="flair.retry"):
         got = _batches(loader, after_first=lambda: proxy.outage(outage_s))  # mid-epoch: 4 batches still to read
@@ -77,6 +77,6 @@ def test_loader_rides_out_an_s3_outage(toy_shards, s3_proxy, outage_s, retries, 
     for g, w in zip(got, want):
         assert all(torch.equal(g[k], w[k]) for k in w if torch.is_tensor(w[k]))
     retried = [r.getMessage() for r in caplog.records if r.name == "flair.retry"]
-    assert retried and all("s3://flair/shards/" in m for m in retried), retried
+    assert retried and all("s3://flair/outage-src/" in m for m in retried), retried
     assert took >= outage_s  # the reads really waited the outage out
     print(f"{outage_s} s outage, data.retries {retries}: ridden out in {took:.1f} s, {len(retried)} retries logged")

@@ -25,7 +25,8 @@ def _launch(config: list[str], over: dict, tmp_path: Path) -> subprocess.Complet
     """`accelerate launch --multi_gpu --num_processes 2 trainer/train.py --config ...` on the CPU."""
     (tmp_path / "over.yaml").write_text(yaml.safe_dump(over))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()),
            str(REPO / "trainer" / "train.py"), "--config", *config, str(tmp_path / "over.yaml")]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)

@@ -40,7 +40,8 @@ def test_parameters_without_gradient_are_those_a_backward_leaves_untouched(over,
 
     batch = synthetic_batch(model.spec, batch_size=2, lengths=[2, 2] if model.spec.multi else None)
     out = model(batch.inputs, batch.dates, batch.pad_masks, modality_dropout=False)
-    labels = {t: torch.zeros(2, MODALITIES[t].size_px, MODALITIES[t].size_px, dtype=torch.long) for t in model.spec.tasks}
+    size = {t: MODALITIES[t].size_px for t in model.spec.tasks}
+    labels = {t: torch.zeros(2, size[t], size[t], dtype=torch.long) for t in model.spec.tasks}
     CompositeLoss(cfg)(out.tasks, out.aux, labels, check_finite=False).total.backward()
     assert derived == [n for n, p in model.named_parameters() if p.grad is None]
     assert needed == bool(derived)
