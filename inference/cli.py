@@ -9,16 +9,40 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from packer.command import run_command
+from packer.errors import PackError
 from trainer.config import ConfigError
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record comes, not the stream of the first call."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(log_file: Path | None = None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    """Timestamped progress of our own loggers (`flair.*`) on stderr and in `log_file`; other
+    libraries' INFO chatter (botocore's "Found credentials" ...) stays out."""
+    handlers: list[logging.Handler] = [_Stderr()]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=handlers, force=True)
+    ours = logging.getLogger("flair")
+    for old in list(ours.handlers):
+        ours.removeHandler(old)
+        old.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for h in handlers:
+        h.setFormatter(fmt)
+        ours.addHandler(h)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -38,27 +62,29 @@ def zonal_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-resume", action="store_true", help="ignore tiles done by an earlier run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         cfg = load_zonal_config(args.config)
-    except ConfigError as exc:
-        print(f"flair-zonal: config error: {exc}", file=sys.stderr)
-        return 2
-    if args.no_resume:
-        cfg["resume"] = False
-    stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
-    _setup_logging(Path(cfg["output_path"]) / f"{cfg['output_name']}_{stamp}.log")
-    try:
+        if args.no_resume:
+            cfg["resume"] = False
+        stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+        _setup_logging(Path(cfg["output_path"]) / f"{cfg['output_name']}_{stamp}.log")
         report = run_zonal(cfg, progress=not args.no_progress)
-    except (ZonalError, ZonalInputError, ConfigError, ValueError, FileNotFoundError) as exc:
-        logging.getLogger("flair.zonal").error("%s", exc)
-        return 1
+        _print_zonal_report(report)
+        return 0
+
+    # A tile that failed is listed by run_zonal; a stop keeps every tile written (see inference/zonal.py).
+    return run_command("flair-zonal", body, expected=(ZonalError, ZonalInputError, ConfigError, ValueError, PackError),
+                       interrupted="tiles written so far are kept: rerun the same command to resume")
+
+
+def _print_zonal_report(report) -> None:
     t = max(report.total_s, 1e-9)
     print(f"tiles: {report.tiles_total} ({report.tiles_skipped} reused from an earlier run), device {report.device}")
     print(f"area: {report.area_km2:.4f} km2 in {t:.1f} s = {report.area_km2 / t * 3600:.3f} km2/h "
           f"(read {report.read_s:.1f} s, model {report.model_s:.1f} s, write {report.write_s:.1f} s)")
     for p in report.outputs:
         print(f"wrote {p}")
-    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,9 +121,24 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
         output=args.output, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
         compression=args.compression, write=not args.no_write, limit=args.limit, progress=not args.no_progress,
     )
-    try:
+
+    def body() -> int:
+        from trainer.data.sources import SourceURLError, check_source_url
+
+        try:
+            check_source_url(args.data)  # before loading a model: a typo in the URL fails at once
+        except SourceURLError as exc:
+            raise ConfigError(f"--data: {exc}") from None
         run_infer(opts)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as exc:
-        logging.getLogger("flair.infer").error("%s", exc)
-        return 1
-    return 0
+        return 0
+
+    return run_command("flair-infer", body, expected=_infer_errors())
+
+
+def _infer_errors() -> tuple[type[BaseException], ...]:
+    """What bad input to flair-infer raises: a config, a checkpoint, a selection, a shard."""
+    from trainer.checkpointing import CheckpointError
+    from trainer.data.sources import ShardIntegrityError
+    from trainer.model import CheckpointMismatch
+
+    return (ConfigError, CheckpointError, CheckpointMismatch, ShardIntegrityError, PackError, ValueError, KeyError)

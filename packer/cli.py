@@ -9,11 +9,13 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 import sys
 
 from packer import schema
 from packer.codec import DEFAULT_FILTER, DEFAULT_LEVEL, FILTERS
+from packer.command import EXIT_PROBLEMS_FOUND, report, run_command
 from packer.errors import PackError
 
 COMMANDS = ("pack", "verify", "inspect", "merge")
@@ -44,6 +46,7 @@ def _modalities(text: str) -> tuple[str, ...]:
 def pack_parser() -> argparse.ArgumentParser:
     # Imported here: spawned pack workers re-import the console script, and should stay light.
     from packer.pack import DEFAULT_SHARD_SIZE, ON_ERROR
+    from packer.retry import DEFAULT_ATTEMPTS, min_outage_s
 
     p = argparse.ArgumentParser(
         prog="flair-pack", description="Pack a FLAIR-HUB GeoTIFF tree into WebDataset shards + index.parquet + "
@@ -69,6 +72,12 @@ def pack_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", type=int, default=0, help="which part (0..N-1) this run packs")
     p.add_argument("--on-error", choices=ON_ERROR, default="fail",
                    help="fail: stop at the first bad patch; skip: leave it out and list it (default fail)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out that holds no pack (a pack made with other options is "
+                        "never replaced)")
+    p.add_argument("--retries", type=int, default=DEFAULT_ATTEMPTS,
+                   help=f"with an s3:// --out: attempts per S3 operation through an outage (default "
+                        f"{DEFAULT_ATTEMPTS}: rides out at least {min_outage_s(DEFAULT_ATTEMPTS):.0f} s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -81,6 +90,7 @@ def run_pack(argv: list[str]) -> int:
         a.src, a.out, staging=a.staging, modalities=a.modalities, splits_csv=a.splits_csv, split_column=a.split_column,
         shard_size=a.shard_size, seed=a.seed, keep_order=a.keep_order, workers=a.workers, level=a.level,
         filter=a.filter, num_parts=a.num_parts, part=a.part, on_error=a.on_error, progress=not a.no_progress,
+        overwrite=a.overwrite, retries=a.retries,
     )
     print(summary)
     return 0
@@ -93,9 +103,9 @@ def run_verify(argv: list[str]) -> int:
     p.add_argument("out", help="packed dataset: a folder or s3://bucket/prefix")
     p.add_argument("--no-decode", action="store_true", help="skip decoding the members (hashes/offsets only)")
     a = p.parse_args(argv)
-    report = verify_dataset(a.out, decode=not a.no_decode)
-    print(report)
-    return 0 if report.ok else 1
+    found = verify_dataset(a.out, decode=not a.no_decode)
+    print(found)
+    return 0 if found.ok else EXIT_PROBLEMS_FOUND
 
 
 def run_inspect(argv: list[str]) -> int:
@@ -125,21 +135,27 @@ def run_merge(argv: list[str]) -> int:
     return 0
 
 
+RESUME_HINT = "complete shards are kept: rerun the same command to resume"
+
+
+def unknown_command(word: str) -> str:
+    """`flair-pack verfiy ...`: name the closest command instead of complaining about --src/--out."""
+    close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else f"commands: {', '.join(COMMANDS)}; see flair-pack --help"
+    return f"unknown command {word!r} ({hint})"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv.pop(0) if argv and argv[0] in COMMANDS else "pack"
+    if argv and argv[0] in COMMANDS:
+        command = argv.pop(0)
+    elif argv and not argv[0].startswith("-"):  # `pack` takes no positional argument: a misspelt command
+        return report("flair-pack", unknown_command(argv[0]))
+    else:
+        command = "pack"
     runner = {"pack": run_pack, "verify": run_verify, "inspect": run_inspect, "merge": run_merge}[command]
-    try:
-        return runner(argv)
-    except PackError as exc:
-        print(f"flair-pack: error: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        print(f"flair-pack: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("flair-pack: interrupted; complete shards are kept: rerun the same command to resume", file=sys.stderr)
-        return 130
+    return run_command("flair-pack", lambda: runner(argv), expected=(PackError,),
+                       interrupted=RESUME_HINT if command == "pack" else "", stop_on_sigterm=True)
 
 
 if __name__ == "__main__":

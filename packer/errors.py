@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 
 class PackError(Exception):
     """Bad input or inconsistent output; `path` is the file or option at fault."""
@@ -27,3 +30,15 @@ class PatchError(PackError):
 
     def as_record(self) -> dict[str, str]:
         return {"patch_id": self.patch_id, "file": self.path, "error": self.problem}
+
+
+@contextmanager
+def naming(path: object) -> Iterator[None]:
+    """Give an OSError raised inside the path it concerns: `write`, `fsync` and friends do not say
+    which file a full disk or a lost mount hit, and the user needs to know where to look."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
+        raise

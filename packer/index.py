@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from packer import schema
 from packer.atomic import atomic_path
+from packer.paths import check_index
 from packer.store import OutputStore, open_store
 
 
@@ -54,5 +55,6 @@ def write_index(out: str | os.PathLike, table: pa.Table) -> Path:
 
 def read_index(out: str | os.PathLike | OutputStore) -> pa.Table:
     """The index of a packed dataset (a local folder or an s3:// URL)."""
-    with open_store(out, create=False).open(schema.INDEX_FILE) as f:
-        return pq.read_table(f)
+    store = open_store(out, create=False)
+    with store.open(schema.INDEX_FILE) as f:
+        return check_index(pq.read_table(f), f"{store}/{schema.INDEX_FILE}")

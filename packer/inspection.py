@@ -19,12 +19,14 @@ from packer.codec import decode_array
 from packer.errors import PackError
 from packer.index import read_index
 from packer.manifest import read_manifest
+from packer.paths import check_relative_path
 from packer.store import OutputStore, open_store
 
 
 def read_sample(out: str | Path | OutputStore, row: dict) -> dict[str, bytes]:
     """All members of the sample described by index `row`, from one ranged read of its shard."""
-    with open_store(out, create=False).open(row["shard"]) as f:
+    store = open_store(out, create=False)
+    with store.open(check_relative_path(row["shard"], f"{store}/{schema.INDEX_FILE}")) as f:
         f.seek(row["offset"])
         blob = f.read(row["size"])
     with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tf:

@@ -15,6 +15,8 @@ from typing import BinaryIO
 
 from packer import schema
 from packer.atomic import write_text_atomic
+from packer.errors import PackError
+from packer.paths import check_manifest
 from packer.store import OutputStore, open_store
 
 
@@ -72,4 +74,9 @@ def read_manifest(out: str | os.PathLike | OutputStore) -> dict:
     if not store.exists(schema.MANIFEST_FILE):
         raise FileNotFoundError(f"{store}/{schema.MANIFEST_FILE}: no manifest (not a packed dataset, or the pack "
                                 "did not finish)")
-    return json.loads(store.read_text(schema.MANIFEST_FILE))
+    where = f"{store}/{schema.MANIFEST_FILE}"
+    try:
+        manifest = json.loads(store.read_text(schema.MANIFEST_FILE))
+    except ValueError as exc:
+        raise PackError(where, f"not valid JSON ({exc})") from None
+    return check_manifest(manifest, where)

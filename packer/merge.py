@@ -2,7 +2,9 @@
 
 Shards are renumbered per split (part 0's first, then part 1's, ...) and hard-linked into the
 merged folder (copied when the folders sit on different file systems), so no shard is rewritten and
-every sha256 stays valid; index rows are re-pointed to the new names.
+every sha256 stays valid; index rows are re-pointed to the new names. The parts' manifests and
+indexes are read through `read_manifest` / `read_index`, which refuse split names and shard paths
+that would reach outside a part or the output (`packer.paths`).
 """
 
 from __future__ import annotations
@@ -88,7 +90,11 @@ def merge_parts(out: str | os.PathLike, parts: list[str | os.PathLike], mode: st
     tables = []
     for k, (path, _) in enumerate(loaded):
         t = read_index(path)
-        new_names = [renamed[(k, s)] for s in t.column("shard").to_pylist()]
+        new_names = [renamed.get((k, s)) for s in t.column("shard").to_pylist()]
+        if None in new_names:
+            stray = t.column("shard").to_pylist()[new_names.index(None)]
+            raise PackError(path / schema.INDEX_FILE, f"rows point to shard {stray!r}, which the part's manifest "
+                                                      "does not list")
         tables.append(t.set_column(t.schema.get_field_index("shard"), "shard", pa.array(new_names, pa.string())))
     table = pa.concat_tables(tables)
     split_rank = pa.array([splits.index(s) for s in table.column("split").to_pylist()], pa.int32())

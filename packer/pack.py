@@ -17,7 +17,6 @@ import json
 import multiprocessing
 import os
 import random
-import re
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -32,10 +31,12 @@ from tqdm import tqdm
 
 from packer import schema
 from packer.codec import DEFAULT_FILTER, DEFAULT_LEVEL, FILTERS
-from packer.errors import PackError, PatchError
+from packer.errors import PackError, PatchError, naming
 from packer.index import INDEX_SCHEMA, member_columns, rows_to_table, write_index
 from packer.manifest import file_sha256, json_text, modality_table, packer_version
 from packer.ordered_io import OrderedIO
+from packer.paths import check_relative_path, check_split_name
+from packer.retry import DEFAULT_ATTEMPTS
 from packer.sample import EncodedSample, build_or_error, init_worker
 from packer.source import Discovery, PatchSource, discover
 from packer.split_csv import parse_csv_argument
@@ -47,7 +48,6 @@ STATE_DIR = ".pack"
 SLOW_ENV = "FLAIR_PACK_TEST_DELAY_S"
 """Test hook only: seconds to sleep after writing each sample, so a test can kill a run mid-way."""
 ON_ERROR = ("fail", "skip")
-_SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ class PackOptions:
     part: int = 0
     on_error: str = "fail"
     progress: bool = True
+    overwrite: bool = False  # write into a non-empty --out that holds no pack
+    retries: int = DEFAULT_ATTEMPTS  # attempts per S3 operation (packer.retry)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))
@@ -88,12 +90,14 @@ class PackOptions:
             raise PackError("--part", f"need 0 <= part < num-parts, got part {self.part} of {self.num_parts}")
         if self.on_error not in ON_ERROR:
             raise PackError("--on-error", f"must be one of {ON_ERROR}, got {self.on_error!r}")
+        if self.retries < 1:
+            raise PackError("--retries", f"must be >= 1, got {self.retries}")
 
     def recorded(self, src: Path) -> dict:
-        """The options that define the output (not workers/progress: they never change a byte)."""
+        """The options that define the output (not workers/progress/overwrite/retries: they never change a byte)."""
         d = asdict(self)
-        d.pop("workers")
-        d.pop("progress")
+        for how_not_what in ("workers", "progress", "overwrite", "retries"):
+            d.pop(how_not_what)
         d["modalities"] = [m for m in schema.MODALITY_NAMES if m in self.modalities]
         # Absolute paths, so that a rerun from another working directory is recognised as the same.
         d["splits_csv"] = [_absolute_csv_arg(a) for a in self.splits_csv]
@@ -156,8 +160,7 @@ def make_plan(patches: list[PatchSource], seed: int, keep_order: bool) -> dict[s
     """Per split, the order in which patches go into shards (shuffled so shards mix domains)."""
     plan: dict[str, list[PatchSource]] = {}
     for p in sorted(patches, key=lambda p: p.patch_id):
-        if not _SPLIT_NAME_RE.match(p.split):
-            raise PackError(p.patch_id, f"split name {p.split!r} is not usable in a file name")
+        check_split_name(p.split, p.patch_id)
         plan.setdefault(p.split, []).append(p)
     if not keep_order:
         for split, items in plan.items():
@@ -170,23 +173,48 @@ def sidecar_rel(split: str, number: int) -> str:
     return f"{STATE_DIR}/{Path(schema.shard_name(split, number)).stem}.json"
 
 
-def _check_params(store: OutputStore, params: dict) -> None:
+def _check_params(store: OutputStore, params: dict, overwrite: bool = False) -> None:
+    """Claim `store` for a pack made with `params`, or refuse it (docs/reliability.md, overwrites).
+
+    The same pack (its `.pack/params.json`, or with `.pack/` deleted its `manifest.json`, made with
+    the same options) is resumed or redone; a pack made with other options is never replaced, even
+    with `--overwrite` (delete it first); a non-empty folder that holds no pack needs `--overwrite`.
+    """
     rel = f"{STATE_DIR}/params.json"
     if store.exists(rel):
-        old = json.loads(store.read_text(rel))
+        old, what = json.loads(store.read_text(rel)), "a pack"
+    elif store.exists(schema.MANIFEST_FILE):
+        old, what = json.loads(store.read_text(schema.MANIFEST_FILE)).get("parameters") or {}, "a finished dataset"
+        old = {k: v for k, v in old.items() if k != "split_source"}  # found by discovery, not an option
+    else:
+        old, what = None, ""
+        others = [e for e in store.entries() if e != STATE_DIR]
+        if others and not overwrite:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise PackError(store, f"is not empty ({shown}) and holds no pack; use an empty or new --out, "
+                                   "or pass --overwrite to write into it anyway")
+    if old is not None:
         diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
         if diff:
             details = "; ".join(f"{k}: {old.get(k)!r} -> {params.get(k)!r}" for k in diff)
-            raise PackError(store, f"already holds a pack made with other options ({details}); "
-                                   "use another --out or delete it")
+            raise PackError(store, f"already holds {what} made with other options ({details}); use another --out "
+                                   "or delete it first (--overwrite never replaces a pack)")
     store.write_text(rel, json_text(params))
+
+
+def _read_sidecar(store: OutputStore, rel: str) -> dict:
+    """A resume record, its shard path and split checked like a manifest's (`packer.paths`)."""
+    side = json.loads(store.read_text(rel))
+    check_relative_path(side["path"], f"{store}/{rel}")
+    check_split_name(side["split"], f"{store}/{rel}")
+    return side
 
 
 def completed_shards(store: OutputStore, split: str, plan: list[PatchSource]) -> tuple[int, int]:
     """(patches consumed, shards complete) of `split` from earlier runs, checked against the plan."""
     pos = number = 0
     while store.exists(sc := sidecar_rel(split, number)):
-        side = json.loads(store.read_text(sc))
+        side = _read_sidecar(store, sc)
         consumed = side["consumed"]
         if consumed != [p.patch_id for p in plan[pos:pos + len(consumed)]]:
             raise PackError(f"{store}/{sc}", "an earlier run packed other patches here (source changed?); "
@@ -256,7 +284,7 @@ class SplitWriter:
                 col_off, col_size = member_columns(suffix[: -len(schema.ARRAY_SUFFIX)])
                 row[col_off], row[col_size] = off, n
         row["size"] = self.layout.offset - start
-        self.io.submit(self.file.write, chunks, nbytes=row["size"])
+        self.io.submit(_write_chunks, self.file, chunks, nbytes=row["size"])
         self.rows.append(row)
         self.consumed.append(sample.patch_id)
 
@@ -277,8 +305,9 @@ class SplitWriter:
 
     def _finish_shard(self, file: ShardFile, end: bytes, rel: str, sidecar: str, record: dict) -> None:
         """On the I/O thread, after all the shard's bytes: complete it, put it in place, then record it."""
-        file.write([end])
-        record["sha256"] = file.close()
+        with naming(file.path):
+            file.write([end])
+            record["sha256"] = file.close()
         if file.bytes != record["bytes"]:
             raise PackError(file.path, f"wrote {file.bytes} bytes but the index expects {record['bytes']}")
         self.store.put(file.path, rel)
@@ -300,12 +329,19 @@ class SplitWriter:
         return trailing
 
 
+def _write_chunks(file: ShardFile, chunks: list[bytes]) -> None:
+    with naming(file.path):  # a full disk is reported with the shard's path
+        file.write(chunks)
+
+
 def _start_pool(workers: int) -> ProcessPoolExecutor | None:
     """Start the worker processes at once, so their start-up overlaps discovery."""
     if workers == 1:
         return None
     # spawn, not fork: the parent uses GDAL (GeoPackages), which is not fork-safe.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker)
+    # Each worker ends with this process, even after a kill -9 (packer.lifetime).
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
+                               initargs=(os.getpid(),))
     for _ in range(workers):
         pool.submit(int)  # a no-op that makes the pool start its processes now
     return pool
@@ -362,8 +398,8 @@ def _pack(src: Path, out: str | os.PathLike, staging: str | os.PathLike | None, 
                              f"(--on-error skip packs the others):\n{_format_errors(disc.errors)}")
     plan = make_plan(disc.patches, opts.seed, opts.keep_order)
 
-    store = open_store(out, staging)
-    _check_params(store, opts.recorded(src))
+    store = open_store(out, staging, retries=opts.retries)
+    _check_params(store, opts.recorded(src), opts.overwrite)
     for done_marker in (schema.MANIFEST_FILE, schema.INDEX_FILE):
         store.delete(done_marker)  # rewritten at the end; absent = incomplete
 
@@ -434,7 +470,7 @@ def _finalise(store: OutputStore, opts: PackOptions, src: Path, plan: dict[str, 
         number = 0
         n = nbytes = 0
         while store.exists(sc := sidecar_rel(split, number)):
-            side = json.loads(store.read_text(sc))
+            side = _read_sidecar(store, sc)
             shards.append({k: side[k] for k in ("path", "split", "samples", "bytes", "sha256")})
             tables.append(rows_to_table(side["rows"]))
             skipped += side["skipped"]

@@ -1,7 +1,8 @@
 """Read one patch's GeoTIFFs exactly as `rasterio.open(path).read()` returns them, and check them.
 
-Checks are per patch (so `--on-error skip` can drop just that patch): band counts against the
-schema and against the number of dates, the S2 mask against S2, and one footprint for all files.
+Checks are per patch (so `--on-error skip` can drop just that patch): pixel size, dtype and band
+count against the schema (bands per date times the number of dates for a series), the S2 mask
+against S2, and one CRS and footprint for all files.
 """
 
 from __future__ import annotations
@@ -99,19 +100,15 @@ def read_modality(patch: PatchSource, name: str) -> ModalityData:
     return ModalityData(arr, meta)
 
 
-def _check_bands(patch: PatchSource, name: str, data: ModalityData) -> None:
+def _check_layout(patch: PatchSource, name: str, data: ModalityData) -> None:
+    """Pixel size, dtype and bands (per date for a series) against the schema: a file that differs
+    is refused here, with what was found and expected, rather than packed and failing (or being
+    cast to garbage) at training time."""
     mod = schema.modality(name)
-    bands = data.array.shape[0]
-    path = Path(patch.root) / patch.files[name]
-    if mod.time_series:
-        dates = patch.dates[name]
-        if bands != mod.bands_per_date * len(dates):
-            raise PatchError(patch.patch_id, path,
-                             f"wrong band count: {bands} bands, but {len(dates)} dates x {mod.bands_per_date} "
-                             f"bands per date = {mod.bands_per_date * len(dates)} expected")
-    elif bands != mod.bands_per_date:
-        raise PatchError(patch.patch_id, path, f"wrong band count: {bands}, expected {mod.bands_per_date} "
-                                               f"({', '.join(mod.band_names)})")
+    n_dates = len(patch.dates[name]) if mod.time_series else None
+    problems = mod.layout_problems(data.array.shape, data.array.dtype, n_dates)
+    if problems:
+        raise PatchError(patch.patch_id, Path(patch.root) / patch.files[name], "; ".join(problems))
 
 
 def _check_footprints(patch: PatchSource, datas: dict[str, ModalityData]) -> None:
@@ -142,7 +139,7 @@ def read_patch(patch: PatchSource) -> dict[str, ModalityData]:
     datas = {}
     for name in patch.files:
         data = read_modality(patch, name)
-        _check_bands(patch, name, data)
+        _check_layout(patch, name, data)
         datas[name] = data
     _check_footprints(patch, datas)
     _check_mask(patch, datas)

@@ -16,6 +16,7 @@ import rasterio
 from packer import schema
 from packer.codec import encode_array
 from packer.errors import PatchError
+from packer.lifetime import die_with_parent
 from packer.read import class_counts, read_patch
 from packer.patch import PatchSource
 
@@ -82,9 +83,12 @@ def build_sample(patch: PatchSource, level: int, filter: str) -> EncodedSample:
 _WORKER_ENV: list[rasterio.Env] = []
 
 
-def init_worker() -> None:
-    """Worker start-up: leave Ctrl-C to the main process, which stops workers cleanly (no traceback
-    per worker), and keep one GDAL environment open instead of setting one up around every file."""
+def init_worker(parent_pid: int | None = None) -> None:
+    """Worker start-up: end with the parent however it ends (`packer.lifetime`), leave Ctrl-C to
+    the main process, which stops workers cleanly (no traceback per worker), and keep one GDAL
+    environment open instead of setting one up around every file."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     env = rasterio.Env()
     env.__enter__()

@@ -81,6 +81,41 @@ class Modality:
     def mono_temporal_input(self) -> bool:
         return not self.time_series and not self.label
 
+    def layout_problems(self, shape: tuple[int, ...], dtype: object, n_dates: int | None = None) -> list[str]:
+        """How an array read for this modality differs from the schema (`layout_problems`)."""
+        return layout_problems(shape, dtype, name=self.name, dtype_expected=self.dtype,
+                               bands_per_date=self.bands_per_date, size_px=self.size_px,
+                               time_series=self.time_series, n_dates=n_dates, band_names=self.band_names)
+
+
+def layout_problems(shape: tuple[int, ...], dtype: object, *, name: str, dtype_expected: str, bands_per_date: int,
+                    size_px: int, time_series: bool, n_dates: int | None = None,
+                    band_names: Iterable[str] = ()) -> list[str]:
+    """How an array `(bands, H, W)` of modality `name` differs from its facts, one phrase per problem
+    with what was found and what was expected (empty when it fits).
+
+    The one rule for both ends: the packer checks every source GeoTIFF with it (from the schema)
+    and `flair-pack verify` every member (from the manifest's copy of the schema), so nothing with
+    the wrong size, dtype or band count is packed, nor passes verification later.
+    """
+    problems = []
+    if len(shape) != 3:
+        return [f"wrong shape: {list(shape)}, expected (bands, {size_px}, {size_px}) ({name})"]
+    bands, h, w = shape
+    if (h, w) != (size_px, size_px):
+        problems.append(f"wrong pixel size: {h}x{w} px, expected {size_px}x{size_px} ({name})")
+    if str(np.dtype(dtype)) != dtype_expected:
+        problems.append(f"wrong dtype: {np.dtype(dtype)}, expected {dtype_expected} ({name})")
+    if time_series and n_dates is not None and bands != bands_per_date * n_dates:
+        problems.append(f"wrong band count: {bands} bands, but {n_dates} dates x {bands_per_date} bands per date "
+                        f"= {bands_per_date * n_dates} expected")
+    elif time_series and bands % bands_per_date:
+        problems.append(f"wrong band count: {bands} bands, not a multiple of {bands_per_date} bands per date")
+    elif not time_series and bands != bands_per_date:
+        names = f" ({', '.join(band_names)})" if band_names else ""
+        problems.append(f"wrong band count: {bands}, expected {bands_per_date}{names}")
+    return problems
+
 
 MODALITY_LIST: tuple[Modality, ...] = (
     Modality(

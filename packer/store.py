@@ -11,6 +11,8 @@ being written).
 
 S3 endpoint and credentials come from the environment, as for the loader: `$FLAIR_S3_ENDPOINT_URL`
 or `$AWS_ENDPOINT_URL` for a non-AWS endpoint, the usual `AWS_*` variables for credentials.
+Every S3 operation is retried through an outage by the loader's rule (`packer.retry`,
+`flair-pack --retries`): an upload is redone whole, and an object only appears once complete.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import BinaryIO
 
+from packer import retry
 from packer.atomic import write_text_atomic
-from packer.errors import PackError
+from packer.errors import PackError, naming
 
 
 class OutputStore(ABC):
@@ -45,6 +48,10 @@ class OutputStore(ABC):
 
     @abstractmethod
     def read_text(self, rel: str) -> str: ...
+
+    @abstractmethod
+    def entries(self) -> list[str]:
+        """Names of the files and folders at the top of the store (none when it does not exist yet)."""
 
     @abstractmethod
     def open(self, rel: str) -> BinaryIO:
@@ -80,11 +87,15 @@ class LocalStore(OutputStore):
     def read_text(self, rel: str) -> str:
         return (self.work / rel).read_text()
 
+    def entries(self) -> list[str]:
+        return sorted(p.name for p in self.work.iterdir()) if self.work.is_dir() else []
+
     def open(self, rel: str) -> BinaryIO:
         return open(self.work / rel, "rb")
 
     def write_text(self, rel: str, text: str) -> None:
-        write_text_atomic(self.work / rel, text)
+        with naming(self.work / rel):
+            write_text_atomic(self.work / rel, text)
 
     def put(self, local: Path, rel: str) -> None:
         final = self.work / rel
@@ -104,13 +115,13 @@ def s3_endpoint(explicit: str | None = None) -> str | None:
     return explicit or os.environ.get("FLAIR_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
 
 
-def s3_filesystem(endpoint_url: str | None = None):
-    """A fresh s3fs client for `s3_endpoint(endpoint_url)`."""
+def s3_filesystem(endpoint_url: str | None = None, attempts: int = retry.DEFAULT_ATTEMPTS):
+    """A fresh s3fs client for `s3_endpoint(endpoint_url)`, with botocore's retries set by `packer.retry`."""
     import s3fs
 
     endpoint = s3_endpoint(endpoint_url)
     kwargs = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
-    return s3fs.S3FileSystem(skip_instance_cache=True, **kwargs)
+    return s3fs.S3FileSystem(skip_instance_cache=True, config_kwargs=retry.s3_client_config(attempts), **kwargs)
 
 
 class S3Store(OutputStore):
@@ -119,7 +130,8 @@ class S3Store(OutputStore):
     upload_chunk = 50 * 2**20
     """Part size of multipart uploads; s3fs uploads files of 2 parts or more that way (256 MB shards do)."""
 
-    def __init__(self, url: str, staging: str | os.PathLike | None = None, create: bool = True):
+    def __init__(self, url: str, staging: str | os.PathLike | None = None, create: bool = True,
+                 retries: int = retry.DEFAULT_ATTEMPTS):
         self.url = url.rstrip("/")
         bucket = self.url[len("s3://"):].split("/", 1)[0]
         if not bucket:
@@ -128,47 +140,73 @@ class S3Store(OutputStore):
         self.work = Path(staging) if staging is not None else default
         if create:
             self.work.mkdir(parents=True, exist_ok=True)
-        self.fs = s3_filesystem()
+        self.retries = retries
+        self.fs = s3_filesystem(attempts=retries)
+        endpoint = s3_endpoint() or "AWS"
         try:
-            self.fs.ls(bucket, refresh=True)
+            self._retried(lambda: self.fs.ls(bucket, refresh=True), f"s3://{bucket} (endpoint {endpoint})")
         except (FileNotFoundError, PermissionError, OSError) as exc:
             raise PackError("--out", f"{url}: bucket {bucket!r} cannot be listed ({exc})") from None
+
+    def _retried(self, fn, what: str):
+        """`fn()` through an outage (`packer.retry`); PackError naming `what` once out of attempts."""
+        return retry.with_retries(fn, what, self.retries, give_up=PackError)
 
     def _key(self, rel: str) -> str:
         return f"{self.url[len('s3://'):]}/{rel.lstrip('/')}"
 
     def size(self, rel: str) -> int | None:
         key = self._key(rel)
-        self.fs.invalidate_cache(key)
-        try:
-            return int(self.fs.info(key)["size"])
-        except FileNotFoundError:
-            return None
+
+        def info() -> int | None:
+            self.fs.invalidate_cache(key)
+            try:
+                return int(self.fs.info(key)["size"])
+            except FileNotFoundError:
+                return None
+        return self._retried(info, f"s3://{key}")
 
     def read_text(self, rel: str) -> str:
-        return self.fs.cat_file(self._key(rel)).decode("utf-8")
+        return self._retried(lambda: self.fs.cat_file(self._key(rel)), f"s3://{self._key(rel)}").decode("utf-8")
+
+    def entries(self) -> list[str]:
+        prefix = self.url[len("s3://"):]
+
+        def ls() -> list[str]:
+            try:
+                return self.fs.ls(prefix, refresh=True)
+            except FileNotFoundError:
+                return []
+        if "/" not in prefix:  # the whole bucket
+            return sorted(k.rsplit("/", 1)[-1] for k in self._retried(ls, self.url))
+        return sorted(k[len(prefix) + 1:].split("/", 1)[0] for k in self._retried(ls, self.url) if k != prefix)
 
     def open(self, rel: str) -> BinaryIO:
         return self.fs.open(self._key(rel), "rb", block_size=8 * 2**20)  # 8 MB range reads, read ahead
 
     def write_text(self, rel: str, text: str) -> None:
-        self.fs.pipe_file(self._key(rel), text.encode("utf-8"))  # one PUT: all or nothing
+        data = text.encode("utf-8")
+        self._retried(lambda: self.fs.pipe_file(self._key(rel), data), f"s3://{self._key(rel)}")  # one PUT
 
     def put(self, local: Path, rel: str) -> None:
-        self.fs.put_file(str(local), self._key(rel), chunksize=self.upload_chunk)
+        def upload() -> None:  # redone whole on failure: the object appears only once complete
+            self.fs.put_file(str(local), self._key(rel), chunksize=self.upload_chunk)
+        self._retried(upload, f"s3://{self._key(rel)}")
         if self.size(rel) != Path(local).stat().st_size:
             raise PackError(self._key(rel), "upload incomplete: the object's size differs from the local file")
         Path(local).unlink()
 
     def delete(self, rel: str) -> None:
-        try:
-            self.fs.rm_file(self._key(rel))
-        except FileNotFoundError:
-            pass
+        def rm() -> None:
+            try:
+                self.fs.rm_file(self._key(rel))
+            except FileNotFoundError:
+                pass
+        self._retried(rm, f"s3://{self._key(rel)}")
 
 
 def open_store(out: str | os.PathLike | OutputStore, staging: str | os.PathLike | None = None,
-               create: bool = True) -> OutputStore:
+               create: bool = True, retries: int = retry.DEFAULT_ATTEMPTS) -> OutputStore:
     """`s3://...` -> S3Store (staging folder for the shard being written), anything else a local folder.
 
     `create=False` opens an existing dataset to read it (verify, inspect): no folder is made.
@@ -177,7 +215,7 @@ def open_store(out: str | os.PathLike | OutputStore, staging: str | os.PathLike 
         return out
     text = str(out)
     if text.startswith("s3://"):
-        return S3Store(text, staging, create)
+        return S3Store(text, staging, create, retries)
     if "://" in text:
         raise PackError("--out", f"{text}: only local folders and s3:// URLs are supported")
     if staging is not None:

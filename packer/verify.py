@@ -3,7 +3,9 @@
 OUT is a local folder or an `s3://` URL (`packer.store`). Each shard is read once, as a stream:
 its sha256 and size are computed from the bytes as they pass, its tar headers (member names,
 data offsets, sizes, sample order) are compared with the index rows, and every member is decoded
-(arrays against the shape/dtype in the sample JSON) one sample at a time, so memory stays small.
+one sample at a time, so memory stays small, and checked against the manifest's modality table
+(pixel size, dtype, bands per date x the index's T: `schema.layout_problems`, the packer's own
+rule) and against the shape/dtype in the sample JSON.
 Collects every problem into a readable report instead of stopping at the first.
 """
 
@@ -21,6 +23,7 @@ from packer import schema
 from packer.codec import decode_array
 from packer.index import member_columns, read_index
 from packer.manifest import read_manifest, stream_sha256
+from packer.paths import UnsafePathError
 from packer.store import OutputStore, open_store
 
 
@@ -59,7 +62,22 @@ class _HashingReader:
             pass
 
 
-def _check_sample(data: dict[str, bytes], pid: str, where: str, report: VerifyReport) -> None:
+def _check_layout(arr, mod: str, row: dict, table: dict, where: str, report: VerifyReport) -> None:
+    """A decoded member against the manifest's modality table (size, dtype, bands per date x the
+    index's T): what the loader relies on, whatever the sample's own JSON says."""
+    facts = table.get(mod)
+    if facts is None:
+        report.problems.append(f"{where}: member of {mod}, which the manifest's modality table does not list")
+        return
+    n_dates = row.get(f"T_{mod}") if facts["time_series"] else None
+    for problem in schema.layout_problems(arr.shape, arr.dtype, name=mod, dtype_expected=facts["dtype"],
+                                          bands_per_date=facts["bands_per_date"], size_px=facts["size_px"],
+                                          time_series=facts["time_series"], n_dates=n_dates):
+        report.problems.append(f"{where}: {schema.member_name(row['patch_id'], mod)}: {problem} (manifest/index)")
+
+
+def _check_sample(data: dict[str, bytes], pid: str, where: str, report: VerifyReport,
+                  row: dict | None = None, table: dict | None = None) -> None:
     meta_name = schema.meta_member_name(pid)
     if meta_name not in data:
         report.problems.append(f"{where}: sample {pid} has no {meta_name}")
@@ -78,6 +96,8 @@ def _check_sample(data: dict[str, bytes], pid: str, where: str, report: VerifyRe
         except Exception as exc:  # any decoding failure is a finding, not a crash of verify
             report.problems.append(f"{where}: {name} does not decode ({type(exc).__name__}: {exc})")
             continue
+        if row is not None and table is not None:
+            _check_layout(arr, mod, row, table, where, report)
         expect = meta.get("modalities", {}).get(mod)
         if expect is None:
             report.problems.append(f"{where}: {name} has no entry in the sample JSON")
@@ -92,6 +112,8 @@ def verify_dataset(out: str | Path | OutputStore, decode: bool = True) -> Verify
         store = open_store(out, create=False)
         manifest = read_manifest(store)
         index = read_index(store)
+    except UnsafePathError:
+        raise  # a crafted manifest or index is refused, not merely reported
     except Exception as exc:
         report.problems.append(f"{out}: cannot read manifest/index ({exc})")
         return report
@@ -113,7 +135,7 @@ def verify_dataset(out: str | Path | OutputStore, decode: bool = True) -> Verify
     for entry in manifest["shards"]:
         report.shards += 1
         rows = sorted(rows_by_shard.get(entry["path"], []), key=lambda r: r["sample_index"])
-        _verify_shard(store, entry, rows, decode, report)
+        _verify_shard(store, entry, rows, decode, report, manifest.get("modalities") or {})
     return report
 
 
@@ -127,7 +149,8 @@ def _expected_members(row: dict) -> dict[str, tuple[int, int]]:
     return expected
 
 
-def _verify_shard(store: OutputStore, entry: dict, rows: list[dict], decode: bool, report: VerifyReport) -> None:
+def _verify_shard(store: OutputStore, entry: dict, rows: list[dict], decode: bool, report: VerifyReport,
+                  table: dict) -> None:
     """One streaming pass over the shard: hash, size, headers against the index, decode per sample."""
     where_shard = f"{store}/{entry['path']}"
     size = store.size(entry["path"])
@@ -161,7 +184,7 @@ def _verify_shard(store: OutputStore, entry: dict, rows: list[dict], decode: boo
         if extra:
             report.problems.append(f"{where}: members not in the index: {extra}")
         if decode and set(data) == set(expected[pid]):
-            _check_sample(data, pid, where, report)
+            _check_sample(data, pid, where, report, row, table)
 
     with store.open(entry["path"]) as f:
         reader = _HashingReader(f)

@@ -107,3 +107,138 @@ def s3_server(monkeypatch):
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+# --- appended for the reliability matrix (docs/reliability.md) ------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def one_error_line():
+    """`check(stderr, tool)`: stderr is exactly one line `<tool>: error: ...` and no traceback; returns it."""
+    def check(err: str, tool: str) -> str:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"{tool}: error: "), err
+        assert "Traceback" not in err
+        return lines[0]
+
+    return check
+
+
+@pytest.fixture
+def no_s3_server(monkeypatch) -> str:
+    """An S3 endpoint URL on 127.0.0.1 where nothing listens (a server that is down), with test credentials."""
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    url = f"http://127.0.0.1:{_free_port()}"
+    monkeypatch.setenv("FLAIR_S3_ENDPOINT_URL", url)
+    return url
+
+
+class TcpProxy:
+    """A TCP forwarder on 127.0.0.1 in front of a local server, that can go down and come back on
+    the same port: `outage(seconds)` closes the listening socket and every open connection (new
+    connections are refused, as by a server that is down), then listens again after `seconds`."""
+
+    def __init__(self, target_port: int) -> None:
+        import threading
+
+        self.target_port = target_port
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._lock = threading.Lock()
+        self._open: set = set()
+        self._listener = None
+        self.outages = 0
+        self.start()
+
+    def start(self) -> None:
+        import socket
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        import socket
+
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._open = self._open, set()
+        if listener is not None:
+            listener.close()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def outage(self, seconds: float):
+        """Go down now, come back after `seconds`; returns the thread that brings it back."""
+        import threading
+
+        self.stop()
+        self.outages += 1
+        back = threading.Timer(seconds, self.start)
+        back.daemon = True
+        back.start()
+        return back
+
+    def _accept(self, listener) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by stop()
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:  # stopped meanwhile
+                    client.close()
+                    upstream.close()
+                    return
+                self._open |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src, dst) -> None:
+        import socket
+
+        try:
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        with self._lock:
+            self._open.discard(src)
+        src.close()  # the other direction's pump closes the other socket
+
+
+@pytest.fixture
+def s3_proxy(s3_server):
+    """(moto URL, a `TcpProxy` in front of it): point clients at `proxy.url` and cut them off at will."""
+    proxy = TcpProxy(int(s3_server.rsplit(":", 1)[1]))
+    yield s3_server, proxy
+    proxy.stop()

@@ -30,6 +30,7 @@ from typing import Iterator, Sequence
 
 from tqdm import tqdm
 
+from packer.command import run_command
 from packer.schema import PatchId
 
 from tools.toy.plan import LayoutRequest, PatchPlan, plan_layout
@@ -139,7 +140,7 @@ def generate(out_dir: str | Path, cfg: ToyConfig | None = None) -> GenerateResul
     start = time.perf_counter()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise FileExistsError(f"{out} is not empty (pass overwrite=True / --overwrite to write into it)")
+        raise FileExistsError(f"{out} is not empty (pass --overwrite to write into it)")
     out.mkdir(parents=True, exist_ok=True)
     req = LayoutRequest(
         patches=cfg.patches, domains=cfg.domains, rois_per_domain=cfg.rois_per_domain, seed=cfg.seed,
@@ -200,17 +201,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        cfg = ToyConfig(
-            patches=args.patches, domains=args.domains, rois_per_domain=args.rois_per_domain, seed=args.seed,
-            t_s2=tuple(args.t_s2), t_s1=tuple(args.t_s1), missing_fraction=args.missing_fraction,
-            from_csv=args.from_csv, csv_limit=args.csv_limit, workers=args.workers, compress=args.compress,
-            overwrite=args.overwrite, progress=True,
-        )
-        res = generate(args.out, cfg)
-    except (ValueError, FileExistsError) as exc:
-        print(f"flair-toy: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command("flair-toy", lambda: _run(args), expected=(ValueError,))
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = ToyConfig(
+        patches=args.patches, domains=args.domains, rois_per_domain=args.rois_per_domain, seed=args.seed,
+        t_s2=tuple(args.t_s2), t_s1=tuple(args.t_s1), missing_fraction=args.missing_fraction,
+        from_csv=args.from_csv, csv_limit=args.csv_limit, workers=args.workers, compress=args.compress,
+        overwrite=args.overwrite, progress=True,
+    )
+    res = generate(args.out, cfg)
     counts = {s: len(res.ids_of(s)) for s in ("train", "valid", "test")}
     print(f"flair-toy: {len(res.patch_ids)} patches ({counts['train']} train / {counts['valid']} valid / "
           f"{counts['test']} test), {res.n_files} files, {res.n_bytes / 1e6:.1f} MB in {res.seconds:.1f} s -> {res.out_dir}")

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
+from packer.retry import DEFAULT_ATTEMPTS
 from packer.schema import INPUT_MODALITIES, LABEL_MODALITIES, LPIS_LEVEL_CLASS_COUNTS, MODALITIES
 
 REFERENCE_FILES = ("config_task.yaml", "config_modalities.yaml", "config_models.yaml", "config_supervision.yaml")
@@ -300,7 +301,7 @@ SUPERVISION_SCHEMA: dict[str, Any] = {
 
 DATA_DEFAULTS: dict[str, Any] = {
     "source": None, "train_split": "train", "val_split": "valid", "test_split": "test",
-    "verify": False, "shuffle_window": 512, "uneven": "pad", "decode_threads": 4, "retries": 5,
+    "verify": False, "shuffle_window": 512, "uneven": "pad", "decode_threads": 4, "retries": DEFAULT_ATTEMPTS,
     "s3_endpoint_url": None, "hf_endpoint": None,
     "select": {"domains": [], "patch_ids": None, "contains_class": {}, "min_class_share": {}},
     "class_balanced": False,
@@ -354,7 +355,19 @@ def validate_config(cfg: Mapping[str, Any], require_data: bool = False) -> dict[
     _check_modalities(cfg)
     _check_labels(cfg)
     _check_select(cfg)
+    _check_source(cfg)
     return cfg
+
+
+def _check_source(cfg: dict[str, Any]) -> None:
+    """`data.source`: a scheme some reader handles, well formed (no I/O: the source is opened later)."""
+    from trainer.data.sources import SourceURLError, check_source_url
+
+    if cfg["data"]["source"]:
+        try:
+            check_source_url(cfg["data"]["source"])
+        except SourceURLError as exc:
+            raise ConfigError(f"data.source: {exc}") from None
 
 
 def _with_defaults(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:

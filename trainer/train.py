@@ -30,13 +30,16 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
 from tqdm import tqdm
 
+from packer.atomic import write_text_atomic
+from packer.command import error_line, run_command
+from packer.errors import PackError
 from trainer.checkpointing import (
     CheckpointError, Progress, atomic_torch_save, build_checkpoint, capture_rng, check_model_state,
     load_checkpoint, restore_rng,
@@ -52,6 +55,7 @@ from trainer.model import CheckpointMismatch, build_model, load_reference_weight
 from trainer.optim import Schedule, build_optimizer
 from trainer.report import write_report
 from trainer.train_config import dump_config, load_train_config, task_suffix
+from trainer.unused_parameters import needs_unused_parameter_search
 
 
 # ============================================================================================
@@ -67,24 +71,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 EXPECTED_ERRORS = (ConfigError, CheckpointError, CheckpointMismatch, SelectionError, SourceError,
-                   ShardIntegrityError, NonFiniteLossError, FileNotFoundError)
+                   ShardIntegrityError, NonFiniteLossError, PackError)
+"""Bad input, reported as one line; OSErrors (missing files, full disks) and remote errors are too."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line entry: errors that come from bad input are printed as one clear message."""
+    """Command line entry: errors that come from bad input are printed as one clear line
+    (`packer.command`, the same for every command)."""
     args = parse_args(argv)
-    try:
-        cfg = load_train_config(args.config, args.overrides)
-        run(cfg)
-    except EXPECTED_ERRORS as exc:
-        print(f"flair-train: error: {exc}", file=sys.stderr)
-        return 2
-    except torch.OutOfMemoryError as exc:
-        print(f"flair-train: error: out of memory ({exc}). Lower hyperparams.batch_size (and raise "
-              "train.gradient_accumulation_steps to keep the effective batch), or use train.mixed_precision: bf16.",
-              file=sys.stderr)
-        return 3
-    return 0
+
+    def body() -> int:
+        try:
+            run(load_train_config(args.config, args.overrides))
+        except torch.OutOfMemoryError as exc:
+            print(error_line("flair-train", f"out of memory ({' '.join(str(exc).split())}). Lower "
+                             "hyperparams.batch_size (and raise train.gradient_accumulation_steps to keep the "
+                             "effective batch), or use train.mixed_precision: bf16."), file=sys.stderr)
+            return 3
+        return 0
+
+    return run_command("flair-train", body, expected=EXPECTED_ERRORS,
+                       interrupted="checkpoints on disk are intact: resume with "
+                                   "tasks.train_tasks.resume_training_from_ckpt and paths.ckpt_model_path")
 
 
 # ============================================================================================
@@ -142,6 +150,9 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
     say(f"model: {n_params / 1e6:.2f} M parameters, arch {cfg['models']['monotemp_model'].get('arch')}")
     loss_fn = CompositeLoss(cfg).to(accelerator.device)
 
+    if tc["find_unused_parameters"] == "auto" and world > 1:
+        decide_unused_parameter_search(cfg, accelerator, model)
+
     # ---------------------------------------------------------------- optimiser
     optimizer = build_optimizer(cfg, model.parameters())
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -149,15 +160,17 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
     progress = Progress()
     best_eval: dict[str, Any] | None = None
 
-    # ---------------------------------------------------------------- resume
-    if train_tasks.get("resume_training_from_ckpt"):
-        best_eval = resume(cfg["paths"]["ckpt_model_path"], accelerator, model, optimizer, schedule, train_loader, progress)
-        say(f"resumed from {cfg['paths']['ckpt_model_path']} at epoch {progress.epoch}, step {progress.step}")
-
-    writer = make_tensorboard(out_dir) if (main_proc and tc["tensorboard"]) else None
     log = StepLog(out_dir / "metrics.jsonl" if main_proc else None)
     # Which samples each rank trained on, batch by batch: an audit trail of the data split.
     sample_log = SampleLog(out_dir / "samples" / f"rank{rank}.txt" if tc["log_samples"] else None)
+
+    # ---------------------------------------------------------------- resume
+    if train_tasks.get("resume_training_from_ckpt"):
+        best_eval = resume(cfg["paths"]["ckpt_model_path"], accelerator, model, optimizer, schedule, train_loader,
+                           progress, logs=(log, sample_log))
+        say(f"resumed from {cfg['paths']['ckpt_model_path']} at epoch {progress.epoch}, step {progress.step}")
+
+    writer = make_tensorboard(out_dir) if (main_proc and tc["tensorboard"]) else None
     result = RunResult(out_dir=out_dir)
     series = train_loader.spec.series
     monitor, mode = saving.get("ckpt_monitor", "val_miou"), saving.get("ckpt_monitor_mode", "max")
@@ -170,7 +183,7 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
 
     def save(name: str, only_weights: bool) -> None:
         save_checkpoint(ckpt_dir / f"{name}.ckpt", accelerator, model, optimizer, schedule, train_loader, progress,
-                        config_yaml, only_weights, best_eval)
+                        config_yaml, only_weights, best_eval, logs=(log, sample_log))
 
     def evaluate_and_checkpoint(train_loss: float | None) -> bool:
         """Validate, log, keep the best checkpoint; True when early stopping says stop."""
@@ -308,7 +321,8 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
 # Helpers of the loop (kept here because they are the loop's own logic)
 # ============================================================================================
 def make_accelerator(cfg: Mapping[str, Any]) -> Accelerator:
-    """Accelerator from the config: device, mixed precision, DDP's find_unused_parameters."""
+    """Accelerator from the config: device, mixed precision, DDP's find_unused_parameters (for
+    `auto`, decided once the model exists: `decide_unused_parameter_search`)."""
     tc, hw = cfg["train"], cfg.get("hardware") or {}
     cpu = hw.get("accelerator") == "cpu" or not torch.cuda.is_available()
     if tc["mixed_precision"] == "fp16" and cpu:
@@ -317,27 +331,20 @@ def make_accelerator(cfg: Mapping[str, Any]) -> Accelerator:
         print("flair-train: hardware.accelerator is gpu but no CUDA device is visible; running on the CPU",
               file=sys.stderr)
     unused = tc["find_unused_parameters"]
-    if unused == "auto":
-        unused = needs_unused_parameter_search(cfg)
     return Accelerator(cpu=cpu, mixed_precision=tc["mixed_precision"],
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused is True)])
 
 
-def needs_unused_parameter_search(cfg: Mapping[str, Any]) -> bool:
-    """True when some parameters get no gradient in a step, which DDP must be told about.
-
-    That happens with modality dropout (a dropped branch sits the step out), with one input
-    modality or series only (the fusion's 1x1 convolutions are then bypassed, as in the
-    reference), and for a series-only model with one task (its 1x1 task head is bypassed).
-    Auxiliary heads always feed the loss, so they need nothing.
-    """
-    mods = cfg["modalities"]
-    active = [m for m, on in mods["inputs"].items() if on]
-    mono = [m for m in active if not m.endswith("_TS")]
-    dropout = len(active) > 1 and any((mods.get("modality_dropout") or {}).get(m, 0) for m in active)
-    fusion_bypassed = not (mono and len(active) >= 2)
-    head_bypassed = not mono and len(cfg["labels"]) == 1
-    return bool(dropout or fusion_bypassed or head_bypassed)
+def decide_unused_parameter_search(cfg: Mapping[str, Any], accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """`find_unused_parameters: auto`: ask the model which parameters never get a gradient
+    (`trainer.unused_parameters`) and tell DDP before the model is wrapped."""
+    model.to(accelerator.device)
+    needed, unused = needs_unused_parameter_search(model, cfg, accelerator.device)
+    accelerator.ddp_handler.find_unused_parameters = needed
+    shown = ", ".join(sorted({n.rsplit(".", 1)[0] for n in unused})[:6])
+    accelerator.print(f"ddp: {len(unused)} of {sum(1 for _ in model.parameters())} parameters never get a gradient"
+                      + (f" ({shown}{', ...' if len(unused) > 6 else ''})" if unused else "")
+                      + f"; find_unused_parameters={needed}")
 
 
 def forward(model: torch.nn.Module, inputs: Mapping[str, Any], series: tuple[str, ...]) -> Any:
@@ -471,9 +478,11 @@ def evaluate(cfg: Mapping[str, Any], accelerator: Accelerator, model: torch.nn.M
 # ============================================================================================
 def save_checkpoint(path: Path, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, schedule: Schedule,
                     loader: StreamingLoader, progress: Progress, config_yaml: str, weights_only: bool,
-                    best_eval: Mapping[str, Any] | None) -> None:
-    """Every rank contributes its RNG and loader state; rank 0 writes (temp file + rename)."""
-    per_rank = gather_object([{"rng": capture_rng(), "loader": loader.state_dict()}])
+                    best_eval: Mapping[str, Any] | None, logs: tuple["StepLog", "SampleLog"] | None = None) -> None:
+    """Every rank contributes its RNG and loader state, and how far its logs go (to rewind them on
+    resume); rank 0 writes (temp file + rename)."""
+    ends = {"metrics": logs[0].end(), "samples": logs[1].end()} if logs is not None else {}
+    per_rank = gather_object([{"rng": capture_rng(), "loader": loader.state_dict(), "logs": ends}])
     if accelerator.is_main_process:
         scaler = getattr(accelerator, "scaler", None)
         ckpt = build_checkpoint(
@@ -488,8 +497,13 @@ def save_checkpoint(path: Path, accelerator: Accelerator, model: torch.nn.Module
 
 
 def resume(path: str, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, schedule: Schedule,
-           loader: StreamingLoader, progress: Progress) -> dict[str, Any] | None:
-    """Restore the full training state from one of our checkpoints; returns the best evaluation so far."""
+           loader: StreamingLoader, progress: Progress,
+           logs: tuple["StepLog", "SampleLog"] | None = None) -> dict[str, Any] | None:
+    """Restore the full training state from one of our checkpoints; returns the best evaluation so far.
+
+    `logs` (metrics.jsonl, samples/rank<r>.txt) are cut back to where they stood at the checkpoint,
+    so the steps replayed after it appear once, not twice.
+    """
     ckpt = load_checkpoint(path)
     if ckpt["kind"] != "full":
         raise CheckpointError(f"{path}: a weights-only checkpoint cannot resume a run "
@@ -519,6 +533,8 @@ def resume(path: str, accelerator: Accelerator, model: torch.nn.Module, optimize
     except ValueError as exc:
         raise CheckpointError(f"{path}: loader state does not fit this data selection ({exc})") from None
     restore_rng(state["rng"])
+    if logs is not None:
+        rewind_logs(logs, per_rank, rank, progress)
     best = ckpt.get("best_eval")
     return dict(best) if best else None
 
@@ -571,33 +587,72 @@ def make_tensorboard(out_dir: Path) -> Any:
     return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
 
 
-class SampleLog:
-    """`samples/rank<r>.txt`: `epoch batch patch_id valid` per trained sample (`train.log_samples`)."""
+class AppendLog:
+    """A log file that only grows, one line per record; `end()` and `rewind()` let a resumed run
+    cut it back to where it stood at its checkpoint (opened in append mode, it would otherwise
+    hold the replayed steps twice)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
 
-    def write(self, epoch: int, batch_index: int, patch_ids: list[str], valid: torch.Tensor) -> None:
+    def append(self, text: str) -> None:
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(text)
+
+    def end(self) -> int | None:
+        """Bytes written so far (None when this rank keeps no such log)."""
         if self.path is None:
+            return None
+        return self.path.stat().st_size if self.path.is_file() else 0
+
+    def rewind(self, end: int | None = None, keep: Callable[[str], bool] | None = None) -> None:
+        """Cut the file at byte `end`, or (a checkpoint older than this rule) keep the lines `keep(line)`."""
+        if self.path is None or not self.path.is_file():
             return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            for pid, ok in zip(patch_ids, valid.tolist()):
-                fh.write(f"{epoch} {batch_index} {pid} {int(ok)}\n")
+        if end is not None:
+            if self.path.stat().st_size > end:
+                with open(self.path, "r+b") as fh:
+                    fh.truncate(end)
+        elif keep is not None:
+            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+            write_text_atomic(self.path, "".join(line for line in lines if keep(line)))
 
 
-class StepLog:
+class SampleLog(AppendLog):
+    """`samples/rank<r>.txt`: `epoch batch patch_id valid` per trained sample (`train.log_samples`)."""
+
+    def write(self, epoch: int, batch_index: int, patch_ids: list[str], valid: torch.Tensor) -> None:
+        if self.path is not None:
+            rows = zip(patch_ids, valid.tolist())
+            self.append("".join(f"{epoch} {batch_index} {pid} {int(ok)}\n" for pid, ok in rows))
+
+
+class StepLog(AppendLog):
     """`metrics.jsonl`: one JSON line per optimizer step and per evaluation (rank 0 only)."""
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-
     def write(self, row: Mapping[str, Any]) -> None:
-        if self.path is None:
-            return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        self.append(json.dumps(row) + "\n")
+
+
+def rewind_logs(logs: tuple[StepLog, SampleLog], per_rank: list[Mapping[str, Any]], rank: int,
+                progress: Progress) -> None:
+    """Cut metrics.jsonl (rank 0) and this rank's sample log back to the checkpoint.
+
+    A checkpoint records each log's length; one written before that rule is cut by content:
+    metrics up to its optimizer step, samples before its (epoch, batch).
+    """
+    metrics, samples = logs
+    mine = per_rank[rank] if rank < len(per_rank) else {}
+    ends = mine.get("logs")
+    if ends is not None:
+        metrics.rewind(per_rank[0].get("logs", {}).get("metrics"))
+        samples.rewind(ends.get("samples"))
+        return
+    metrics.rewind(keep=lambda line: json.loads(line).get("step", 0) <= progress.step)
+    samples.rewind(keep=lambda line: tuple(map(int, line.split()[:2])) < (progress.epoch, progress.micro_step))
 
 
 if __name__ == "__main__":

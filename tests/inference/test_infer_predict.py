@@ -129,7 +129,8 @@ def _tiny_model_config() -> dict:
     return raw
 
 
-def test_our_checkpoint_and_a_reference_style_checkpoint_give_the_same_predictions(shards, config_file, tmp_path) -> None:
+def test_our_checkpoint_and_a_reference_style_checkpoint_give_the_same_predictions(shards, config_file, tmp_path,
+                                                                                   capsys) -> None:
     from trainer.model import build_model, save_model
 
     torch.manual_seed(0)
@@ -153,9 +154,12 @@ def test_our_checkpoint_and_a_reference_style_checkpoint_give_the_same_predictio
     for p in a:
         with rasterio.open(p) as x, rasterio.open(out_b / "predictions" / COSIA / p.name) as y:
             np.testing.assert_array_equal(x.read(), y.read())
-    # Without --config a reference checkpoint is refused with a clear message.
+    # Without --config a reference checkpoint is refused with one clear line (the style of every command).
+    capsys.readouterr()
     assert infer_main(["--checkpoint", str(lightning), "--data", str(shards), "--out", str(tmp_path / "c"),
-                       "--device", "cpu", "--no-progress"]) == 1
+                       "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flair-infer: error: ") and "--config" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_checkpoint_carries_its_training_preprocessing(shards, tmp_path) -> None:

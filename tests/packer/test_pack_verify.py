@@ -60,6 +60,24 @@ def test_missing_shard_and_missing_manifest(copy, capsys):
     assert "manifest" in capsys.readouterr().out
 
 
+def test_damaged_index_is_caught(copy, capsys):
+    """An index rewritten with one wrong offset (valid Parquet), then one cut short."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = copy / "index.parquet"
+    t = pq.read_table(path)
+    col = t.schema.get_field_index("SPOT_RGBI_offset")
+    offsets = t.column(col).to_pylist()
+    pq.write_table(t.set_column(col, "SPOT_RGBI_offset", pa.array([offsets[0] + 512] + offsets[1:], pa.int64())), path)
+    assert main(["verify", str(copy)]) == 1
+    out = capsys.readouterr().out
+    assert "index.parquet: sha256 differs from the manifest" in out and "index says" in out
+    path.write_bytes(path.read_bytes()[:200])
+    assert main(["verify", str(copy)]) == 1
+    assert "cannot read manifest/index" in capsys.readouterr().out
+
+
 def test_inspect_dataset_and_sample(packed, capsys):
     assert main(["inspect", str(packed)]) == 0
     out = capsys.readouterr().out

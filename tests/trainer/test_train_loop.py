@@ -172,15 +172,45 @@ def test_init_weights_only_from_our_checkpoints(runs):
         assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items()), path
 
 
-def test_unused_parameter_search_follows_the_model_structure():
-    from trainer.train import needs_unused_parameter_search
+def test_resume_after_a_crash_logs_each_step_once(toy_shards, tmp_path):
+    """The run went on past its last checkpoint (step 1) to step 2, then died: resuming from the
+    checkpoint replays step 2, and metrics.jsonl / samples/rank0.txt hold each step and each
+    sample of the epoch once. Also with a checkpoint written before the logs' lengths were
+    recorded in it (the logs are then cut by content)."""
+    import shutil
 
-    def cfg(inputs, labels=("AERIAL_LABEL-COSIA",), dropout=None):
-        return {"labels": list(labels), "modalities": {"inputs": {m: True for m in inputs},
-                                                        "modality_dropout": dropout or {}}}
+    resume = {"train_tasks": {"resume_training_from_ckpt": True, "init_weights_only_from_ckpt": False}}
 
-    assert needs_unused_parameter_search(cfg(["AERIAL_RGBI"]))  # fusion bypassed
-    assert not needs_unused_parameter_search(cfg(["AERIAL_RGBI", "SENTINEL2_TS"]))
-    assert needs_unused_parameter_search(cfg(["AERIAL_RGBI", "SENTINEL2_TS"], dropout={"SENTINEL2_TS": 0.2}))
-    assert needs_unused_parameter_search(cfg(["SENTINEL2_TS", "SENTINEL1-ASC_TS"]))  # series only
-    assert not needs_unused_parameter_search(cfg(["AERIAL_RGBI", "DEM_ELEV"], labels=("AERIAL_LABEL-COSIA", "ALL_LABEL-LPIS")))
+    def config(stop=None, ckpt=None, name="crash"):
+        return load_train_config(spot_config(
+            toy_shards.out, tmp_path, name, hyperparams={"num_epochs": 1},
+            train={"stop_after_steps": stop, "log_samples": True, "limit_val_batches": 1, "tensorboard": False,
+                   "report": False},
+            **({"tasks": resume, "paths": {"out_folder": str(tmp_path), "out_model_name": name,
+                                           "ckpt_model_path": str(ckpt)}} if ckpt else {})))
+
+    def logs(name):
+        folder = tmp_path / name
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [(r["kind"], r["step"]) for r in rows], (folder / "samples" / "rank0.txt").read_text().splitlines()
+
+    run(config(stop=1))
+    step1 = tmp_path / "step1.ckpt"
+    shutil.copy(tmp_path / "crash" / "checkpoints" / "last.ckpt", step1)
+    run(config(stop=2, ckpt=step1))  # step 2 logged; only the step-1 checkpoint survives the crash
+    assert [s for k, s in logs("crash")[0] if k == "step"] == [1, 2]
+    shutil.copytree(tmp_path / "crash", tmp_path / "old")
+    old_ckpt = torch.load(step1, weights_only=True)
+    for state in old_ckpt["per_rank"]:
+        state.pop("logs", None)  # as a checkpoint of an earlier version has none
+    torch.save(old_ckpt, tmp_path / "old.ckpt")
+
+    run(config(ckpt=step1))
+    run(config(ckpt=tmp_path / "old.ckpt", name="old"))
+    for name in ("crash", "old"):
+        rows, samples = logs(name)
+        assert rows == [("step", 1), ("step", 2), ("step", 3), ("eval", 3)], name
+        batches = [tuple(line.split()[:2]) for line in samples]
+        assert batches == sorted(batches) and len(batches) == 6, (name, samples)  # 3 batches of 2, once each
+        valid = [line.split()[2] for line in samples if line.endswith(" 1")]
+        assert len(valid) == len(set(valid)) == 5, (name, samples)  # every train sample exactly once

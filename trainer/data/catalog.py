@@ -3,7 +3,8 @@
 The manifest is read first (it lists the shards with their size and sha256, and its presence
 means the pack finished); the index gives every sample's shard, position and member byte ranges,
 so a selection by split, domain, patch id or class content is made without opening a shard,
-and any sample can be read with ranged reads. Column names: docs/packing.md.
+and any sample can be read with ranged reads. Column names: docs/packing.md. Split names and shard
+paths of both are checked first (`packer.paths`): a crafted `../` path never reaches a reader.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from packer.paths import check_index, check_manifest
 from packer.schema import INDEX_FILE, MANIFEST_FILE, N_CLASSES
 from trainer.data.sources import Source
 
@@ -62,10 +64,12 @@ class Catalog:
             raise FileNotFoundError(
                 f"{source.url(MANIFEST_FILE)}: no manifest (not a packed dataset, or the pack did not finish)"
             ) from None
+        check_manifest(self.manifest, source.url(MANIFEST_FILE))
         self.shards = {
             s["path"]: ShardInfo(s["path"], int(s["bytes"]), s.get("sha256")) for s in self.manifest.get("shards", [])
         }
-        self.table: pa.Table = pq.read_table(io.BytesIO(source.read_all(INDEX_FILE)))
+        table = pq.read_table(io.BytesIO(source.read_all(INDEX_FILE)))
+        self.table: pa.Table = check_index(table, source.url(INDEX_FILE))
         missing = [s for s in set(self.table.column("shard").to_pylist()) if s not in self.shards]
         if missing:
             raise SelectionError(f"{source.url(INDEX_FILE)}: rows point to shards absent from the manifest: {missing[:3]}")

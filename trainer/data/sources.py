@@ -10,8 +10,10 @@
   a configurable base URL (`$HF_ENDPOINT`, so a mirror or a local server works) and `$HF_TOKEN`.
 
 Every reader offers the same three operations: the size of a file, a byte range of it, and its
-bytes as a stream of chunks. Reads are retried with exponential backoff on transient errors
-(connection resets, timeouts, HTTP 5xx/429); a missing file or a refused request fails at once.
+bytes as a stream of chunks. Reads are retried with backoff on transient errors (refused or reset
+connections, timeouts, throttling, HTTP 5xx/429), `data.retries` attempts in all, by the rule of
+`packer.retry` that the packer's S3 uploads follow too (docs/reliability.md gives the outage each
+setting rides out); a missing file or a refused request fails at once.
 Readers hold no open handle when pickled, so they can be sent to DataLoader worker processes.
 """
 
@@ -19,53 +21,45 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
-import time
 from abc import ABC, abstractmethod
 from typing import Callable, Iterator, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
+from packer import retry
+from packer.retry import RemoteError, TransientError
 from packer.store import s3_endpoint, s3_filesystem
 
 T = TypeVar("T")
 
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 CHUNK = 1 << 22
+SCHEMES = "a local path, s3://bucket/prefix, https://, http:// or hf://datasets/<owner>/<name>[@revision]/<path>"
+
+__all__ = ["SourceError", "SourceURLError", "TransientError", "ShardIntegrityError", "Source", "open_source",
+           "check_source_url", "hf_base_url", "check_shard", "with_retries"]
 
 
-class SourceError(OSError):
+class SourceError(RemoteError):
     """A read failed for good (not found, refused, or out of retries); the message names the URL."""
 
 
-class TransientError(OSError):
-    """A read failed in a way worth retrying (5xx, 429, reset connection)."""
+class SourceURLError(ValueError):
+    """A source URL no reader handles, or a malformed one; the message names it."""
 
 
 class ShardIntegrityError(RuntimeError):
     """A shard's bytes do not match the manifest (size or sha256); the message names its URL."""
 
 
-def with_retries(fn: Callable[[], T], what: str, retries: int = 5, base_delay: float = 0.25) -> T:
-    """Call `fn`, retrying transient failures with exponential backoff and jitter."""
-    import requests
-
-    transient = (TransientError, ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout)
-    for attempt in range(retries):
-        try:
-            return fn()
-        except (FileNotFoundError, PermissionError, SourceError, ShardIntegrityError):
-            raise
-        except transient + (OSError,) as exc:
-            if attempt == retries - 1:
-                raise SourceError(f"{what}: failed after {retries} attempts: {exc}") from exc
-            time.sleep(min(8.0, base_delay * 2**attempt) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
+def with_retries(fn: Callable[[], T], what: str, retries: int = retry.DEFAULT_ATTEMPTS) -> T:
+    """Call `fn`, retrying transient failures with backoff (`packer.retry`); SourceError when out of attempts."""
+    return retry.with_retries(fn, what, retries, give_up=lambda url, problem: SourceError(f"{url}: {problem}"))
 
 
 class Source(ABC):
     """A read-only tree of files addressed by relative POSIX paths."""
 
-    def __init__(self, base: str, retries: int = 5) -> None:
+    def __init__(self, base: str, retries: int = retry.DEFAULT_ATTEMPTS) -> None:
         self.base = base.rstrip("/")
         self.retries = retries
 
@@ -107,7 +101,7 @@ class Source(ABC):
 class LocalSource(Source):
     """A directory on a local or network file system; positional reads on cached descriptors."""
 
-    def __init__(self, base: str, retries: int = 5, max_open: int = 64) -> None:
+    def __init__(self, base: str, retries: int = retry.DEFAULT_ATTEMPTS, max_open: int = 64) -> None:
         super().__init__(os.path.abspath(base), retries)
         self.max_open = max_open
 
@@ -142,14 +136,14 @@ class LocalSource(Source):
 class S3Source(Source):
     """`s3://bucket/prefix` through s3fs, on AWS or any S3-compatible endpoint."""
 
-    def __init__(self, base: str, retries: int = 5, endpoint_url: str | None = None) -> None:
+    def __init__(self, base: str, retries: int = retry.DEFAULT_ATTEMPTS, endpoint_url: str | None = None) -> None:
         super().__init__(base, retries)
         self.endpoint_url = s3_endpoint(endpoint_url)
 
     def _fs(self):
         if getattr(self, "_h_pid", None) != os.getpid():
             # One client per process: botocore sessions are not fork-safe.
-            self._h_fs = s3_filesystem(self.endpoint_url)
+            self._h_fs = s3_filesystem(self.endpoint_url, attempts=self.retries)
             self._h_pid = os.getpid()
         return self._h_fs
 
@@ -166,7 +160,8 @@ class S3Source(Source):
 class HttpSource(Source):
     """`https://...` (or `http://`) with Range requests; `headers` carry e.g. a Hub token."""
 
-    def __init__(self, base: str, retries: int = 5, headers: dict[str, str] | None = None, timeout: float = 60) -> None:
+    def __init__(self, base: str, retries: int = retry.DEFAULT_ATTEMPTS, headers: dict[str, str] | None = None,
+                 timeout: float = 60) -> None:
         super().__init__(base, retries)
         self.headers = dict(headers or {})
         self.timeout = timeout
@@ -210,22 +205,40 @@ def hf_base_url(url: str, endpoint: str | None = None) -> str:
     """`hf://datasets/<owner>/<name>[@rev]/<path>` -> `<endpoint>/datasets/<owner>/<name>/resolve/<rev>/<path>`."""
     rest = url[len("hf://"):]
     parts = rest.split("/")
-    if len(parts) < 3 or parts[0] != "datasets":
-        raise ValueError(f"{url}: expected hf://datasets/<owner>/<name>[@revision]/<path>")
+    if len(parts) < 3 or parts[0] != "datasets" or not parts[1] or not parts[2] or parts[2].startswith("@"):
+        raise SourceURLError(f"{url}: expected hf://datasets/<owner>/<name>[@revision]/<path>")
     owner, name, rest = parts[1], parts[2], parts[3:]
     rev = "main"
     if "@" in name:
         name, rev = name.split("@", 1)
         if rev == "refs" and len(rest) >= 2:  # a Hub ref with slashes: refs/pr/<n>, refs/convert/<x>
             rev, rest = f"refs/{rest[0]}/{rest[1]}", rest[2:]
+        if not rev:
+            raise SourceURLError(f"{url}: empty revision after '@'")
     path = "/".join(rest)
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
     base = f"{endpoint}/datasets/{owner}/{name}/resolve/{quote(rev, safe='')}"
     return f"{base}/{path}" if path else base
 
 
-def open_source(url: str, retries: int = 5, s3_endpoint_url: str | None = None, hf_endpoint: str | None = None) -> Source:
+def check_source_url(url: str) -> None:
+    """Refuse, without any I/O, a URL no reader handles or a malformed one (SourceURLError names it)."""
+    if url.startswith("hf://"):
+        hf_base_url(url, "https://huggingface.co")
+    elif url.startswith("s3://"):
+        if not url[len("s3://"):].split("/", 1)[0]:
+            raise SourceURLError(f"{url}: no bucket name (expected s3://bucket/prefix)")
+    elif url.startswith(("https://", "http://")):
+        if not urlsplit(url).hostname:
+            raise SourceURLError(f"{url}: no host name")
+    elif "://" in url and not url.startswith("file://"):
+        raise SourceURLError(f"{url}: unsupported scheme (use {SCHEMES})")
+
+
+def open_source(url: str, retries: int = retry.DEFAULT_ATTEMPTS, s3_endpoint_url: str | None = None,
+                hf_endpoint: str | None = None) -> Source:
     """The reader for `url`, chosen by its prefix (see the module docstring)."""
+    check_source_url(url)
     if url.startswith("s3://"):
         return S3Source(url, retries, endpoint_url=s3_endpoint_url)
     if url.startswith("hf://"):
@@ -236,8 +249,6 @@ def open_source(url: str, retries: int = 5, s3_endpoint_url: str | None = None, 
         return HttpSource(url, retries)
     if url.startswith("file://"):
         url = url[len("file://"):]
-    if "://" in url:
-        raise ValueError(f"{url}: unsupported scheme (use a local path, s3://, https://, http:// or hf://)")
     if not os.path.isdir(url):
         raise FileNotFoundError(f"{url}: no such directory")
     return LocalSource(url, retries)
