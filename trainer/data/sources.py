@@ -23,13 +23,12 @@ import random
 import time
 from abc import ABC, abstractmethod
 from typing import Callable, Iterator, TypeVar
-from urllib.parse import quote
 
+from packer.hub import auth_headers, hf_base_url  # the one hf:// parser, shared with the packer
 from packer.store import s3_endpoint, s3_filesystem
 
 T = TypeVar("T")
 
-DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 CHUNK = 1 << 22
 
 
@@ -206,32 +205,12 @@ class HttpSource(Source):
         return resp.content
 
 
-def hf_base_url(url: str, endpoint: str | None = None) -> str:
-    """`hf://datasets/<owner>/<name>[@rev]/<path>` -> `<endpoint>/datasets/<owner>/<name>/resolve/<rev>/<path>`."""
-    rest = url[len("hf://"):]
-    parts = rest.split("/")
-    if len(parts) < 3 or parts[0] != "datasets":
-        raise ValueError(f"{url}: expected hf://datasets/<owner>/<name>[@revision]/<path>")
-    owner, name, rest = parts[1], parts[2], parts[3:]
-    rev = "main"
-    if "@" in name:
-        name, rev = name.split("@", 1)
-        if rev == "refs" and len(rest) >= 2:  # a Hub ref with slashes: refs/pr/<n>, refs/convert/<x>
-            rev, rest = f"refs/{rest[0]}/{rest[1]}", rest[2:]
-    path = "/".join(rest)
-    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
-    base = f"{endpoint}/datasets/{owner}/{name}/resolve/{quote(rev, safe='')}"
-    return f"{base}/{path}" if path else base
-
-
 def open_source(url: str, retries: int = 5, s3_endpoint_url: str | None = None, hf_endpoint: str | None = None) -> Source:
     """The reader for `url`, chosen by its prefix (see the module docstring)."""
     if url.startswith("s3://"):
         return S3Source(url, retries, endpoint_url=s3_endpoint_url)
     if url.startswith("hf://"):
-        token = os.environ.get("HF_TOKEN")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return HttpSource(hf_base_url(url, hf_endpoint), retries, headers=headers)
+        return HttpSource(hf_base_url(url, hf_endpoint), retries, headers=auth_headers())
     if url.startswith(("https://", "http://")):
         return HttpSource(url, retries)
     if url.startswith("file://"):
