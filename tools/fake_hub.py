@@ -10,8 +10,8 @@ Serves a folder read-only on 127.0.0.1 with the Hub's URL scheme:
   `Link: <...&cursor=N>; rel="next"`.
 
 Knobs (attributes, changeable while it runs) reproduce what a real server does to a client:
-`latency_s` per request, `flaky` (the first GET of each path answers 503), `cut_once` (the first GET
-of each path sends half its body, then drops the connection), `ignore_range` (200 with the whole
+`latency_s` per request, `flaky` (the first GET of each file answers 503), `cut_once` (the first GET
+of each file sends half its body, then drops the connection), `ignore_range` (200 with the whole
 file), `token` (requests without `Bearer <token>` get 401; `gated` makes it 403), `statuses`
 ({path suffix: status}), `redirect` (resolve URLs answer 302 to `/cdn/...` on `cdn_host`, valid for
 `cdn_uses` requests, then 403, as the Hub's signed CDN URLs expire). Every request is recorded
@@ -133,10 +133,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         size = len(data)
         if head:
             return self._head(size)
-        key = self.path
-        with self.hub.lock:
-            first = key not in self.hub.seen
-            self.hub.seen.add(key)
+        with self.hub.lock:  # "first" per file, whatever URL (resolve, plain, a fresh CDN signature) asks for it
+            first = rel not in self.hub.seen
+            self.hub.seen.add(rel)
         if self.hub.flaky and first:
             return self._send(503, b"try again")
         rng = _RANGE.match(self.headers.get("Range", "").strip())
@@ -202,6 +201,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send(200, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})}, head=head)
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A client closing its connection early (as `cut_once` provokes) is no server error."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 class FakeHub:
     """A threaded server for `root` on 127.0.0.1 (see the module docstring); a context manager."""
 
@@ -221,8 +231,7 @@ class FakeHub:
         self.seen: set[str] = set()
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"hub": self})
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -234,7 +243,7 @@ class FakeHub:
         return f"{self.url}/datasets/{repo}/resolve/{quote(rev, safe='')}" + (f"/{path}" if path else "")
 
     def reset(self) -> None:
-        """Forget recorded requests and which paths were already served (for flaky/cut_once)."""
+        """Forget recorded requests and which files were already served (for flaky/cut_once)."""
         with self.lock:
             self.requests.clear()
             self.seen.clear()

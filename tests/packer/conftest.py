@@ -36,7 +36,8 @@ def disk_full_at(monkeypatch) -> Callable[[int], Callable[[], None]]:
 @pytest.fixture(scope="session")
 def same_pack():
     """`same_pack(a, b)`: two packed outputs hold the same bytes, and their manifests differ at most
-    in `parameters.src` (where the source was: a folder, zips, a URL). Returns the two `src` values."""
+    in `parameters.src` and `parameters.src_list` (where the source was: a folder, zips, a URL, and
+    the list of its zips). Returns the two `src` values."""
     import filecmp
     import json
 
@@ -55,6 +56,7 @@ def same_pack():
                 assert filecmp.cmp(a / n, b / n, shallow=False), n
         ma, mb = (json.loads((o / schema.MANIFEST_FILE).read_text()) for o in (a, b))
         src = ma["parameters"].pop("src"), mb["parameters"].pop("src")
+        ma["parameters"].pop("src_list"), mb["parameters"].pop("src_list")
         assert ma == mb
         return src
 
