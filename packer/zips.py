@@ -10,7 +10,8 @@ memory and travel cheaply to worker processes.
 A member is then read with one range covering its local header and its data (the local header's
 extra field may differ from the directory's, so a little slack is read; a second read fetches what
 is missing if it was not enough), inflated, and checked against the directory's size and CRC-32.
-Stored and deflated members are supported (the two methods zip tools write by default).
+Stored and deflated members are supported (the two methods zip tools write by default); deflate
+is inflated with ISA-L (`isal`) when it is installed, zlib otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ from typing import NamedTuple
 
 from packer.errors import PackError
 from packer.ranges import RangeReader
+
+try:  # ISA-L inflates raw deflate about 1.5x faster than zlib here (`tools.bench_pack`, zip read paths)
+    from isal import isal_zlib as inflater
+except ImportError:  # a platform without its wheel: the standard library, same results
+    inflater = zlib
 
 TAIL_BYTES = 1 << 14
 """First read of a zip: its end. The end record is the last 22 bytes (98 with ZIP64) unless the zip
@@ -235,8 +241,8 @@ def read_member(reader: RangeReader, member: Member) -> bytes:
         data = bytes(view)
     else:
         try:
-            data = zlib.decompress(view, -15, max(member.size, 1))
-        except zlib.error as exc:
+            data = inflater.decompress(view, -15, max(member.size, 1))
+        except (inflater.error, zlib.error) as exc:
             raise MemberError(f"corrupt deflate data ({exc})") from None
     if len(data) != member.size:
         raise MemberError(f"inflated to {len(data)} bytes, the directory says {member.size} (corrupt zip)")
