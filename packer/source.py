@@ -225,7 +225,7 @@ def _members(tree: SourceTree, files: dict[str, str], interned: dict[tuple, tupl
     blob = bytearray()
     for hit in hits:
         if hit is None:
-            blob += MEMBER.pack(0, 0, 0, 0, 0, 0, NO_ARCHIVE)
+            blob += MEMBER.pack(0, 0, 0, 0, 0, 0, 0, NO_ARCHIVE)
         else:
             fields = MEMBER.unpack(hit[1])
             blob += MEMBER.pack(*fields[:-1], local[hit[0]])

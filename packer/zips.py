@@ -3,7 +3,7 @@
 The central directory is parsed by the standard library's `zipfile` (ZIP64, comments, data
 descriptors and all), given a file object whose bytes come from a `RangeReader`: the last 16 kB
 are read first (the end record, and the whole directory of a small zip), then the directory in
-one more read if it is larger. What the packer keeps of each member is a fixed 34-byte record
+one more read if it is larger. What the packer keeps of each member is a fixed 36-byte record
 (`MEMBER`: where its local header is, its sizes, CRC and method), so 2.5 million members fit in
 memory and travel cheaply to worker processes.
 
@@ -33,16 +33,18 @@ except ImportError:  # a platform without its wheel: the standard library, same 
 
 TAIL_BYTES = 1 << 14
 """First read of a zip: its end. The end record is the last 22 bytes (98 with ZIP64) unless the zip
-has a comment; `zipfile` asks for the last 64 kB then, which costs one more read."""
+has a long comment; `zipfile` then asks for the last 64 kB, which costs one more read."""
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # signature, version, flags, method, time, date, crc, sizes, name/extra len
 LOCAL_SIGNATURE = b"PK\x03\x04"
 EXTRA_SLACK = 64
-"""Bytes read beyond the directory's extra-field length, in case the local one is longer."""
+"""Bytes read beyond the directory's extra-field length, in case the local one is longer (zip tools
+add Unix times and ids to the local header only; ZIP64 sizes may be local only)."""
 STORED, DEFLATED = zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED
 METHOD_NAMES = {0: "stored", 8: "deflate", 9: "deflate64", 12: "bzip2", 14: "lzma", 93: "zstd", 95: "xz"}
 
-MEMBER = struct.Struct("<QQQLHHH")
-"""Packed member record: local header offset, compressed size, size, CRC-32, method, flags, archive number."""
+MEMBER = struct.Struct("<QQQLHHHH")
+"""Packed member record: local header offset, compressed size, size, CRC-32, method, flags, the
+directory's extra-field length (the local one is usually about as long), archive number."""
 NO_ARCHIVE = 0xFFFF
 """Archive number of a file that is not in a zip (an extracted folder)."""
 
@@ -76,26 +78,28 @@ class Member(NamedTuple):
     crc: int
     method: int
     flags: int
+    extra: int = 0  # length of the directory's extra field
 
     def record(self, archive: int) -> bytes:
-        return MEMBER.pack(self.offset, self.compressed, self.size, self.crc, self.method, self.flags, archive)
+        return MEMBER.pack(self.offset, self.compressed, self.size, self.crc, self.method, self.flags,
+                           min(self.extra, 0xFFFF), archive)
 
     @classmethod
     def from_record(cls, name: str, record: bytes | memoryview) -> tuple["Member", int]:
-        offset, compressed, size, crc, method, flags, archive = MEMBER.unpack(record)
-        return cls(name, offset, compressed, size, crc, method, flags), archive
+        *fields, archive = MEMBER.unpack(record)
+        return cls(name, *fields), archive
 
 
 class _RangeFile(io.RawIOBase):
-    """A read-only, seekable file over a `RangeReader`, serving zipfile's reads of a zip's end and directory."""
+    """A read-only, seekable file over a `RangeReader`, serving zipfile's reads of a zip's end and
+    directory: from the bytes already fetched when they cover the read, else with one new read."""
 
     def __init__(self, reader: RangeReader):
         self.reader = reader
         tail, self.size = reader.tail(TAIL_BYTES)
         if self.size < 0:
             raise PackError(reader.location, "the server did not say how large the file is (no Content-Range total)")
-        self.tail_start = self.size - len(tail)
-        self.tail = tail
+        self.spans = [(self.size - len(tail), tail)]
         self.pos = 0
 
     def readable(self) -> bool:
@@ -115,12 +119,15 @@ class _RangeFile(io.RawIOBase):
         end = self.size if n is None or n < 0 else min(self.size, self.pos + n)
         if end <= self.pos:
             return b""
-        if self.pos >= self.tail_start:
-            data = self.tail[self.pos - self.tail_start:end - self.tail_start]
+        for start, data in self.spans:
+            if start <= self.pos and end <= start + len(data):
+                out = data[self.pos - start:end - start]
+                break
         else:
-            data = self.reader.read(self.pos, end - self.pos)
-        self.pos += len(data)
-        return data
+            out = self.reader.read(self.pos, end - self.pos)
+            self.spans.append((self.pos, out))
+        self.pos += len(out)
+        return out
 
 
 @dataclass
@@ -157,8 +164,8 @@ def read_directory(reader: RangeReader, salvage: bool = False) -> Directory:
         if not salvage:
             raise PackError(reader.location, f"{cut} (--on-error skip packs what precedes the cut)") from None
         return Directory(reader.location, raw.size, [m for m in members if not m.name.endswith("/")], cut)
-    members = [Member(i.filename, i.header_offset, i.compress_size, i.file_size, i.CRC, i.compress_type, i.flag_bits)
-               for i in infos if not i.is_dir()]
+    members = [Member(i.filename, i.header_offset, i.compress_size, i.file_size, i.CRC, i.compress_type, i.flag_bits,
+                      len(i.extra)) for i in infos if not i.is_dir()]
     return Directory(reader.location, raw.size, members)
 
 
@@ -220,7 +227,7 @@ def read_member(reader: RangeReader, member: Member) -> bytes:
         raise MemberError(f"compression method {METHOD_NAMES.get(member.method, member.method)} is not supported "
                           "(stored or deflate are)")
     name = member.name.encode("utf-8") if member.flags & 0x800 else _legacy_name(member.name)
-    want = LOCAL_HEADER.size + len(name) + EXTRA_SLACK + member.compressed
+    want = LOCAL_HEADER.size + len(name) + member.extra + EXTRA_SLACK + member.compressed
     buf = reader.read(member.offset, want)
     if len(buf) < LOCAL_HEADER.size or buf[:4] != LOCAL_SIGNATURE:
         raise MemberError(f"no local header at byte {member.offset} (the zip is truncated or corrupt)")
