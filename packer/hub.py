@@ -104,14 +104,15 @@ def hf_base_url(url: str, endpoint: str | None = None) -> str:
 
 
 def hub_path_of_https(url: str) -> tuple[str, HfPath] | None:
-    """(endpoint, HfPath) when `url` is a Hub resolve URL (`https://host/datasets/o/n/resolve/rev/path`)."""
+    """(endpoint, HfPath) when `url` is a Hub file URL: `https://host/datasets/o/n/resolve/rev/path`,
+    or the `tree/` or `blob/` page a browser shows for it."""
     parts = urlsplit(url)
     segs = parts.path.split("/")
     try:
         i = segs.index("datasets")
     except ValueError:
         return None
-    if len(segs) < i + 5 or segs[i + 3] != "resolve" or not segs[i + 1] or not segs[i + 2]:
+    if len(segs) < i + 5 or segs[i + 3] not in ("resolve", "tree", "blob") or not segs[i + 1] or not segs[i + 2]:
         return None
     prefix = "/".join(segs[:i])
     endpoint = f"{parts.scheme}://{parts.netloc}{prefix}"

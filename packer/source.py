@@ -107,7 +107,8 @@ def discover(src: "str | os.PathLike | SourceTree", modalities: tuple[str, ...] 
              num_parts: int = 1, part: int = 0) -> Discovery:
     """Find the patches to pack, with their files, split and dates, sorted by patch id.
 
-    `src` is anything `packer.tree.open_tree` accepts (a folder, zips, a URL) or an opened tree.
+    `src` is anything `packer.tree.open_tree` accepts (a folder, zips, a URL) or an opened tree,
+    whose file listing is released once the patches carry what they need of it.
     """
     tree = src if isinstance(src, SourceTree) else open_tree(src, modalities)
     mtd = tree.metadata
@@ -205,6 +206,7 @@ def discover(src: "str | os.PathLike | SourceTree", modalities: tuple[str, ...] 
         archives, members = _members(tree, files, interned)
         patches.append(PatchSource(pid, split, root_text, mods, dates, single, overrides, archives, members))
     errors.sort(key=lambda e: (e.patch_id, e.path))
+    tree.zipped.clear()  # the patches carry their members' records now (the listing of 2.5 M files is big)
     return Discovery(patches, errors, split_source, not_in_splits, tree)
 
 

@@ -59,7 +59,7 @@ class SourceTree:
 
     @property
     def has_zips(self) -> bool:
-        return bool(self.archives)
+        return self.zips_read > 0 or bool(self.zips_skipped)
 
     def where(self, rel: str) -> str:
         """A file of the tree as messages name it (a path, or `<zip>!/<member>`)."""

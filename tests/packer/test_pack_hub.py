@@ -251,3 +251,22 @@ def test_hub_errors_survive_pickling():
     err = pickle.loads(pickle.dumps(HttpStatusError("https://h/x.zip", "HTTP 403 Forbidden", 403)))
     assert (err.path, err.problem, err.status) == ("https://h/x.zip", "HTTP 403 Forbidden", 403)
     assert isinstance(err, PackError)
+
+
+def test_hub_urls(monkeypatch):
+    from packer.hub import HfPath, hub_path_of_https
+
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    p = HfPath.parse("hf://datasets/IGNF/FLAIR-HUB@refs/pr/7/data")
+    assert p == HfPath("IGNF", "FLAIR-HUB", "refs/pr/7", "data")
+    assert p.tree_api_url() == \
+        "https://huggingface.co/api/datasets/IGNF/FLAIR-HUB/tree/refs%2Fpr%2F7/data?recursive=true&expand=false"
+    assert p.revision_api_url("http://m:1/") == "http://m:1/api/datasets/IGNF/FLAIR-HUB/revision/refs%2Fpr%2F7"
+    assert p.at("abc").resolve_url(path="data/x.zip") == "https://huggingface.co/datasets/IGNF/FLAIR-HUB/resolve/abc/data/x.zip"
+    assert p.at("abc").url() == "hf://datasets/IGNF/FLAIR-HUB@abc/data"
+    for page in ("resolve", "tree", "blob"):
+        assert hub_path_of_https(f"https://hf.example/prefix/datasets/IGNF/FLAIR-HUB/{page}/main/data/") == \
+            ("https://hf.example/prefix", HfPath("IGNF", "FLAIR-HUB", "main", "data"))
+    assert hub_path_of_https("https://data.example.org/flair/data/") is None
+    with pytest.raises(ValueError, match="hf://datasets"):
+        HfPath.parse("hf://models/o/n")
