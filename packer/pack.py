@@ -36,14 +36,14 @@ from packer.errors import PackError, PatchError
 from packer.index import INDEX_SCHEMA, member_columns, rows_to_table, write_index
 from packer.manifest import file_sha256, json_text, modality_table, packer_version
 from packer.ordered_io import OrderedIO
-from packer.sample import EncodedSample, build_or_error, init_worker
 from packer.ranges import fetch_stats
+from packer.sample import EncodedSample, build_or_error, init_worker
 from packer.source import Discovery, PatchSource, discover
 from packer.source_report import SourceReport
-from packer.tree import open_tree
 from packer.split_csv import parse_csv_argument
 from packer.store import OutputStore, open_store
 from packer.tarwriter import ShardFile, TarLayout, member_blocks
+from packer.tree import open_tree
 
 DEFAULT_SHARD_SIZE = 256 * 10**6
 STATE_DIR = ".pack"

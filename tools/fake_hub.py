@@ -129,8 +129,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         f = self._file(rel)
         if f is None:
             return self._send(404, b"not found", head=head)
-        data = f.read_bytes()
-        size = len(data)
+        size = f.stat().st_size
         if head:
             return self._head(size)
         with self.hub.lock:  # "first" per file, whatever URL (resolve, plain, a fresh CDN signature) asks for it
@@ -147,10 +146,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 lo, hi = int(lo_s or 0), min(int(hi_s) if hi_s else size - 1, size - 1)
             if lo >= size:
                 return self._send(416, b"", {"Content-Range": f"bytes */{size}"})
-            body, status = data[lo:hi + 1], 206
-            headers = {"Content-Range": f"bytes {lo}-{hi}/{size}", "Accept-Ranges": "bytes"}
+            status, headers = 206, {"Content-Range": f"bytes {lo}-{hi}/{size}", "Accept-Ranges": "bytes"}
         else:
-            body, status, headers = data, 200, {"Accept-Ranges": "none" if self.hub.ignore_range else "bytes"}
+            lo, hi = 0, size - 1
+            status, headers = 200, {"Accept-Ranges": "none" if self.hub.ignore_range else "bytes"}
+        with f.open("rb") as fh:  # only the bytes asked for: zips are large
+            fh.seek(lo)
+            body = fh.read(hi - lo + 1)
         if self.hub.cut_once and first and len(body) > 1:
             self.send_response(status)
             for k, v in headers.items():
