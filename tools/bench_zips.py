@@ -204,7 +204,7 @@ def print_tables(paths: list[dict], gpkgs: list[dict], packs: dict, latency_note
 
     best, unzip_s = packs["packs"], packs["unzip_s"]
     print("\nPacking from zips (fresh process per pack, best of the rounds; 'steady' leaves out start-up):\n")
-    print("| source | workers | patches/s, whole | patches/s, steady | vs extracted tree, whole / steady | "
+    print("| source | workers | patches/s, whole | patches/s, steady | vs extracted tree, whole / steady / CPU | "
           "CPU ms/patch | requests (reads) per patch | bytes fetched / zip bytes |")
     print("|---|---|---|---|---|---|---|---|")
     for (kind, n), d in sorted(best.items(), key=lambda kv: (kv[0][1], _order(kv[0][0]))):
@@ -214,7 +214,9 @@ def print_tables(paths: list[dict], gpkgs: list[dict], packs: dict, latency_note
         src = d.get("source")
         per_patch = f"{src['requests'] / d['patches']:.1f} ({src['member_requests'] / d['patches']:.1f} members)" if src else "-"
         fetched = f"{src['bytes'] / src['zip_bytes']:.3f}" if src else "-"
-        print(f"| {kind} | {n} | {whole:.1f} | {steady:.1f} | {whole / t_whole:.2f} / {steady / t_steady:.2f} | "
+        cpu_ratio = tree["cpu_s"] / tree["patches"] / (d["cpu_s"] / d["patches"])
+        print(f"| {kind} | {n} | {whole:.1f} | {steady:.1f} | {whole / t_whole:.2f} / {steady / t_steady:.2f} / "
+              f"{cpu_ratio:.2f} | "
               f"{1000 * d['cpu_s'] / d['patches']:.0f} | {per_patch} | {fetched} |")
     for n in sorted({n for _, n in best}):
         tree, zipped = best[("tree", n)], best[("zips deflate", n)]
