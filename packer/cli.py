@@ -53,7 +53,12 @@ def pack_parser() -> argparse.ArgumentParser:
         "manifest.json (docs/packing.md). Rerun the same command to resume an interrupted pack.",
         epilog="other commands: flair-pack verify OUT | flair-pack inspect OUT [PATCH_ID] | "
                "flair-pack merge --out OUT PART_DIR... (each has --help)")
-    p.add_argument("--src", required=True, help="FLAIR-HUB root (modality folders + GLOBAL_ALL_MTD/)")
+    p.add_argument("--src", required=True,
+                   help="FLAIR-HUB source: a folder (modality folders + GLOBAL_ALL_MTD/, and/or the Hub's zips, "
+                        "with or without data/), a single .zip, hf://datasets/<owner>/<name>[@rev][/data], or an "
+                        "http(s):// folder of zips (docs/packing.md)")
+    p.add_argument("--src-list", default=None, metavar="FILE",
+                   help="the zips to read, one per line, relative to --src (for a web folder that cannot be listed)")
     p.add_argument("--out", required=True, help="output folder, or s3://bucket/prefix (rerun the same command to resume)")
     p.add_argument("--staging", default=None,
                    help="with an s3:// --out: local folder for the shard being written (default: under $TMPDIR)")
@@ -90,7 +95,7 @@ def run_pack(argv: list[str]) -> int:
         a.src, a.out, staging=a.staging, modalities=a.modalities, splits_csv=a.splits_csv, split_column=a.split_column,
         shard_size=a.shard_size, seed=a.seed, keep_order=a.keep_order, workers=a.workers, level=a.level,
         filter=a.filter, num_parts=a.num_parts, part=a.part, on_error=a.on_error, progress=not a.no_progress,
-        overwrite=a.overwrite, retries=a.retries,
+        overwrite=a.overwrite, retries=a.retries, src_list=a.src_list,
     )
     print(summary)
     return 0

@@ -36,12 +36,15 @@ from packer.index import INDEX_SCHEMA, member_columns, rows_to_table, write_inde
 from packer.manifest import file_sha256, json_text, modality_table, packer_version
 from packer.ordered_io import OrderedIO
 from packer.paths import check_relative_path, check_split_name
+from packer.ranges import fetch_stats
 from packer.retry import DEFAULT_ATTEMPTS
 from packer.sample import EncodedSample, build_or_error, init_worker
 from packer.source import Discovery, PatchSource, discover
+from packer.source_report import SourceReport
 from packer.split_csv import parse_csv_argument
 from packer.store import OutputStore, open_store
 from packer.tarwriter import ShardFile, TarLayout, member_blocks
+from packer.tree import open_tree
 
 DEFAULT_SHARD_SIZE = 256 * 10**6
 STATE_DIR = ".pack"
@@ -69,6 +72,7 @@ class PackOptions:
     progress: bool = True
     overwrite: bool = False  # write into a non-empty --out that holds no pack
     retries: int = DEFAULT_ATTEMPTS  # attempts per S3 operation (packer.retry)
+    src_list: str | None = None  # zips to read, one per line (for a web folder that cannot be listed)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))
@@ -93,15 +97,19 @@ class PackOptions:
         if self.retries < 1:
             raise PackError("--retries", f"must be >= 1, got {self.retries}")
 
-    def recorded(self, src: Path) -> dict:
-        """The options that define the output (not workers/progress/overwrite/retries: they never change a byte)."""
+    def recorded(self, src: str) -> dict:
+        """The options that define the output (not workers/progress/overwrite/retries: they never change a byte).
+
+        `src` is the source as `packer.tree.SourceTree.src` names it (an absolute path, or a URL
+        pinned to a commit)."""
         d = asdict(self)
         for how_not_what in ("workers", "progress", "overwrite", "retries"):
             d.pop(how_not_what)
         d["modalities"] = [m for m in schema.MODALITY_NAMES if m in self.modalities]
         # Absolute paths, so that a rerun from another working directory is recognised as the same.
         d["splits_csv"] = [_absolute_csv_arg(a) for a in self.splits_csv]
-        d["src"] = str(src.resolve())
+        d["src"] = src
+        d["src_list"] = str(Path(self.src_list).resolve()) if self.src_list else None
         return d
 
 
@@ -124,6 +132,7 @@ class PackSummary:
     not_in_splits: int = 0
     stream_s: float = 0.0  # from the first to the last sample written: the steady-state part of elapsed
     streamed: int = 0  # patches read in this run (not counting resumed shards)
+    source: SourceReport | None = None  # zips read and bytes fetched (None for a plain folder)
 
     @property
     def ratio(self) -> float:
@@ -142,6 +151,8 @@ class PackSummary:
             lines.append(f"resumed: {self.resumed_shards} shards were already complete")
         if self.not_in_splits:
             lines.append(f"left out: {self.not_in_splits} patches of the tree are not in the split CSVs/file")
+        if self.source is not None:
+            lines += self.source.lines(self.streamed)
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} patches (--on-error skip):")
             lines += [f"  {s['patch_id']}: {s['file']}: {s['error']}" for s in self.skipped]
@@ -378,7 +389,7 @@ def pack_dataset(src: str | os.PathLike, out: str | os.PathLike, staging: str | 
     written to S3); options are PackOptions' fields. Reruns resume; see module doc."""
     opts = PackOptions(**options)
     t0 = time.monotonic()
-    src = Path(src)
+    src = str(src)
     workers = opts.workers or len(os.sched_getaffinity(0))
 
     pool = _start_pool(workers)
@@ -389,17 +400,20 @@ def pack_dataset(src: str | os.PathLike, out: str | os.PathLike, staging: str | 
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _pack(src: Path, out: str | os.PathLike, staging: str | os.PathLike | None, opts: PackOptions, workers: int,
+def _pack(src: str, out: str | os.PathLike, staging: str | os.PathLike | None, opts: PackOptions, workers: int,
           pool: ProcessPoolExecutor | None, t0: float) -> PackSummary:
     """discover -> plan -> resume point -> stream samples into shards -> index + manifest."""
-    disc = discover(src, opts.modalities, opts.splits_csv, opts.split_column, opts.num_parts, opts.part)
+    fetched_before = fetch_stats()
+    tree = open_tree(src, opts.modalities, opts.src_list, opts.progress, salvage=opts.on_error == "skip")
+    disc = discover(tree, opts.modalities, opts.splits_csv, opts.split_column, opts.num_parts, opts.part)
+    report = SourceReport.of(tree, fetch_stats() - fetched_before) if tree.has_zips else None
     if disc.errors and opts.on_error == "fail":
         raise PackError(src, f"{len(disc.errors)} patch(es) have problems; nothing was written "
                              f"(--on-error skip packs the others):\n{_format_errors(disc.errors)}")
     plan = make_plan(disc.patches, opts.seed, opts.keep_order)
 
     store = open_store(out, staging, retries=opts.retries)
-    _check_params(store, opts.recorded(src), opts.overwrite)
+    _check_params(store, opts.recorded(tree.src), opts.overwrite)
     for done_marker in (schema.MANIFEST_FILE, schema.INDEX_FILE):
         store.delete(done_marker)  # rewritten at the end; absent = incomplete
 
@@ -432,6 +446,8 @@ def _pack(src: Path, out: str | os.PathLike, staging: str | os.PathLike | None, 
                 w.skip(result)
             else:
                 w.add(result)
+                if report is not None:
+                    report.add(*result.fetched)
                 bytes_read += result.source_bytes
                 bytes_written += sum(len(d) for _, d in result.members)
                 if delay:
@@ -453,7 +469,8 @@ def _pack(src: Path, out: str | os.PathLike, staging: str | os.PathLike | None, 
         io.close()
         bar.close()
 
-    summary = _finalise(store, opts, src, plan, disc, trailing_skips)
+    summary = _finalise(store, opts, tree.src, plan, disc, trailing_skips)
+    summary.source = report
     summary.elapsed_s = time.monotonic() - t0
     summary.stream_s = stream_s
     summary.streamed = len(tasks)
@@ -461,7 +478,7 @@ def _pack(src: Path, out: str | os.PathLike, staging: str | os.PathLike | None, 
     return summary
 
 
-def _finalise(store: OutputStore, opts: PackOptions, src: Path, plan: dict[str, list[PatchSource]],
+def _finalise(store: OutputStore, opts: PackOptions, src: str, plan: dict[str, list[PatchSource]],
               disc: Discovery, trailing_skips: list[dict]) -> PackSummary:
     """Build index + manifest from the sidecars (the same whether or not the run was resumed)."""
     shards, tables, skipped = [], [], [e.as_record() for e in disc.errors] + trailing_skips

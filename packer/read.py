@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -19,6 +18,7 @@ from rasterio.windows import Window
 
 from packer import schema
 from packer.errors import PatchError
+from packer.opening import open_raster
 from packer.patch import PatchSource
 
 FOOTPRINT_TOLERANCE_M = 0.01
@@ -80,9 +80,9 @@ def _whole_pixels_inside(window: Window, src: rasterio.io.DatasetReader) -> bool
 
 def read_modality(patch: PatchSource, name: str) -> ModalityData:
     rel = patch.files[name]
-    path = Path(patch.root) / rel
+    path = patch.where(name)
     try:
-        with rasterio.open(path) as src:
+        with open_raster(patch, name) as src:
             arr = read_all_bands(src)
             crs = _crs_text(src.crs.to_wkt()) if src.crs else None
             t = src.transform
@@ -108,7 +108,7 @@ def _check_layout(patch: PatchSource, name: str, data: ModalityData) -> None:
     n_dates = len(patch.dates[name]) if mod.time_series else None
     problems = mod.layout_problems(data.array.shape, data.array.dtype, n_dates)
     if problems:
-        raise PatchError(patch.patch_id, Path(patch.root) / patch.files[name], "; ".join(problems))
+        raise PatchError(patch.patch_id, patch.where(name), "; ".join(problems))
 
 
 def _check_footprints(patch: PatchSource, datas: dict[str, ModalityData]) -> None:
@@ -116,7 +116,7 @@ def _check_footprints(patch: PatchSource, datas: dict[str, ModalityData]) -> Non
     ref = names[0]
     for name in names[1:]:
         a, b = datas[ref].meta, datas[name].meta
-        path = Path(patch.root) / patch.files[name]
+        path = patch.where(name)
         if a["crs"] != b["crs"]:
             raise PatchError(patch.patch_id, path, f"CRS {b['crs']} differs from {ref}'s {a['crs']}")
         if max(abs(x - y) for x, y in zip(a["bounds"], b["bounds"])) > FOOTPRINT_TOLERANCE_M:
@@ -130,7 +130,7 @@ def _check_mask(patch: PatchSource, datas: dict[str, ModalityData]) -> None:
             t_m = m.shape[0] // schema.modality(mask).bands_per_date
             t_s = s.shape[0] // schema.modality(series).bands_per_date
             if t_m != t_s or m.shape[1:] != s.shape[1:]:
-                raise PatchError(patch.patch_id, Path(patch.root) / patch.files[mask],
+                raise PatchError(patch.patch_id, patch.where(mask),
                                  f"mask has {t_m} dates of {m.shape[1:]} px but {series} has {t_s} of {s.shape[1:]}")
 
 
@@ -152,6 +152,6 @@ def class_counts(patch: PatchSource, name: str, band: np.ndarray) -> list[int]:
     counts = np.bincount(band.ravel().astype(np.int64, copy=False), minlength=n)
     if counts.size > n:
         bad = int(np.flatnonzero(counts[n:])[0]) + n
-        raise PatchError(patch.patch_id, Path(patch.root) / patch.files[name],
+        raise PatchError(patch.patch_id, patch.where(name),
                          f"label value {bad} outside the {n} classes (0-{n - 1})")
     return counts.tolist()

@@ -6,10 +6,8 @@ Runs in the worker processes; the writer only adds tar headers and offsets.
 from __future__ import annotations
 
 import json
-import os
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 
 import rasterio
 
@@ -17,6 +15,7 @@ from packer import schema
 from packer.codec import encode_array
 from packer.errors import PatchError
 from packer.lifetime import die_with_parent
+from packer.ranges import fetch_stats
 from packer.read import class_counts, read_patch
 from packer.patch import PatchSource
 
@@ -31,6 +30,7 @@ class EncodedSample:
     members: list[tuple[str, bytes]]  # (tar member name, bytes), JSON first then schema order
     row: dict  # index fields known before the sample is placed in a shard
     source_bytes: int
+    fetched: tuple[int, int] = (0, 0)  # (requests, bytes) this patch cost its source (zips, HTTP)
 
 
 def json_bytes(obj: object) -> bytes:
@@ -75,7 +75,7 @@ def build_sample(patch: PatchSource, level: int, filter: str) -> EncodedSample:
         row[f"T_{name}"] = len(patch.dates[name]) if name in datas else None
     for name, column in LABEL_COUNT_COLUMNS.items():
         row[column] = class_counts(patch, name, datas[name].array[0]) if name in datas else None
-    source_bytes = sum(os.path.getsize(Path(patch.root) / rel) for rel in patch.files.values())
+    source_bytes = sum(patch.source_size(m) for m in patch.files)
     row["source_bytes"] = source_bytes
     return EncodedSample(patch.patch_id, patch.split, members, row, source_bytes)
 
@@ -97,7 +97,11 @@ def init_worker(parent_pid: int | None = None) -> None:
 
 def build_or_error(patch: PatchSource, level: int, filter: str) -> EncodedSample | PatchError:
     """Worker entry point: a PatchError is returned (not raised) so the writer applies --on-error."""
+    before = fetch_stats()
     try:
-        return build_sample(patch, level, filter)
+        sample = build_sample(patch, level, filter)
     except PatchError as exc:
         return exc
+    spent = fetch_stats() - before
+    sample.fetched = (spent.requests, spent.bytes)
+    return sample

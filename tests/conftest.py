@@ -242,3 +242,44 @@ def s3_proxy(s3_server):
     proxy = TcpProxy(int(s3_server.rsplit(":", 1)[1]))
     yield s3_server, proxy
     proxy.stop()
+
+
+# --- appended with packing from the Hub's zips (shared by packer and loader tests) -------------
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """`fake_hub(root, **knobs)`: a started `tools.fake_hub.FakeHub` serving `root` on 127.0.0.1, with
+    `$HF_ENDPOINT` pointing at it and no `$HF_TOKEN`; knobs are FakeHub attributes (e.g. `latency_s`,
+    `flaky`, `token`). Every server made is stopped at teardown."""
+    from tools.fake_hub import FakeHub
+
+    hubs = []
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+    def start(root, **knobs) -> FakeHub:
+        hub = FakeHub(root)
+        for k, v in knobs.items():
+            if not hasattr(hub, k):
+                raise AttributeError(f"FakeHub has no knob {k!r}")
+            setattr(hub, k, v)
+        hubs.append(hub.start())
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        return hub
+
+    yield start
+    for hub in hubs:
+        hub.stop()
+
+
+class ToyZips(NamedTuple):
+    root: Path  # holds data/<DOMAIN>-<YEAR>_<MODALITY>.zip and data/GLOBAL_ALL_MTD.zip
+    tree: ToyTree  # the tree they were made from (same files, byte for byte)
+
+
+@pytest.fixture(scope="session")
+def toy_zips(toy_tree: ToyTree, tmp_path_factory: pytest.TempPathFactory) -> ToyZips:
+    """`toy_tree` in the Hugging Face Hub's zip layout (deflated members, as `flair-toy --zips` writes)."""
+    from tools.toy.zips import zip_tree
+
+    root = tmp_path_factory.mktemp("toy_zips") / "FLAIR-HUB"
+    zip_tree(toy_tree.root, root)
+    return ToyZips(root, toy_tree)

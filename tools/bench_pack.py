@@ -12,7 +12,11 @@
    own peak RSS), and once more a quarter of the patches (`--num-parts 4`) to show that the peak
    RSS does not grow with the number of patches. Floors and packs run in interleaved rounds and
    the best time of each is kept (the machine may be shared).
-4. Codec table: zstd levels x filters on the arrays of a sample of patches (size ratio vs raw
+4. Zips (`tools.bench_zips`): the same tree as the Hub's zips, deflated and stored: reading
+   GeoTIFFs and GeoPackages from them (GDAL `/vsizip/` vs the packer's reader), packing them in
+   place vs packing the extracted tree vs `unzip` + pack, and packing them from a fake Hub over
+   loopback HTTP with and without a per-request latency (requests per patch, bytes fetched).
+5. Codec table: zstd levels x filters on the arrays of a sample of patches (size ratio vs raw
    `.npy`, encode and decode MB/s), the evidence for the default `--level` / `--filter`.
 Prints markdown tables (the ones in docs/packing.md).
 """
@@ -49,7 +53,8 @@ s = pack_dataset(sys.argv[1], sys.argv[2], workers=int(sys.argv[3]), num_parts=i
                  level=int(sys.argv[5]), filter=sys.argv[6], progress=False)
 print(json.dumps(dict(patches=s.patches, shards=s.shards, bytes_in=s.bytes_in, bytes_out=s.bytes_out,
     elapsed_s=s.elapsed_s, stream_s=s.stream_s, cpu_s=cpu_seconds() - c0, rss_main_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    rss_worker_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)))
+    rss_worker_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    source=s.source.as_dict() if s.source else None)))
 """
 
 
@@ -91,12 +96,14 @@ def read_floor(paths: list[Path], procs: int, how: str = "rasterio") -> tuple[fl
     return time.perf_counter() - t0, cpu_seconds() - c0
 
 
-def run_pack(src: Path, out: Path, workers: int, num_parts: int = 1, level: int = DEFAULT_LEVEL,
-             filt: str = DEFAULT_FILTER) -> dict:
+def run_pack(src: Path | str, out: Path, workers: int, num_parts: int = 1, level: int = DEFAULT_LEVEL,
+             filt: str = DEFAULT_FILTER, env: dict[str, str] | None = None) -> dict:
+    """One pack in a fresh process (`env`: extra environment, e.g. HF_ENDPOINT); its summary as a dict."""
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", _PACK_SNIPPET, str(src), str(out), str(workers), str(num_parts),
-                          str(level), filt], cwd=REPO, capture_output=True, text=True, check=True)
+                          str(level), filt], cwd=REPO, capture_output=True, text=True, check=True,
+                         env=dict(os.environ, **(env or {})))
     d = json.loads(res.stdout.strip().splitlines()[-1])
     d["wall_s"] = time.perf_counter() - t0
     return d
@@ -182,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--levels", default="1,3,6,9", help="zstd levels for the codec table")
     ap.add_argument("--codec-files", type=int, default=20, help="source files per modality in the codec table")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sections", default="floors,zips,codec",
+                    help="what to measure, comma-separated: floors (read floors + packs), zips (packing from "
+                         "zips, locally and from a fake Hub), codec (default: all)")
+    ap.add_argument("--latency-ms", type=float, default=20.0, help="per-request delay of the slow fake Hub (default 20)")
     args = ap.parse_args(argv)
 
     if args.src is None:
@@ -200,72 +211,86 @@ def main(argv: list[str] | None = None) -> int:
     print(f"source: {len(paths)} GeoTIFFs, {src_bytes / MB:.1f} MB, cpu cores {os.cpu_count()}, "
           f"load average {os.getloadavg()[0]:.1f}")
 
-    read_floor(paths, 1)  # warm-up: same page-cache state for every timed pass
-    # Interleaved rounds, best of each: the machine is shared, so one slow pass says little.
-    floors: dict[tuple[str, int], float] = {}
-    floor_cpu: dict[tuple[str, int], float] = {}
-    packs: dict[int, dict] = {}
-    for _ in range(args.rounds):
-        for n in (1, 2):
-            for how in FLOORS:
-                wall, cpu = read_floor(paths, n, how)
-                floors[how, n] = min(floors.get((how, n), float("inf")), wall)
-                floor_cpu[how, n] = min(floor_cpu.get((how, n), float("inf")), cpu)
-            d = run_pack(src, args.work / f"out{n}", n)
-            if n not in packs or d["elapsed_s"] < packs[n]["elapsed_s"]:
-                packs[n] = d
-            packs[n]["cpu_s"] = min(packs[n]["cpu_s"], d["cpu_s"])
-    quarter = run_pack(src, args.work / "out_quarter", 1, num_parts=4)
-    print("\n| run | patches/s, whole run | patches/s, steady | MB/s source, steady | vs rasterio read-only "
-          "(same processes), whole / steady / CPU | vs packer-read-path read-only, whole / steady / CPU "
-          "| CPU ms/patch | shard/source bytes | peak RSS main / worker |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for (how, n), t in floors.items():
-        ratios = {h: (f"{floors[h, n] / t:.2f} / {floors[h, n] / t:.2f} / {floor_cpu[h, n] / floor_cpu[how, n]:.2f}")
-                  for h in FLOORS}
-        print(f"| read-only floor, {FLOORS[how]}, {n} proc | {n_patches / t:.1f} | {n_patches / t:.1f} | "
-              f"{src_bytes / MB / t:.1f} | {ratios['rasterio']} | {ratios['packer']} | "
-              f"{1000 * floor_cpu[how, n] / n_patches:.0f} | - | - |")
+    sections = set(args.sections.split(","))
+    if "floors" in sections:
+        read_floor(paths, 1)  # warm-up: same page-cache state for every timed pass
+        # Interleaved rounds, best of each: the machine is shared, so one slow pass says little.
+        floors: dict[tuple[str, int], float] = {}
+        floor_cpu: dict[tuple[str, int], float] = {}
+        packs: dict[int, dict] = {}
+        for _ in range(args.rounds):
+            for n in (1, 2):
+                for how in FLOORS:
+                    wall, cpu = read_floor(paths, n, how)
+                    floors[how, n] = min(floors.get((how, n), float("inf")), wall)
+                    floor_cpu[how, n] = min(floor_cpu.get((how, n), float("inf")), cpu)
+                d = run_pack(src, args.work / f"out{n}", n)
+                if n not in packs or d["elapsed_s"] < packs[n]["elapsed_s"]:
+                    packs[n] = d
+                packs[n]["cpu_s"] = min(packs[n]["cpu_s"], d["cpu_s"])
+        quarter = run_pack(src, args.work / "out_quarter", 1, num_parts=4)
+        print("\n| run | patches/s, whole run | patches/s, steady | MB/s source, steady | vs rasterio read-only "
+              "(same processes), whole / steady / CPU | vs packer-read-path read-only, whole / steady / CPU "
+              "| CPU ms/patch | shard/source bytes | peak RSS main / worker |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for (how, n), t in floors.items():
+            ratios = {h: (f"{floors[h, n] / t:.2f} / {floors[h, n] / t:.2f} / {floor_cpu[h, n] / floor_cpu[how, n]:.2f}")
+                      for h in FLOORS}
+            print(f"| read-only floor, {FLOORS[how]}, {n} proc | {n_patches / t:.1f} | {n_patches / t:.1f} | "
+                  f"{src_bytes / MB / t:.1f} | {ratios['rasterio']} | {ratios['packer']} | "
+                  f"{1000 * floor_cpu[how, n] / n_patches:.0f} | - | - |")
 
-    def steady(d: dict) -> float:
-        """Seconds per patch between the first and the last sample written (start-up excluded)."""
-        return d["stream_s"] / max(d["patches"] - 1, 1)
+        def steady(d: dict) -> float:
+            """Seconds per patch between the first and the last sample written (start-up excluded)."""
+            return d["stream_s"] / max(d["patches"] - 1, 1)
 
-    for n, d in packs.items():
-        per = steady(d)
-        ratios = {h: (f"{floors[h, n] / d['elapsed_s']:.2f} / {floors[h, n] / n_patches / per:.2f} / "
-                      f"{floor_cpu[h, n] / d['cpu_s']:.2f}") for h in FLOORS}
-        print(f"| flair-pack, {n} worker{'s' if n > 1 else ''} | {d['patches'] / d['elapsed_s']:.1f} | {1 / per:.1f} | "
-              f"{d['bytes_in'] / d['patches'] / MB / per:.1f} | {ratios['rasterio']} | {ratios['packer']} | "
-              f"{1000 * d['cpu_s'] / d['patches']:.0f} | {d['bytes_out'] / d['bytes_in']:.3f} | "
-              f"{d['rss_main_mb']:.0f} / {d['rss_worker_mb']:.0f} MB |")
-    q = quarter
-    print(f"| flair-pack, 1 worker, 1/4 of the patches | {q['patches'] / q['elapsed_s']:.1f} | {1 / steady(q):.1f} | "
-          f"{q['bytes_in'] / q['patches'] / MB / steady(q):.1f} | - | - | {1000 * q['cpu_s'] / q['patches']:.0f} | "
-          f"{q['bytes_out'] / q['bytes_in']:.3f} | {q['rss_main_mb']:.0f} / {q['rss_worker_mb']:.0f} MB |")
-    print(f"\n(best of {args.rounds} interleaved rounds; 'whole run' and CPU include discovery, worker start-up "
-          f"(imports), index and manifest, 'steady' is the rate between the first and the last sample written; wall incl. interpreter "
-          f"start: {packs[1]['wall_s']:.1f} s / {packs[2]['wall_s']:.1f} s; {n_patches} patches; codec --level "
-          f"{DEFAULT_LEVEL} --filter {DEFAULT_FILTER})")
+        for n, d in packs.items():
+            per = steady(d)
+            ratios = {h: (f"{floors[h, n] / d['elapsed_s']:.2f} / {floors[h, n] / n_patches / per:.2f} / "
+                          f"{floor_cpu[h, n] / d['cpu_s']:.2f}") for h in FLOORS}
+            print(f"| flair-pack, {n} worker{'s' if n > 1 else ''} | {d['patches'] / d['elapsed_s']:.1f} | {1 / per:.1f} | "
+                  f"{d['bytes_in'] / d['patches'] / MB / per:.1f} | {ratios['rasterio']} | {ratios['packer']} | "
+                  f"{1000 * d['cpu_s'] / d['patches']:.0f} | {d['bytes_out'] / d['bytes_in']:.3f} | "
+                  f"{d['rss_main_mb']:.0f} / {d['rss_worker_mb']:.0f} MB |")
+        q = quarter
+        print(f"| flair-pack, 1 worker, 1/4 of the patches | {q['patches'] / q['elapsed_s']:.1f} | {1 / steady(q):.1f} | "
+              f"{q['bytes_in'] / q['patches'] / MB / steady(q):.1f} | - | - | {1000 * q['cpu_s'] / q['patches']:.0f} | "
+              f"{q['bytes_out'] / q['bytes_in']:.3f} | {q['rss_main_mb']:.0f} / {q['rss_worker_mb']:.0f} MB |")
+        print(f"\n(best of {args.rounds} interleaved rounds; 'whole run' and CPU include discovery, worker start-up "
+              f"(imports), index and manifest, 'steady' is the rate between the first and the last sample written; wall incl. interpreter "
+              f"start: {packs[1]['wall_s']:.1f} s / {packs[2]['wall_s']:.1f} s; {n_patches} patches; codec --level "
+              f"{DEFAULT_LEVEL} --filter {DEFAULT_FILTER})")
 
-    print(f"load average after the timed runs: {os.getloadavg()[0]:.1f} (other work on the machine skews the ratios)")
-    cap = writer_capacity(src, args.work)
-    per_worker = 1 / steady(packs[1])
-    print(f"\nwriter alone (unpickle + layout + I/O thread: sha256, write, sync), {cap['samples']} samples: "
-          f"{cap['patches_s']:.0f} patches/s, {cap['mb_s']:.0f} MB/s out, {cap['cpu_ms']:.1f} ms CPU/patch; "
-          f"at {per_worker:.1f} patches/s per worker that feeds about {cap['patches_s'] / per_worker:.0f} workers")
-    levels = [int(x) for x in args.levels.split(",")]
-    rows = codec_table(paths, levels, args.codec_files)
-    dtypes = list(rows[0]["by_dtype"])
-    print(f"\ncodec on up to {args.codec_files} source files per modality (compressed / raw .npy bytes):\n")
-    print("| level | filter | ratio, all | encode MB/s | decode MB/s |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['level']} | {r['filter']} | {r['ratio']:.3f} | {r['enc_mbs']:.0f} | {r['dec_mbs']:.0f} |")
-    print("\n| modality (dtype) | " + " | ".join(f"L{r['level']} {r['filter']}" for r in rows) + " |")
-    print("|---|" + "---|" * len(rows))
-    for d in dtypes:
-        print(f"| {d} | " + " | ".join(f"{r['by_dtype'][d]:.3f}" for r in rows) + " |")
+        print(f"load average after the timed runs: {os.getloadavg()[0]:.1f} (other work on the machine skews the ratios)")
+        cap = writer_capacity(src, args.work)
+        per_worker = 1 / steady(packs[1])
+        print(f"\nwriter alone (unpickle + layout + I/O thread: sha256, write, sync), {cap['samples']} samples: "
+              f"{cap['patches_s']:.0f} patches/s, {cap['mb_s']:.0f} MB/s out, {cap['cpu_ms']:.1f} ms CPU/patch; "
+              f"at {per_worker:.1f} patches/s per worker that feeds about {cap['patches_s'] / per_worker:.0f} workers")
+    if "zips" in sections:
+        from tools import bench_zips
+
+        print(f"\n## Packing from the Hub's zips (same {n_patches} patches; load average {os.getloadavg()[0]:.1f})")
+        zips = bench_zips.make_zips(src, args.work)
+        paths_rows = bench_zips.read_paths(src, zips, args.rounds)
+        gpkg_rows = bench_zips.read_gpkg_paths(zips, args.rounds)
+        pack_rows = bench_zips.pack_rows(src, zips, args.work, args.rounds, latencies_ms=(0.0, args.latency_ms))
+        bench_zips.print_tables(paths_rows, gpkg_rows, pack_rows,
+                                f"(fake Hub on 127.0.0.1 serving the deflated zips; '{args.latency_ms:g} ms' adds that "
+                                f"delay to every request; load average after: {os.getloadavg()[0]:.1f})")
+    if "codec" in sections:
+        levels = [int(x) for x in args.levels.split(",")]
+        rows = codec_table(paths, levels, args.codec_files)
+        dtypes = list(rows[0]["by_dtype"])
+        print(f"\ncodec on up to {args.codec_files} source files per modality (compressed / raw .npy bytes):\n")
+        print("| level | filter | ratio, all | encode MB/s | decode MB/s |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['level']} | {r['filter']} | {r['ratio']:.3f} | {r['enc_mbs']:.0f} | {r['dec_mbs']:.0f} |")
+        print("\n| modality (dtype) | " + " | ".join(f"L{r['level']} {r['filter']}" for r in rows) + " |")
+        print("|---|" + "---|" * len(rows))
+        for d in dtypes:
+            print(f"| {d} | " + " | ".join(f"{r['by_dtype'][d]:.3f}" for r in rows) + " |")
     return 0
 
 

@@ -1,7 +1,8 @@
 """`make demo`: the whole pipeline end to end on a generated toy FLAIR-HUB tree, on CPU.
 
-generate (flair-toy) -> pack (flair-pack) -> verify -> train (flair-train, configs/demo) ->
-patch inference with metrics (flair-infer) -> zonal detection over one ROI to a COG (flair-zonal).
+generate (flair-toy, in the Hugging Face Hub's zip layout) -> pack straight from the zips (flair-pack)
+-> verify -> train (flair-train, configs/demo) -> patch inference with metrics (flair-infer) ->
+zonal detection over one ROI to a COG (flair-zonal).
 
 Each stage runs the real console command in a subprocess, so the demo exercises exactly what a
 user types. Stages whose outputs are already complete are skipped on a re-run (the packer and the
@@ -41,17 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = args.out if args.out.is_absolute() else ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
-    tree, shards, run = out / "toy", out / "shards", out / "train"
+    hub, shards, run = out / "toy_hub", out / "shards", out / "train"
     area, preds, zonal = out / "zonal_area", out / "predict", out / "zonal"
     started = time.perf_counter()
 
-    if not (tree / "GLOBAL_ALL_MTD").is_dir():
-        shutil.rmtree(tree, ignore_errors=True)
-        _run("generate a toy FLAIR-HUB tree", [
-            str(BIN / "flair-toy"), "--out", str(tree), "--patches", str(args.patches), "--domains", "3",
-            "--rois-per-domain", "2", "--t-s2", "6", "12", "--t-s1", "6", "12", "--seed", "0"])
-    _run("pack into WebDataset shards", [
-        str(BIN / "flair-pack"), "--src", str(tree), "--out", str(shards), "--shard-size", "32MB"])
+    if not (hub / "data" / "GLOBAL_ALL_MTD.zip").is_file() or not (area / "area.json").is_file():
+        shutil.rmtree(hub, ignore_errors=True)
+        shutil.rmtree(area, ignore_errors=True)
+        # --zonal mosaics one ROI (the zonal stage's test area) before the tree is zipped away.
+        _run("generate a toy FLAIR-HUB in the Hub's zip layout (data/*.zip)", [
+            str(BIN / "flair-toy"), "--out", str(hub), "--zips", "--patches", str(args.patches), "--domains", "3",
+            "--rois-per-domain", "2", "--t-s2", "6", "12", "--t-s1", "6", "12", "--seed", "0",
+            "--zonal", str(area)])
+    _run("pack straight from the zips into WebDataset shards", [
+        str(BIN / "flair-pack"), "--src", str(hub), "--out", str(shards), "--shard-size", "32MB"])
     _run("verify the shards", [str(BIN / "flair-pack"), "verify", str(shards)])
     _run("inspect the dataset", [str(BIN / "flair-pack"), "inspect", str(shards)])
 
@@ -64,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         str(BIN / "flair-infer"), "--checkpoint", str(best), "--data", str(shards), "--split", "test",
         "--out", str(preds)])  # the checkpoint carries its training config
 
-    # The zonal area: the largest ROI of the toy tree mosaicked into one raster per modality.
-    area_info = toy_zonal.build_zonal_area(tree, area)
+    # The zonal area: the largest ROI of the toy tree, mosaicked by flair-toy --zonal above.
+    area_info = toy_zonal.load_zonal_area(area)
     zonal_cfg = toy_zonal.zonal_config(
         area_info, best, inputs=("AERIAL_RGBI", "SENTINEL2_TS"), output_path=str(zonal),
         output_name="demo", cog_conversion=True)

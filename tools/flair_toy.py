@@ -24,7 +24,8 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, fields
+import shutil
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -36,6 +37,7 @@ from packer.schema import PatchId
 from tools.toy.plan import LayoutRequest, PatchPlan, plan_layout
 from tools.toy.scene import render_patch
 from tools.toy.writers import write_geotiff, write_global_mtd, write_split_csvs
+from tools.toy.zips import COMPRESSIONS, zip_tree
 
 
 @dataclass
@@ -55,6 +57,8 @@ class ToyConfig:
     compress: str | None = None  # e.g. "deflate"; None writes plain striped GTiff like the real files
     overwrite: bool = False  # allow a non-empty out dir (files are replaced, stale ones are kept)
     progress: bool = False
+    zips: bool = False  # the Hub's layout: <out>/data/<folder>.zip instead of the folders (tools.toy.zips)
+    zip_compression: str = "deflate"  # or "store"
 
     def __post_init__(self) -> None:
         for name in ("t_s2", "t_s1"):
@@ -68,6 +72,8 @@ class ToyConfig:
             raise ValueError(f"ToyConfig.workers must be >= 1, got {self.workers}")
         if self.csv_limit is not None and self.csv_limit < 1:
             raise ValueError(f"ToyConfig.csv_limit must be >= 1, got {self.csv_limit}")
+        if self.zip_compression not in COMPRESSIONS:
+            raise ValueError(f"ToyConfig.zip_compression must be one of {sorted(COMPRESSIONS)}, got {self.zip_compression!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "ToyConfig":
@@ -90,12 +96,14 @@ class GenerateResult:
     n_dates: dict[str, dict[str, int]]  # patch -> series -> T (only series the patch has)
     csv_files: dict[str, Path]
     gpkg_files: list[Path] = field(default_factory=list)
+    zip_files: list[Path] = field(default_factory=list)  # with `zips`: the data/*.zip written (no folders then)
     n_files: int = 0
     n_bytes: int = 0
     seconds: float = 0.0
 
     def path(self, patch_id: str, modality_name: str) -> Path:
-        """The file of one modality of a patch (it may be absent: check `modalities`)."""
+        """The file of one modality of a patch (it may be absent: check `modalities`); with `zips`,
+        its path inside the tree, which is also its member name in `data/<folder>.zip`."""
         return self.out_dir / PatchId.parse(patch_id).relative_path(modality_name)
 
     def ids_of(self, split: str) -> list[str]:
@@ -135,12 +143,39 @@ def _run_jobs(jobs: list, workers: int, progress: bool) -> Iterator[tuple[int, i
 
 
 def generate(out_dir: str | Path, cfg: ToyConfig | None = None) -> GenerateResult:
-    """Write a toy FLAIR-HUB tree under `out_dir` and describe it."""
+    """Write a toy FLAIR-HUB tree under `out_dir` (or, with `cfg.zips`, its zips) and describe it."""
     cfg = cfg or ToyConfig()
-    start = time.perf_counter()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise FileExistsError(f"{out} is not empty (pass --overwrite to write into it)")
+    if not cfg.zips:
+        return _generate_tree(out, cfg)
+    staging = out / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    res = _generate_tree(staging, replace(cfg, zips=False))
+    return to_zip_layout(res, out, cfg.zip_compression)
+
+
+STAGING = ".flair-toy-tree"
+"""With `zips`: the tree is written here first, zipped into `<out>/data/`, then removed."""
+
+
+def to_zip_layout(res: GenerateResult, out: Path, compression: str) -> GenerateResult:
+    """Zip the tree `res` wrote into `out/data/`, move its split CSVs to `out/`, remove the tree."""
+    start = time.perf_counter()
+    zips = zip_tree(res.out_dir, out, compression)
+    csvs = {}
+    for split, path in res.csv_files.items():
+        csvs[split] = out / path.name
+        os.replace(path, csvs[split])
+    shutil.rmtree(res.out_dir)
+    files = [*zips, *csvs.values()]
+    return replace(res, out_dir=out, csv_files=csvs, gpkg_files=[], zip_files=zips, n_files=len(files),
+                   n_bytes=sum(p.stat().st_size for p in files), seconds=res.seconds + time.perf_counter() - start)
+
+
+def _generate_tree(out: Path, cfg: ToyConfig) -> GenerateResult:
+    start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     req = LayoutRequest(
         patches=cfg.patches, domains=cfg.domains, rois_per_domain=cfg.rois_per_domain, seed=cfg.seed,
@@ -192,6 +227,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="processes (default: all cores); output is identical")
     p.add_argument("--compress", choices=("deflate", "lzw", "zstd"), help="GeoTIFF compression (default none)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--zips", action="store_true",
+                   help="write the Hugging Face Hub's layout instead of folders: <out>/data/<DOMAIN>-<YEAR>_<MODALITY>.zip "
+                        "and data/GLOBAL_ALL_MTD.zip (members keep the tree paths), split CSVs in <out>/")
+    p.add_argument("--zip-compression", choices=sorted(COMPRESSIONS), default=d.zip_compression,
+                   help=f"with --zips: how members are stored (default {d.zip_compression})")
     p.add_argument("--zonal", type=Path, metavar="DIR",
                    help="also mosaic one ROI of the tree into a zonal-detection test area in DIR "
                         "(one raster per modality, dates files, labels as the known answer, a zonal.yaml)")
@@ -209,18 +249,35 @@ def _run(args: argparse.Namespace) -> int:
         patches=args.patches, domains=args.domains, rois_per_domain=args.rois_per_domain, seed=args.seed,
         t_s2=tuple(args.t_s2), t_s1=tuple(args.t_s1), missing_fraction=args.missing_fraction,
         from_csv=args.from_csv, csv_limit=args.csv_limit, workers=args.workers, compress=args.compress,
-        overwrite=args.overwrite, progress=True,
+        overwrite=args.overwrite, progress=True, zips=args.zips, zip_compression=args.zip_compression,
     )
-    res = generate(args.out, cfg)
+    out = Path(args.out)
+    if cfg.zips and args.zonal is not None:
+        # The zonal area mosaics the tree's files: build it before the tree is zipped and removed.
+        if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+            raise FileExistsError(f"{out} is not empty (pass --overwrite to write into it)")
+        shutil.rmtree(out / STAGING, ignore_errors=True)
+        res = generate(out / STAGING, replace(cfg, zips=False))
+        rc = _zonal(res.out_dir, args)
+        res = to_zip_layout(res, out, cfg.zip_compression)
+    else:
+        res = generate(out, cfg)
+        rc = _zonal(res.out_dir, args) if args.zonal is not None else 0
     counts = {s: len(res.ids_of(s)) for s in ("train", "valid", "test")}
+    what = f"{len(res.zip_files)} zips + {len(res.csv_files)} CSVs" if res.zip_files else f"{res.n_files} files"
     print(f"flair-toy: {len(res.patch_ids)} patches ({counts['train']} train / {counts['valid']} valid / "
-          f"{counts['test']} test), {res.n_files} files, {res.n_bytes / 1e6:.1f} MB in {res.seconds:.1f} s -> {res.out_dir}")
-    if args.zonal is not None:
-        from tools import toy_zonal  # the zonal fixture reads the tree just written
+          f"{counts['test']} test), {what}, {res.n_bytes / 1e6:.1f} MB in {res.seconds:.1f} s -> {res.out_dir}")
+    return rc
 
-        return toy_zonal.main(["--tree", str(args.out), "--out", str(args.zonal),
-                               *(["--roi", args.zonal_roi] if args.zonal_roi else [])])
-    return 0
+
+def _zonal(tree: Path, args: argparse.Namespace) -> int:
+    """`--zonal`: mosaic one ROI of the tree just written into a zonal-detection test area."""
+    if args.zonal is None:
+        return 0
+    from tools import toy_zonal  # the zonal fixture reads the tree just written
+
+    return toy_zonal.main(["--tree", str(tree), "--out", str(args.zonal),
+                           *(["--roi", args.zonal_roi] if args.zonal_roi else [])])
 
 
 if __name__ == "__main__":

@@ -167,6 +167,15 @@ def build_zonal_area(tree: str | Path, out: str | Path, roi: str | None = None,
 
 
 
+def load_zonal_area(out: str | Path) -> ZonalArea:
+    """The area `build_zonal_area` wrote to `out`, from its `area.json` (the source tree may be gone)."""
+    out = Path(out)
+    doc = json.loads((out / "area.json").read_text(encoding="utf-8"))
+    return ZonalArea(out, doc["roi"], tuple(doc["bounds"]), {k: out / v for k, v in doc["rasters"].items()},
+                     {k: out / v for k, v in doc["dates"].items()},
+                     {p: {m: Path(f) for m, f in fs.items()} for p, fs in doc["patches"].items()})
+
+
 DEFAULT_MODALITIES_YAML = Path(__file__).resolve().parents[1] / "configs" / "flair-hub" / "config_modalities.yaml"
 
 

@@ -31,3 +31,33 @@ def disk_full_at(monkeypatch) -> Callable[[int], Callable[[], None]]:
         return lambda: monkeypatch.setattr(tarwriter.ShardFile, "write", real_write)
 
     return arm
+
+
+@pytest.fixture(scope="session")
+def same_pack():
+    """`same_pack(a, b)`: two packed outputs hold the same bytes, and their manifests differ at most
+    in `parameters.src` and `parameters.src_list` (where the source was: a folder, zips, a URL, and
+    the list of its zips). Returns the two `src` values."""
+    import filecmp
+    import json
+
+    from packer import schema
+    from packer.pack import STATE_DIR
+
+    def check(a, b) -> tuple[str, str]:
+        def files(out):
+            return sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and STATE_DIR not in p.parts)
+
+        names = files(a)
+        assert names == files(b)
+        assert any(str(n).endswith(".tar") for n in names)
+        for n in names:
+            if str(n) != schema.MANIFEST_FILE:
+                assert filecmp.cmp(a / n, b / n, shallow=False), n
+        ma, mb = (json.loads((o / schema.MANIFEST_FILE).read_text()) for o in (a, b))
+        src = ma["parameters"].pop("src"), mb["parameters"].pop("src")
+        ma["parameters"].pop("src_list"), mb["parameters"].pop("src_list")
+        assert ma == mb
+        return src
+
+    return check

@@ -1,13 +1,11 @@
 """Streaming from remote sources: a local S3 server (moto) and a local HTTP server with Range support
-standing in for a web host and for the Hugging Face Hub (resolve URLs, token, transient errors)."""
+(`tools/fake_hub.py`, shared with the packer's tests) standing in for a web host and for the Hugging
+Face Hub (resolve URLs, token, transient errors)."""
 
 from __future__ import annotations
 
 import copy
-import http.server
 import os
-import re
-import threading
 from pathlib import Path
 
 import pytest
@@ -93,71 +91,11 @@ def test_s3_corrupted_upload_detected(toy_shards, s3_server, tmp_path):
 # --------------------------------------------------------------------------------------------
 # HTTP and the Hub
 # --------------------------------------------------------------------------------------------
-class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves `root` read-only under `/plain/` and `/datasets/<owner>/<name>/resolve/<rev>/`,
-    with byte ranges, recording Authorization headers and failing the first GET of each path
-    with a 503 when `flaky` is set (to exercise the retries)."""
-
-    root: Path
-    seen_auth: list
-    flaky: bool = False
-    failed: set
-
-    def log_message(self, *args):  # keep test output quiet
-        pass
-
-    def _file(self) -> Path | None:
-        m = re.match(r"^/(?:plain|datasets/[^/]+/[^/]+/resolve/[^/]+)/(.+)$", self.path)
-        if not m:
-            return None
-        f = (self.root / m.group(1)).resolve()
-        return f if f.is_file() and self.root in f.parents else None
-
-    def do_HEAD(self):
-        self.seen_auth.append(self.headers.get("Authorization"))
-        f = self._file()
-        if f is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(f.stat().st_size))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-
-    def do_GET(self):
-        self.seen_auth.append(self.headers.get("Authorization"))
-        f = self._file()
-        if f is None:
-            self.send_error(404)
-            return
-        if self.flaky and self.path not in self.failed:
-            self.failed.add(self.path)
-            self.send_error(503)
-            return
-        data = f.read_bytes()
-        rng = re.match(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
-        if rng:
-            lo, hi = int(rng.group(1)), min(int(rng.group(2)), len(data) - 1)
-            body = data[lo : hi + 1]
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {lo}-{hi}/{len(data)}")
-        else:
-            body = data
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture
-def http_server(toy_shards):
-    handler = type("Handler", (RangeHandler,), {"root": toy_shards.out.resolve(), "seen_auth": [], "failed": set()})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
-    server.server_close()
+def http_server(toy_shards, fake_hub):
+    """`toy_shards` served by the fake Hub (tools/fake_hub.py): (base URL, server with its knobs and log)."""
+    hub = fake_hub(toy_shards.out)
+    yield hub.url, hub
 
 
 def test_http_streaming_equals_local(toy_shards, http_server):
@@ -165,7 +103,7 @@ def test_http_streaming_equals_local(toy_shards, http_server):
     handler.flaky = True  # every path fails once: the retries must absorb it
     local = batches(cfg_for(str(toy_shards.out)))
     assert_same(local, batches(cfg_for(f"{base}/plain", verify=True)))
-    assert handler.failed, "the flaky server never failed: the retry path was not exercised"
+    assert any(r.status == 503 for r in handler.requests), "the flaky server never failed: retries not exercised"
 
 
 def test_hf_resolve_urls_and_token(toy_shards, http_server, monkeypatch):
@@ -174,7 +112,8 @@ def test_hf_resolve_urls_and_token(toy_shards, http_server, monkeypatch):
     local = batches(cfg_for(str(toy_shards.out)))
     remote = batches(cfg_for("hf://datasets/IGNF/flair-shards@v1.0", hf_endpoint=base))
     assert_same(local, remote)
-    assert handler.seen_auth and all(a == "Bearer hf_secret" for a in handler.seen_auth)
+    seen_auth = [r.auth for r in handler.requests]
+    assert seen_auth and all(a == "Bearer hf_secret" for a in seen_auth)
 
 
 def test_hf_url_parsing(monkeypatch):

@@ -23,15 +23,15 @@ import hashlib
 import os
 from abc import ABC, abstractmethod
 from typing import Callable, Iterator, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
-from packer import retry
+from packer import hub, retry
+from packer.hub import auth_headers
 from packer.retry import RemoteError, TransientError
 from packer.store import s3_endpoint, s3_filesystem
 
 T = TypeVar("T")
 
-DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 CHUNK = 1 << 22
 SCHEMES = "a local path, s3://bucket/prefix, https://, http:// or hf://datasets/<owner>/<name>[@revision]/<path>"
 
@@ -202,23 +202,12 @@ class HttpSource(Source):
 
 
 def hf_base_url(url: str, endpoint: str | None = None) -> str:
-    """`hf://datasets/<owner>/<name>[@rev]/<path>` -> `<endpoint>/datasets/<owner>/<name>/resolve/<rev>/<path>`."""
-    rest = url[len("hf://"):]
-    parts = rest.split("/")
-    if len(parts) < 3 or parts[0] != "datasets" or not parts[1] or not parts[2] or parts[2].startswith("@"):
-        raise SourceURLError(f"{url}: expected hf://datasets/<owner>/<name>[@revision]/<path>")
-    owner, name, rest = parts[1], parts[2], parts[3:]
-    rev = "main"
-    if "@" in name:
-        name, rev = name.split("@", 1)
-        if rev == "refs" and len(rest) >= 2:  # a Hub ref with slashes: refs/pr/<n>, refs/convert/<x>
-            rev, rest = f"refs/{rest[0]}/{rest[1]}", rest[2:]
-        if not rev:
-            raise SourceURLError(f"{url}: empty revision after '@'")
-    path = "/".join(rest)
-    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
-    base = f"{endpoint}/datasets/{owner}/{name}/resolve/{quote(rev, safe='')}"
-    return f"{base}/{path}" if path else base
+    """`hf://datasets/<owner>/<name>[@rev]/<path>` -> its resolve URL (packer.hub's one parser);
+    a malformed URL raises SourceURLError naming it."""
+    try:
+        return hub.hf_base_url(url, endpoint)
+    except ValueError as exc:
+        raise SourceURLError(str(exc)) from None
 
 
 def check_source_url(url: str) -> None:
@@ -242,9 +231,7 @@ def open_source(url: str, retries: int = retry.DEFAULT_ATTEMPTS, s3_endpoint_url
     if url.startswith("s3://"):
         return S3Source(url, retries, endpoint_url=s3_endpoint_url)
     if url.startswith("hf://"):
-        token = os.environ.get("HF_TOKEN")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return HttpSource(hf_base_url(url, hf_endpoint), retries, headers=headers)
+        return HttpSource(hf_base_url(url, hf_endpoint), retries, headers=auth_headers())
     if url.startswith(("https://", "http://")):
         return HttpSource(url, retries)
     if url.startswith("file://"):
