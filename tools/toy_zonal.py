@@ -29,6 +29,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from packer.atomic import atomic_path
+from trainer.builtin_configs import builtin_config
 from packer.metadata import read_series_dates
 from packer.schema import (
     CLASS_TABLES,
@@ -167,7 +168,7 @@ def build_zonal_area(tree: str | Path, out: str | Path, roi: str | None = None,
 
 
 
-DEFAULT_MODALITIES_YAML = Path(__file__).resolve().parents[1] / "configs" / "flair-hub" / "config_modalities.yaml"
+DEFAULT_MODALITIES_YAML = builtin_config("flair-hub") / "config_modalities.yaml"
 
 
 def default_statistics(path: Path = DEFAULT_MODALITIES_YAML) -> dict[str, tuple[list[int] | None, list[float], list[float]]]:
