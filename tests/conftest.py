@@ -14,6 +14,9 @@ Append new shared fixtures at the end of this file; do not edit existing ones.
 
 from __future__ import annotations
 
+import http.server
+import re
+import threading
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -107,3 +110,99 @@ def s3_server(monkeypatch):
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+# --- moved here from tests/trainer/test_data_remote.py (shared by the loader and API tests) -----
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves `root` read-only under `/plain/` and `/datasets/<owner>/<name>/resolve/<rev>/`,
+    with byte ranges, recording Authorization headers and failing the first GET of each path
+    with a 503 when `flaky` is set (to exercise the retries)."""
+
+    root: Path
+    seen_auth: list
+    flaky: bool = False
+    failed: set
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def _file(self) -> Path | None:
+        m = re.match(r"^/(?:plain|datasets/[^/]+/[^/]+/resolve/[^/]+)/(.+)$", self.path)
+        if not m:
+            return None
+        f = (self.root / m.group(1)).resolve()
+        return f if f.is_file() and self.root in f.parents else None
+
+    def do_HEAD(self):
+        self.seen_auth.append(self.headers.get("Authorization"))
+        f = self._file()
+        if f is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(f.stat().st_size))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+
+    def do_GET(self):
+        self.seen_auth.append(self.headers.get("Authorization"))
+        f = self._file()
+        if f is None:
+            self.send_error(404)
+            return
+        if self.flaky and self.path not in self.failed:
+            self.failed.add(self.path)
+            self.send_error(503)
+            return
+        data = f.read_bytes()
+        rng = re.match(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+        if rng:
+            lo, hi = int(rng.group(1)), min(int(rng.group(2)), len(data) - 1)
+            body = data[lo : hi + 1]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {lo}-{hi}/{len(data)}")
+        else:
+            body = data
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def serve_http():
+    """`serve_http(root)` -> (base URL, handler class): `root` over HTTP with ranges (see RangeHandler)."""
+    servers = []
+
+    def start(root: Path):
+        handler = type("Handler", (RangeHandler,), {"root": Path(root).resolve(), "seen_auth": [], "failed": set()})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}", handler
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def http_server(toy_shards, serve_http):
+    """`toy_shards` served over HTTP: (base URL, handler class)."""
+    return serve_http(toy_shards.out)
+
+
+@pytest.fixture
+def s3_upload(s3_server):
+    """`s3_upload(root, bucket, prefix)`: copy a packed dataset (not its `.pack/` state) to the local S3."""
+    import boto3
+
+    def upload(root: Path, bucket: str, prefix: str) -> None:
+        s3 = boto3.client("s3", endpoint_url=s3_server)
+        s3.create_bucket(Bucket=bucket)
+        for f in Path(root).rglob("*"):
+            if f.is_file() and ".pack" not in f.parts:
+                s3.upload_file(str(f), bucket, f"{prefix}/{f.relative_to(root).as_posix()}")
+
+    return upload

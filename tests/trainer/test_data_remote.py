@@ -4,10 +4,7 @@ standing in for a web host and for the Hugging Face Hub (resolve URLs, token, tr
 from __future__ import annotations
 
 import copy
-import http.server
 import os
-import re
-import threading
 from pathlib import Path
 
 import pytest
@@ -57,18 +54,8 @@ def assert_same(a, b):
 # --------------------------------------------------------------------------------------------
 # S3
 # --------------------------------------------------------------------------------------------
-def upload(endpoint: str, root: Path, bucket: str, prefix: str) -> None:
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=endpoint)
-    s3.create_bucket(Bucket=bucket)
-    for f in root.rglob("*"):
-        if f.is_file() and ".pack" not in f.parts:
-            s3.upload_file(str(f), bucket, f"{prefix}/{f.relative_to(root).as_posix()}")
-
-
-def test_s3_streaming_equals_local(toy_shards, s3_server):
-    upload(s3_server, toy_shards.out, "flair", "hub/v1")
+def test_s3_streaming_equals_local(toy_shards, s3_server, s3_upload):
+    s3_upload(toy_shards.out, "flair", "hub/v1")
     local = batches(cfg_for(str(toy_shards.out)))
     remote = batches(cfg_for("s3://flair/hub/v1", s3_endpoint_url=s3_server, verify=True))
     assert_same(local, remote)
@@ -76,10 +63,10 @@ def test_s3_streaming_equals_local(toy_shards, s3_server):
     assert_same(local, batches(cfg_for("s3://flair/hub/v1", s3_endpoint_url=s3_server), num_workers=2))
 
 
-def test_s3_corrupted_upload_detected(toy_shards, s3_server, tmp_path):
+def test_s3_corrupted_upload_detected(toy_shards, s3_server, s3_upload, tmp_path):
     import boto3
 
-    upload(s3_server, toy_shards.out, "flair", "bad")
+    s3_upload(toy_shards.out, "flair", "bad")
     shard = sorted((toy_shards.out / "test").glob("*.tar"))[0]
     data = bytearray(shard.read_bytes())
     data[2000] ^= 0x01
@@ -91,75 +78,8 @@ def test_s3_corrupted_upload_detected(toy_shards, s3_server, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# HTTP and the Hub
+# HTTP and the Hub (the `http_server` fixture is in tests/conftest.py)
 # --------------------------------------------------------------------------------------------
-class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves `root` read-only under `/plain/` and `/datasets/<owner>/<name>/resolve/<rev>/`,
-    with byte ranges, recording Authorization headers and failing the first GET of each path
-    with a 503 when `flaky` is set (to exercise the retries)."""
-
-    root: Path
-    seen_auth: list
-    flaky: bool = False
-    failed: set
-
-    def log_message(self, *args):  # keep test output quiet
-        pass
-
-    def _file(self) -> Path | None:
-        m = re.match(r"^/(?:plain|datasets/[^/]+/[^/]+/resolve/[^/]+)/(.+)$", self.path)
-        if not m:
-            return None
-        f = (self.root / m.group(1)).resolve()
-        return f if f.is_file() and self.root in f.parents else None
-
-    def do_HEAD(self):
-        self.seen_auth.append(self.headers.get("Authorization"))
-        f = self._file()
-        if f is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(f.stat().st_size))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-
-    def do_GET(self):
-        self.seen_auth.append(self.headers.get("Authorization"))
-        f = self._file()
-        if f is None:
-            self.send_error(404)
-            return
-        if self.flaky and self.path not in self.failed:
-            self.failed.add(self.path)
-            self.send_error(503)
-            return
-        data = f.read_bytes()
-        rng = re.match(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
-        if rng:
-            lo, hi = int(rng.group(1)), min(int(rng.group(2)), len(data) - 1)
-            body = data[lo : hi + 1]
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {lo}-{hi}/{len(data)}")
-        else:
-            body = data
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-@pytest.fixture
-def http_server(toy_shards):
-    handler = type("Handler", (RangeHandler,), {"root": toy_shards.out.resolve(), "seen_auth": [], "failed": set()})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
-    server.server_close()
-
-
 def test_http_streaming_equals_local(toy_shards, http_server):
     base, handler = http_server
     handler.flaky = True  # every path fails once: the retries must absorb it

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from packer.schema import INDEX_FILE, MANIFEST_FILE, N_CLASSES
+from packer.schema import INDEX_FILE, MANIFEST_FILE, MODALITY_NAMES, N_CLASSES
 from trainer.data.sources import Source
 
 COUNT_COLUMNS = {"AERIAL_LABEL-COSIA": "cosia_counts", "ALL_LABEL-LPIS": "lpis_l1_counts"}
@@ -85,6 +85,7 @@ class Catalog:
         or a text file with one id per line; `contains_class` keeps patches where a task's class
         has at least one pixel; `min_class_share` keeps those where it covers at least a fraction.
         """
+        self._check_packed(required)
         t = self.table
         mask = np.ones(t.num_rows, dtype=bool)
         if split is not None:
@@ -140,6 +141,17 @@ class Catalog:
             shards=[self.shards[p] for p in uniq],
             class_counts={k: v[rows] for k, v in counts.items()},
         )
+
+    def _check_packed(self, required: Sequence[str]) -> None:
+        """A modality the dataset was packed without is named as such (the manifest lists the packed
+        ones), rather than surfacing as "no sample matches the selection"."""
+        packed = self.manifest.get("modalities")
+        absent = [m for m in required if packed is not None and m not in packed]
+        if absent:
+            raise SelectionError(
+                f"{self.source.base}: the dataset has no {', '.join(absent)} "
+                f"(packed: {', '.join(m for m in MODALITY_NAMES if m in packed) or 'nothing'}); "
+                "leave it out (modalities.inputs, labels, or filter_sentinel2 for SENTINEL2_MSK-SC) or repack with it")
 
     def _counts(self, task: str) -> np.ndarray:
         col = self.table.column(COUNT_COLUMNS[task]).to_pylist()
