@@ -8,7 +8,6 @@ and any sample can be read with ranged reads. Column names: docs/packing.md.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +64,7 @@ class Catalog:
         self.shards = {
             s["path"]: ShardInfo(s["path"], int(s["bytes"]), s.get("sha256")) for s in self.manifest.get("shards", [])
         }
-        self.table: pa.Table = pq.read_table(io.BytesIO(source.read_all(INDEX_FILE)))
+        self.table: pa.Table = pq.read_table(pa.BufferReader(arrow_owned(source.read_all(INDEX_FILE))))
         missing = [s for s in set(self.table.column("shard").to_pylist()) if s not in self.shards]
         if missing:
             raise SelectionError(f"{source.url(INDEX_FILE)}: rows point to shards absent from the manifest: {missing[:3]}")
@@ -163,6 +162,19 @@ class Catalog:
         if task not in counts:
             raise SelectionError(f"the index has no per-class counts for {task}")
         return counts[task]
+
+
+def arrow_owned(data: bytes) -> pa.Buffer:
+    """A copy of `data` in memory Arrow allocated, to read Parquet from.
+
+    Reading from a buffer that wraps Python bytes (`io.BytesIO`, `pa.BufferReader(bytes)`) made
+    the process abort at interpreter exit once torch was imported ("terminate called without an
+    active exception", about one run in four with pyarrow 26 / torch 2.14): Arrow's background
+    threads outlive the Python object they point into. One copy of the index, once, avoids it.
+    """
+    buf = pa.allocate_buffer(len(data))
+    memoryview(buf).cast("B")[:] = data
+    return buf
 
 
 def _ints(table: pa.Table, column: str) -> np.ndarray:
