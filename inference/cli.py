@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from packer.cli_help import HelpFormatter, examples
 from packer.command import run_command
 from packer.errors import PackError
 from trainer.config import ConfigError
@@ -48,23 +49,38 @@ def _setup_logging(log_file: Path | None = None) -> None:
 # --------------------------------------------------------------------------------------------
 # flair-zonal
 # --------------------------------------------------------------------------------------------
+def zonal_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flair-zonal", formatter_class=HelpFormatter,
+        description="Large-area FLAIR-HUB detection: tiles with margins over one raster per modality, "
+                    "mosaic of the tile cores to GeoTIFF/COG (docs/inference.md). Accepts the reference's "
+                    "config_zonal_detection.yaml.",
+        epilog=examples(
+            "flair-zonal --config my_zonal.yaml",
+            "flair-zonal --config my_zonal.yaml --no-resume --no-progress",
+            "flair-zonal --config zonal      # the shipped template; its relative paths then start from here",
+        ))
+    parser.add_argument("--config", required=True,
+                        help="zonal YAML config (relative paths start from its folder), or the built-in "
+                             "template name `zonal` (configs/zonal.yaml)")
+    parser.add_argument("--no-resume", action="store_true", help="ignore tiles done by an earlier run")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
 def zonal_main(argv: Sequence[str] | None = None) -> int:
     from inference.zonal import ZonalError, run_zonal
     from inference.zonal_config import load_zonal_config
     from inference.zonal_reader import ZonalInputError
+    from trainer.builtin_configs import builtin_configs
 
-    parser = argparse.ArgumentParser(
-        prog="flair-zonal",
-        description="Large-area FLAIR-HUB detection: tiles with margins over one raster per modality, "
-                    "mosaic of the tile cores to GeoTIFF/COG. Accepts the reference's config_zonal_detection.yaml.",
-    )
-    parser.add_argument("--config", required=True, help="zonal YAML config (see configs/zonal.yaml)")
-    parser.add_argument("--no-resume", action="store_true", help="ignore tiles done by an earlier run")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    args = zonal_parser().parse_args(argv)
 
     def body() -> int:
-        cfg = load_zonal_config(args.config)
+        shipped = builtin_configs().get(args.config) if not Path(args.config).exists() else None
+        # The shipped template lives inside the installation: its relative paths start from here instead.
+        cfg = (load_zonal_config(shipped, base_dir=Path.cwd()) if shipped is not None
+               else load_zonal_config(args.config))
         if args.no_resume:
             cfg["resume"] = False
         stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
@@ -90,31 +106,42 @@ def _print_zonal_report(report) -> None:
 # --------------------------------------------------------------------------------------------
 # flair-infer
 # --------------------------------------------------------------------------------------------
-def infer_main(argv: Sequence[str] | None = None) -> int:
-    from inference.predict import InferOptions, run_infer
-
+def infer_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="flair-infer",
+        prog="flair-infer", formatter_class=HelpFormatter,
         description="Predict a split of packed shards: one georeferenced uint8 GeoTIFF per patch and task, "
-                    "plus metrics (confusion matrix, IoU, mIoU, OA) when labels are present.",
-    )
+                    "plus metrics (confusion matrix, IoU, mIoU, OA) when labels are present (docs/inference.md).",
+        epilog=examples(
+            "flair-infer --checkpoint runs/LC-A/checkpoints/best_model.safetensors --data shards/ --out preds/",
+            "flair-infer --checkpoint FLAIR-HUB_LC-A.safetensors --config LC-A --data s3://bucket/flair-hub --out preds/",
+            "flair-infer --checkpoint best_model.safetensors --data shards/ --split valid --out m/ --no-write",
+        ))
     parser.add_argument("--checkpoint", required=True,
                         help="our checkpoint (.safetensors + .json) or a reference .ckpt/.pth/.safetensors (needs --config)")
     parser.add_argument("--data", required=True, help="shard root: a folder or an s3://, https://, hf:// URL")
-    parser.add_argument("--split", default="test", help="split to predict (default: test)")
+    parser.add_argument("--split", default="test", help="split to predict")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--config", nargs="*", default=None,
-                        help="training config (dir or YAML files): required for reference checkpoints, "
-                             "and overrides the preprocessing of ours")
-    parser.add_argument("--output", choices=("argmax", "class_prob"), default="argmax")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--config", nargs="*", default=None, metavar="DIR_OR_YAML",
+                        help="training config (dirs, YAML files or built-in names such as LC-A): required for "
+                             "reference checkpoints, and overrides the preprocessing of ours (default: the config "
+                             "stored in our checkpoint)")
+    parser.add_argument("--output", choices=("argmax", "class_prob"), default="argmax",
+                        help="argmax: one uint8 class band; class_prob: one uint8 probability band per class")
+    parser.add_argument("--batch-size", type=int, default=4, help="patches per forward pass")
+    parser.add_argument("--num-workers", type=int, default=0, help="loader worker processes (0: read in this process)")
     parser.add_argument("--device", default=None, help="cpu / cuda / cuda:1 (default: Accelerate's choice)")
-    parser.add_argument("--compression", choices=("lzw", "zstd", "deflate"), default="lzw")
+    parser.add_argument("--compression", choices=("lzw", "zstd", "deflate"), default="lzw",
+                        help="GeoTIFF compression of the predictions")
     parser.add_argument("--no-write", action="store_true", help="metrics only, no GeoTIFFs")
-    parser.add_argument("--limit", type=int, default=None, help="predict at most this many patches")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    parser.add_argument("--limit", type=int, default=None, help="predict at most this many patches (default: all)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def infer_main(argv: Sequence[str] | None = None) -> int:
+    from inference.predict import InferOptions, run_infer
+
+    args = infer_parser().parse_args(argv)
     _setup_logging()
     opts = InferOptions(
         checkpoint=args.checkpoint, data=args.data, split=args.split, out=args.out, config=args.config,

@@ -35,6 +35,7 @@ from inference.model_io import load_inference_model, our_checkpoint_config, pred
 from inference.writers import probabilities_u8, write_raster
 from packer.atomic import write_text_atomic
 from packer.schema import CLASS_TABLES, MODALITIES, PatchId
+from trainer.builtin_configs import builtin_config
 from trainer.config import ConfigError, validate_config
 from trainer.data.catalog import Catalog
 from trainer.data.loader import StreamingLoader
@@ -45,7 +46,8 @@ from trainer.report import class_table_markdown, plot_confusion, plot_iou
 
 log = logging.getLogger("flair.infer")
 
-DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "flair-hub"
+DEFAULT_CONFIG_DIR = builtin_config("flair-hub")
+"""The reference defaults shipped with the package (a clone's configs/flair-hub, or the wheel's copy)."""
 
 
 @dataclass

@@ -180,9 +180,9 @@ def default_model_loader(cfg: Mapping[str, Any], input_sizes: Mapping[str, int],
     """Our checkpoint (config inside) or a reference one (config from `model_config` or the zonal keys)."""
     config = None
     if cfg.get("model_config"):
-        from trainer.config import read_yaml_files
+        from trainer.config import read_config_layers
 
-        config = read_yaml_files(cfg["model_config"])
+        config = read_config_layers([cfg["model_config"]])  # overlays (`extends:`) included
     else:
         config = to_model_config(cfg)
     model, model_cfg = load_inference_model(cfg["model_weights"], config, input_sizes, device)

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import yaml
 
 from packer.schema import CLASS_TABLES, LABEL_MODALITIES, MODALITIES, MONO_TEMPORAL_INPUTS, TIME_SERIES_INPUTS
+from trainer.builtin_configs import builtin_configs
 from trainer.config import (
     ConfigError,
     _mm_dd,
@@ -124,8 +125,9 @@ UTAE_DEFAULTS: dict[str, Any] = {
 CLOUD_FILTER_DEFAULTS = {"filter_max_cloud": 1, "filter_max_snow": 1, "filter_max_frac_cover": 0.05}
 
 
-def load_zonal_config(path: str | Path, check_files: bool = True) -> dict[str, Any]:
-    """Read, validate and complete a zonal config file; paths come back absolute."""
+def load_zonal_config(path: str | Path, check_files: bool = True, base_dir: str | Path | None = None) -> dict[str, Any]:
+    """Read, validate and complete a zonal config file; paths come back absolute, resolved against
+    `base_dir` (default: the file's folder)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such zonal config file")
@@ -136,7 +138,7 @@ def load_zonal_config(path: str | Path, check_files: bool = True) -> dict[str, A
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    return validate_zonal_config(raw, base_dir=path.parent, check_files=check_files)
+    return validate_zonal_config(raw, base_dir=path.parent if base_dir is None else base_dir, check_files=check_files)
 
 
 def validate_zonal_config(raw: Mapping[str, Any], base_dir: str | Path = ".", check_files: bool = True) -> dict[str, Any]:
@@ -156,7 +158,9 @@ def validate_zonal_config(raw: Mapping[str, Any], base_dir: str | Path = ".", ch
     cfg["output_path"] = str(_resolve(base, cfg["output_path"]))
     cfg["model_weights"] = str(_resolve(base, cfg["model_weights"]))
     if cfg["model_config"]:
-        cfg["model_config"] = str(_resolve(base, cfg["model_config"]))
+        local = _resolve(base, cfg["model_config"])
+        shipped = builtin_configs().get(cfg["model_config"])
+        cfg["model_config"] = str(shipped if shipped is not None and not local.exists() else local)  # `LC-A` etc.
     if "/" in cfg["output_name"] or "\\" in cfg["output_name"]:
         raise ConfigError(f"output_name: a file name stem without folders, got {cfg['output_name']!r}")
     if cfg["img_pixels_detection"] - 2 * cfg["margin"] <= 0:

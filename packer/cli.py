@@ -2,7 +2,7 @@
 
     flair-pack --src FLAIR-HUB/ --out shards/ [options]      (or: flair-pack pack ...)
     flair-pack verify OUT
-    flair-pack inspect OUT [PATCH_ID]
+    flair-pack inspect OUT [PATCH_ID] [--plot PNG]
     flair-pack merge --out OUT PART_DIR [PART_DIR ...]
 """
 
@@ -14,6 +14,7 @@ import re
 import sys
 
 from packer import schema
+from packer.cli_help import HelpFormatter, examples
 from packer.codec import DEFAULT_FILTER, DEFAULT_LEVEL, FILTERS
 from packer.command import EXIT_PROBLEMS_FOUND, report, run_command
 from packer.errors import PackError
@@ -49,40 +50,53 @@ def pack_parser() -> argparse.ArgumentParser:
     from packer.retry import DEFAULT_ATTEMPTS, min_outage_s
 
     p = argparse.ArgumentParser(
-        prog="flair-pack", description="Pack a FLAIR-HUB GeoTIFF tree into WebDataset shards + index.parquet + "
-        "manifest.json (docs/packing.md). Rerun the same command to resume an interrupted pack.",
-        epilog="other commands: flair-pack verify OUT | flair-pack inspect OUT [PATCH_ID] | "
-               "flair-pack merge --out OUT PART_DIR... (each has --help)")
+        prog="flair-pack", formatter_class=HelpFormatter,
+        description="Pack a FLAIR-HUB GeoTIFF tree into WebDataset shards + index.parquet (GeoParquet) + "
+        "manifest.json + README.md (a Hugging Face dataset card); docs/packing.md. Rerun the same command to "
+        "resume an interrupted pack.\n\nother commands (each has --help): flair-pack verify OUT | "
+        "flair-pack inspect OUT [PATCH_ID] [--plot PNG] | flair-pack merge --out OUT PART_DIR...",
+        epilog=examples(
+            "flair-pack --src FLAIR-HUB/ --out shards/                      # every modality, official split",
+            "flair-pack --src hf://datasets/IGNF/FLAIR-HUB --out shards/    # the Hub's zips, read in place",
+            "flair-pack --src FLAIR-HUB/ --out s3://bucket/flair-hub --modalities AERIAL_RGBI,AERIAL_LABEL-COSIA",
+            "flair-pack --src FLAIR-HUB/ --out part-3/ --num-parts 8 --part 3 --filter none",
+        ))
     p.add_argument("--src", required=True,
                    help="FLAIR-HUB source: a folder (modality folders + GLOBAL_ALL_MTD/, and/or the Hub's zips, "
                         "with or without data/), a single .zip, hf://datasets/<owner>/<name>[@rev][/data], or an "
                         "http(s):// folder of zips (docs/packing.md)")
     p.add_argument("--src-list", default=None, metavar="FILE",
-                   help="the zips to read, one per line, relative to --src (for a web folder that cannot be listed)")
+                   help="the zips to read, one per line, relative to --src (for a web folder that cannot be "
+                        "listed; default: list --src)")
     p.add_argument("--out", required=True, help="output folder, or s3://bucket/prefix (rerun the same command to resume)")
     p.add_argument("--staging", default=None,
                    help="with an s3:// --out: local folder for the shard being written (default: under $TMPDIR)")
-    p.add_argument("--modalities", type=_modalities, default=schema.MODALITY_NAMES,
-                   help="comma-separated subset to pack (default: all)")
+    p.add_argument("--modalities", type=_modalities, default=schema.MODALITY_NAMES, metavar="M1,M2,...",
+                   help=f"comma-separated subset to pack, of {', '.join(schema.MODALITY_NAMES)} (default: all)")
     p.add_argument("--splits-csv", nargs="+", default=(), metavar="[SPLIT=]CSV",
-                   help="official split CSVs (',' or ';'); split from the name or SPLIT=path")
-    p.add_argument("--split-column", default=None, help="column of GLOBAL_ALL_MTD_SPLIT.gpkg (default split_1)")
-    p.add_argument("--shard-size", type=parse_size, default=DEFAULT_SHARD_SIZE, help="target shard size (default 256MB)")
-    p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+                   help="official split CSVs (',' or ';'); split from the name or SPLIT=path "
+                        "(default: none, splits come from GLOBAL_ALL_MTD_SPLIT.gpkg)")
+    p.add_argument("--split-column", default=None,
+                   help="column of GLOBAL_ALL_MTD_SPLIT.gpkg (default: split_1, the official split)")
+    p.add_argument("--shard-size", type=parse_size, default=DEFAULT_SHARD_SIZE,
+                   help=f"target shard size, e.g. 256MB, 1GB, 64MiB (default: {DEFAULT_SHARD_SIZE // 10**6}MB)")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed")
     p.add_argument("--keep-order", action="store_true", help="keep source order instead of shuffling")
     p.add_argument("--workers", type=int, default=None, help="reader/encoder processes (default: all cores)")
-    p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level (default {DEFAULT_LEVEL})")
-    p.add_argument("--filter", choices=FILTERS, default=DEFAULT_FILTER, help=f"codec filter (default {DEFAULT_FILTER})")
+    p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="zstd level (1-22)")
+    p.add_argument("--filter", choices=FILTERS, default=DEFAULT_FILTER,
+                   help="codec filter: none = plain .npy members (any numpy + zstd client, HF datasets); "
+                        "shuffle = byte-shuffled, smaller, decoded by flair-stream")
     p.add_argument("--num-parts", type=int, default=1, help="split the patches into N parts (job arrays)")
     p.add_argument("--part", type=int, default=0, help="which part (0..N-1) this run packs")
     p.add_argument("--on-error", choices=ON_ERROR, default="fail",
-                   help="fail: stop at the first bad patch; skip: leave it out and list it (default fail)")
+                   help="fail: stop at the first bad patch; skip: leave it out and list it")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty --out that holds no pack (a pack made with other options is "
                         "never replaced)")
     p.add_argument("--retries", type=int, default=DEFAULT_ATTEMPTS,
-                   help=f"with an s3:// --out: attempts per S3 operation through an outage (default "
-                        f"{DEFAULT_ATTEMPTS}: rides out at least {min_outage_s(DEFAULT_ATTEMPTS):.0f} s)")
+                   help=f"with an s3:// --out: attempts per S3 operation through an outage (rides out at least "
+                        f"{min_outage_s(DEFAULT_ATTEMPTS):.0f} s with the default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -101,37 +115,75 @@ def run_pack(argv: list[str]) -> int:
     return 0
 
 
+def verify_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flair-pack verify", formatter_class=HelpFormatter,
+        description="Check every shard against the manifest and the index: sizes, sha256, member offsets, and "
+                    "(unless --no-decode) that every member decodes. Exit status 1 on any mismatch.",
+        epilog=examples("flair-pack verify shards/", "flair-pack verify s3://bucket/flair-hub --no-decode"))
+    p.add_argument("out", help="packed dataset: a folder or s3://bucket/prefix")
+    p.add_argument("--no-decode", action="store_true", help="skip decoding the members (hashes/offsets only)")
+    return p
+
+
 def run_verify(argv: list[str]) -> int:
     from packer.verify import verify_dataset
 
-    p = argparse.ArgumentParser(prog="flair-pack verify", description="Check shards against manifest and index.")
-    p.add_argument("out", help="packed dataset: a folder or s3://bucket/prefix")
-    p.add_argument("--no-decode", action="store_true", help="skip decoding the members (hashes/offsets only)")
-    a = p.parse_args(argv)
+    a = verify_parser().parse_args(argv)
     found = verify_dataset(a.out, decode=not a.no_decode)
     print(found)
     return 0 if found.ok else EXIT_PROBLEMS_FOUND
 
 
-def run_inspect(argv: list[str]) -> int:
-    from packer.inspection import describe_sample, summarize_dataset
-
-    p = argparse.ArgumentParser(prog="flair-pack inspect", description="Summary of a dataset or one sample.")
+def inspect_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flair-pack inspect", formatter_class=HelpFormatter,
+        description="Summary of a packed dataset (splits, shards, modalities, dates), or of one sample "
+                    "(arrays, dtypes, ranges, dates, source files); --plot draws the sample.",
+        epilog=examples("flair-pack inspect shards/",
+                        "flair-pack inspect shards/ D006-2020_FF-S1-14_5-5",
+                        "flair-pack inspect s3://bucket/flair-hub D006-2020_FF-S1-14_5-5 --plot patch.png"))
     p.add_argument("out", help="packed dataset: a folder or s3://bucket/prefix")
-    p.add_argument("patch_id", nargs="?")
+    p.add_argument("patch_id", nargs="?", help="a patch id of the index (omit it for the dataset summary)")
+    p.add_argument("--plot", metavar="PNG", default=None,
+                   help="with PATCH_ID: also draw every modality of the sample into this image "
+                        "(default: no picture)")
+    return p
+
+
+def run_inspect(argv: list[str]) -> int:
+    from packer.inspection import describe_sample, plot_patch, summarize_dataset
+
+    p = inspect_parser()
     a = p.parse_args(argv)
+    if a.plot and not a.patch_id:
+        p.error("--plot needs a PATCH_ID")
     print(describe_sample(a.out, a.patch_id) if a.patch_id else summarize_dataset(a.out))
+    if a.plot:
+        print(f"wrote {plot_patch(a.out, a.patch_id, a.plot)}")
     return 0
 
 
-def run_merge(argv: list[str]) -> int:
-    from packer.merge import MODES, merge_parts
+def merge_parser() -> argparse.ArgumentParser:
+    from packer.merge import MODES
 
-    p = argparse.ArgumentParser(prog="flair-pack merge", description="Join --num-parts outputs into one dataset.")
-    p.add_argument("--out", required=True)
-    p.add_argument("--mode", choices=MODES, default="link", help="how shards reach OUT (default: hard link)")
-    p.add_argument("parts", nargs="+")
-    a = p.parse_args(argv)
+    p = argparse.ArgumentParser(
+        prog="flair-pack merge", formatter_class=HelpFormatter,
+        description="Join the outputs of `flair-pack --num-parts N --part K` runs into one dataset: shards "
+                    "renumbered per split, one index, one manifest, one dataset card. Local folders only.",
+        epilog=examples("flair-pack merge --out shards/ part-0/ part-1/ part-2/ part-3/",
+                        "flair-pack merge --out shards/ --mode copy part-*/"))
+    p.add_argument("--out", required=True, help="new folder for the merged dataset")
+    p.add_argument("--mode", choices=MODES, default="link",
+                   help="how shards reach OUT: link (hard link, copy across file systems), copy, or move")
+    p.add_argument("parts", nargs="+", metavar="PART_DIR", help="the part folders, each a finished pack")
+    return p
+
+
+def run_merge(argv: list[str]) -> int:
+    from packer.merge import merge_parts
+
+    a = merge_parser().parse_args(argv)
     for path in (a.out, *a.parts):  # merge links or copies files between local folders
         if "://" in path:
             raise PackError(path, "`flair-pack merge` works on local folders; copy the parts down first")

@@ -6,9 +6,7 @@ would do, then decoded.
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from packer.errors import PackError
 from packer.index import read_index
 from packer.manifest import read_manifest
 from packer.paths import check_relative_path
+from packer.members import members_of_blob, raw_sample
 from packer.store import OutputStore, open_store
 
 
@@ -29,8 +28,7 @@ def read_sample(out: str | Path | OutputStore, row: dict) -> dict[str, bytes]:
     with store.open(check_relative_path(row["shard"], f"{store}/{schema.INDEX_FILE}")) as f:
         f.seek(row["offset"])
         blob = f.read(row["size"])
-    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tf:
-        return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
+    return members_of_blob(blob)
 
 
 def summarize_dataset(out: str | Path | OutputStore) -> str:
@@ -67,13 +65,27 @@ def summarize_dataset(out: str | Path | OutputStore) -> str:
     return "\n".join(lines)
 
 
-def describe_sample(out: str | Path | OutputStore, patch_id: str) -> str:
-    store = open_store(out, create=False)
+def _index_row(store: OutputStore, patch_id: str) -> dict:
     index = read_index(store)
     hit = index.filter(pc.equal(index.column("patch_id"), patch_id))
     if hit.num_rows == 0:
         raise PackError(patch_id, f"not in {store}/{schema.INDEX_FILE}")
-    row = hit.to_pylist()[0]
+    return hit.to_pylist()[0]
+
+
+def plot_patch(out: str | Path | OutputStore, patch_id: str, path: str | Path) -> Path:
+    """`flair-pack inspect OUT PATCH_ID --plot PATH`: every modality of the sample in one picture."""
+    from packer.plot import plot_sample
+
+    store = open_store(out, create=False)
+    members = read_sample(store, _index_row(store, patch_id))
+    plot_sample(raw_sample(patch_id, members), path)
+    return Path(path)
+
+
+def describe_sample(out: str | Path | OutputStore, patch_id: str) -> str:
+    store = open_store(out, create=False)
+    row = _index_row(store, patch_id)
     members = read_sample(store, row)
     meta = json.loads(members[schema.meta_member_name(patch_id)])
     lines = [f"{patch_id}: split {row['split']}, {row['shard']} #{row['sample_index']} "

@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from packer import schema
+from packer.atomic import write_text_atomic
+from packer.card import dataset_card
 from packer.errors import PackError
 from packer.index import read_index, write_index
 from packer.manifest import file_sha256, read_manifest, write_manifest
@@ -111,5 +113,6 @@ def merge_parts(out: str | os.PathLike, parts: list[str | os.PathLike], mode: st
     manifest["skipped"] = sorted((s for _, m in loaded for s in m["skipped"]), key=lambda s: s["patch_id"])
     manifest["parts"] = [{"part": m["parameters"]["part"], "shards": len(m["shards"]),
                           "samples": m["index"]["rows"]} for _, m in loaded]
+    write_text_atomic(out / schema.CARD_FILE, dataset_card(manifest, table))
     write_manifest(out, manifest)
     return manifest

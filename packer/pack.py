@@ -30,6 +30,7 @@ import rasterio
 from tqdm import tqdm
 
 from packer import schema
+from packer.card import dataset_card
 from packer.codec import DEFAULT_FILTER, DEFAULT_LEVEL, FILTERS
 from packer.errors import PackError, PatchError, naming
 from packer.index import INDEX_SCHEMA, member_columns, rows_to_table, write_index
@@ -513,6 +514,7 @@ def _finalise(store: OutputStore, opts: PackOptions, src: str, plan: dict[str, l
         "skipped": skipped,
         "not_in_splits": disc.not_in_splits,
     }
+    store.write_text(schema.CARD_FILE, dataset_card(manifest, table))
     store.write_text(schema.MANIFEST_FILE, json_text(manifest))  # last: its presence means complete
     return PackSummary(
         out=str(store), patches=table.num_rows, shards=len(shards),

@@ -385,6 +385,8 @@ ARRAY_SUFFIX = ".npy.zst"
 META_SUFFIX = "json"
 INDEX_FILE = "index.parquet"
 MANIFEST_FILE = "manifest.json"
+CARD_FILE = "README.md"
+"""The dataset card (Hugging Face format) written beside the index: `packer.card`."""
 
 
 def member_name(patch_id: str, modality_name: str) -> str:

@@ -283,3 +283,27 @@ def toy_zips(toy_tree: ToyTree, tmp_path_factory: pytest.TempPathFactory) -> Toy
     root = tmp_path_factory.mktemp("toy_zips") / "FLAIR-HUB"
     zip_tree(toy_tree.root, root)
     return ToyZips(root, toy_tree)
+
+
+# --- shared by the loader and API tests -------------------------------------------------------
+@pytest.fixture
+def http_server(toy_shards, fake_hub):
+    """`toy_shards` served by the fake Hub (tools/fake_hub.py): (base URL, server with its knobs and log);
+    `<base>/plain/...` and the Hub's resolve URLs both serve the pack."""
+    hub = fake_hub(toy_shards.out)
+    yield hub.url, hub
+
+
+@pytest.fixture
+def s3_upload(s3_server):
+    """`s3_upload(root, bucket, prefix)`: copy a packed dataset (not its `.pack/` state) to the local S3."""
+    import boto3
+
+    def upload(root: Path, bucket: str, prefix: str) -> None:
+        s3 = boto3.client("s3", endpoint_url=s3_server)
+        s3.create_bucket(Bucket=bucket)
+        for f in Path(root).rglob("*"):
+            if f.is_file() and ".pack" not in f.parts:
+                s3.upload_file(str(f), bucket, f"{prefix}/{f.relative_to(root).as_posix()}")
+
+    return upload

@@ -32,6 +32,7 @@ from typing import Iterator, Sequence
 from tqdm import tqdm
 
 from packer.command import run_command
+from packer.cli_help import HelpFormatter, examples
 from packer.schema import PatchId
 
 from tools.toy.plan import LayoutRequest, PatchPlan, plan_layout
@@ -210,22 +211,31 @@ def _generate_tree(out: Path, cfg: ToyConfig) -> GenerateResult:
 # --------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     d = ToyConfig()
-    p = argparse.ArgumentParser(prog="flair-toy", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="flair-toy", formatter_class=HelpFormatter,
+        description="Write a synthetic FLAIR-HUB tree with the real layout, sizes, dtypes, georeferencing, "
+                    "GLOBAL_ALL_MTD GeoPackages and split CSVs, and learnable content (same seed, same bytes).",
+        epilog=examples(
+            "flair-toy --out toy/ --patches 50",
+            "flair-toy --out toy/ --from-csv FLAIR-HUB_TOY-DATASET_*.csv --csv-limit 20",
+            "flair-toy --out toy/ --patches 24 --missing-fraction 0.3 --zonal toy_zonal/",
+        ))
     p.add_argument("--out", required=True, type=Path, help="output root (created; must be empty unless --overwrite)")
     p.add_argument("--patches", type=int, default=d.patches,
-                   help=f"total patches (default {d.patches}; ignored with --from-csv)")
+                   help="total patches (ignored with --from-csv)")
     p.add_argument("--domains", type=int, default=d.domains, help="domain-years; about a third are test-only")
-    p.add_argument("--rois-per-domain", type=int, default=d.rois_per_domain)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--t-s2", type=int, nargs=2, metavar=("MIN", "MAX"), default=d.t_s2, help="S2 dates per ROI")
-    p.add_argument("--t-s1", type=int, nargs=2, metavar=("MIN", "MAX"), default=d.t_s1, help="S1 dates per ROI and orbit")
+    p.add_argument("--rois-per-domain", type=int, default=d.rois_per_domain, help="ROIs (patch grids) per domain-year")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed: the same seed writes the same bytes")
+    p.add_argument("--t-s2", type=int, nargs=2, metavar=("MIN", "MAX"), default=d.t_s2, help=f"S2 dates per ROI, drawn in [MIN, MAX] (default: {d.t_s2[0]} {d.t_s2[1]})")
+    p.add_argument("--t-s1", type=int, nargs=2, metavar=("MIN", "MAX"), default=d.t_s1, help=f"S1 dates per ROI and orbit, drawn in [MIN, MAX] (default: {d.t_s1[0]} {d.t_s1[1]})")
     p.add_argument("--missing-fraction", type=float, default=d.missing_fraction,
                    help="share of patches lacking some optional modalities (historical, SPOT, S1, S2)")
     p.add_argument("--from-csv", nargs="+", type=Path, metavar="CSV",
-                   help="reproduce the patch ids of official split CSVs (split = the CSV a patch is in)")
-    p.add_argument("--csv-limit", type=int, help="with --from-csv: first N rows of each CSV")
+                   help="reproduce the patch ids of official split CSVs (split = the CSV a patch is in; "
+                        "default: generated ids)")
+    p.add_argument("--csv-limit", type=int, help="with --from-csv: first N rows of each CSV (default: all rows)")
     p.add_argument("--workers", type=int, help="processes (default: all cores); output is identical")
-    p.add_argument("--compress", choices=("deflate", "lzw", "zstd"), help="GeoTIFF compression (default none)")
+    p.add_argument("--compress", choices=("deflate", "lzw", "zstd"), help="GeoTIFF compression (default: none, like the real files)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     p.add_argument("--zips", action="store_true",
                    help="write the Hugging Face Hub's layout instead of folders: <out>/data/<DOMAIN>-<YEAR>_<MODALITY>.zip "
@@ -234,7 +244,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"with --zips: how members are stored (default {d.zip_compression})")
     p.add_argument("--zonal", type=Path, metavar="DIR",
                    help="also mosaic one ROI of the tree into a zonal-detection test area in DIR "
-                        "(one raster per modality, dates files, labels as the known answer, a zonal.yaml)")
+                        "(one raster per modality, dates files, labels as the known answer, a zonal.yaml; "
+                        "default: no zonal area)")
     p.add_argument("--zonal-roi", default=None, help="with --zonal: <DOMAIN>-<YEAR>_<ROI> (default: the largest ROI)")
     return p
 

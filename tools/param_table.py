@@ -25,10 +25,11 @@ import yaml
 from tqdm import tqdm
 
 from packer.schema import CLASS_TABLES
+from trainer.builtin_configs import builtin_config
 from trainer.model import build_model
 from trainer.model.spec import INPUT_KEYS
 
-MODELS_YAML = Path(__file__).resolve().parents[1] / "configs" / "flair-hub" / "config_models.yaml"
+MODELS_YAML = builtin_config("flair-hub") / "config_models.yaml"
 TOLERANCE_M = 0.1
 
 # Tick columns of the results table -> input modalities ("S1 t.s." = ascending + descending).

@@ -29,6 +29,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from packer.atomic import atomic_path
+from trainer.builtin_configs import builtin_config
 from packer.metadata import read_series_dates
 from packer.schema import (
     CLASS_TABLES,
@@ -176,7 +177,7 @@ def load_zonal_area(out: str | Path) -> ZonalArea:
                      {p: {m: Path(f) for m, f in fs.items()} for p, fs in doc["patches"].items()})
 
 
-DEFAULT_MODALITIES_YAML = Path(__file__).resolve().parents[1] / "configs" / "flair-hub" / "config_modalities.yaml"
+DEFAULT_MODALITIES_YAML = builtin_config("flair-hub") / "config_modalities.yaml"
 
 
 def default_statistics(path: Path = DEFAULT_MODALITIES_YAML) -> dict[str, tuple[list[int] | None, list[float], list[float]]]:

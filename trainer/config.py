@@ -17,12 +17,13 @@ import copy
 import datetime
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
 from packer.retry import DEFAULT_ATTEMPTS
 from packer.schema import INPUT_MODALITIES, LABEL_MODALITIES, LPIS_LEVEL_CLASS_COUNTS, MODALITIES
+from trainer.builtin_configs import builtin_configs
 
 REFERENCE_FILES = ("config_task.yaml", "config_modalities.yaml", "config_models.yaml", "config_supervision.yaml")
 NORM_TYPES = ("custom", "scaling", "without")
@@ -78,9 +79,77 @@ def read_yaml_files(paths: str | Path | Iterable[str | Path]) -> dict[str, Any]:
     return merged
 
 
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`, recursively for mappings; other values are replaced."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """`path` itself when it exists, else the shipped config of that name (`LC-A`, `flair-hub`, ...).
+
+    Built-in names make an installed package usable without a clone (`--config LC-A`); a file or
+    folder of that name in the current directory still wins, so nothing a user has is shadowed.
+    """
+    p = Path(path)
+    if p.exists():
+        return p
+    shipped = builtin_configs()
+    if str(path) in shipped:
+        return shipped[str(path)]
+    raise ConfigError(f"{path}: no such config file or directory, and not a built-in config name "
+                      f"(built-in: {', '.join(shipped)})")
+
+
+def read_config_layers(paths: str | Path | Sequence[str | Path]) -> dict[str, Any]:
+    """Read config layers in order and deep-merge them, later ones winning key by key.
+
+    A layer is a directory (its `*.yaml` merged by top-level key, a key defined twice being an
+    error, as the reference reads its four files) or one YAML file. A layer may name its base
+    with `extends: <path relative to the layer, or a built-in name>`, so that a seed overlay
+    such as `configs/seed/LC-A.yaml` is self-contained. Each path may also be a built-in name
+    (`resolve_config_path`).
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise ConfigError("--config: give at least one config directory or YAML file")
+    merged: dict[str, Any] = {}
+    for p in paths:
+        merged = deep_merge(merged, _read_layer(resolve_config_path(p), seen=()))
+    return merged
+
+
+def _read_layer(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to itself")
+    layer = read_yaml_files(path)
+    base = layer.pop("extends", None)
+    if base is None:
+        return layer
+    if not isinstance(base, (str, list)):
+        raise ConfigError(f"{path}: extends: expected a path or a list of paths, got {base!r}")
+    merged: dict[str, Any] = {}
+    for b in [base] if isinstance(base, str) else base:
+        target = (path.parent if path.is_file() else path) / b
+        if not target.exists() and str(b) in builtin_configs():
+            target = builtin_configs()[str(b)]
+        merged = deep_merge(merged, _read_layer(target, seen + (path.resolve(),)))
+    return deep_merge(merged, layer)
+
+
 def load_config(paths: str | Path | Iterable[str | Path], require_data: bool = False) -> dict[str, Any]:
-    """Read and validate a configuration; see `validate_config`."""
-    return validate_config(read_yaml_files(paths), require_data=require_data)
+    """Read config layers (`read_config_layers`: directories, files, `extends:`, built-in names)
+    and validate them (`validate_config`): the loader's configuration, without the `train:` section
+    that only `flair-train` uses (it is ignored here)."""
+    raw = read_config_layers(list(paths) if not isinstance(paths, (str, Path)) else paths)
+    raw.pop("train", None)
+    return validate_config(raw, require_data=require_data)
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,8 +23,6 @@ from packer.atomic import write_bytes_atomic
 from packer.schema import CLASS_TABLES
 
 
-
-
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f}"
 
@@ -52,18 +50,17 @@ def _colours(task: str, n: int) -> list[str]:
     return ["#4c72b0"] * n
 
 
-def plot_confusion(task: str, confmat: np.ndarray, names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def confusion_figure(task: str, confmat: np.ndarray, names: list[str]) -> Any:
+    """The confusion matrix, rows normalised to recall, as a matplotlib Figure (no pyplot)."""
+    from matplotlib.figure import Figure
 
     cm = confmat.astype(np.float64)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     n = len(names)
     size = max(5.0, 0.45 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), names, rotation=90, fontsize=7)
     ax.set_yticks(range(n), names, fontsize=7)
@@ -78,21 +75,17 @@ def plot_confusion(task: str, confmat: np.ndarray, names: list[str], path: Path)
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
+    return fig
 
 
-def plot_iou(task: str, metrics: Mapping[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def iou_figure(task: str, metrics: Mapping[str, Any]) -> Any:
+    """Per-class IoU bars in the official class colours, as a matplotlib Figure (no pyplot)."""
+    from matplotlib.figure import Figure
 
     rows = [c for c in metrics["per_class"] if c["evaluated"]]
     colours = _colours(task, len(metrics["per_class"]))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(rows) + 2), 4.5))
+    fig = Figure(figsize=(max(6.0, 0.45 * len(rows) + 2), 4.5))
+    ax = fig.subplots()
     x = np.arange(len(rows))
     # The grey outline keeps white (snow) and black classes visible on a white background.
     ax.bar(x, [100 * c["iou"] for c in rows], color=[colours[c["index"]] for c in rows], edgecolor="#555555")
@@ -103,10 +96,21 @@ def plot_iou(task: str, metrics: Mapping[str, Any], path: Path) -> None:
     ax.set_title(f"{task}: per-class IoU")
     ax.legend(loc="upper right")
     fig.tight_layout()
+    return fig
+
+
+def _save_png(fig: Any, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
     write_bytes_atomic(path, buf.getvalue())
+
+
+def plot_confusion(task: str, confmat: np.ndarray, names: list[str], path: Path) -> None:
+    _save_png(confusion_figure(task, confmat, names), path)
+
+
+def plot_iou(task: str, metrics: Mapping[str, Any], path: Path) -> None:
+    _save_png(iou_figure(task, metrics), path)
 
 
 def write_report(

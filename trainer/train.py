@@ -38,6 +38,7 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_s
 from tqdm import tqdm
 
 from packer.atomic import write_text_atomic
+from packer.cli_help import HelpFormatter, examples
 from packer.command import error_line, run_command
 from packer.errors import PackError
 from trainer.checkpointing import (
@@ -54,6 +55,7 @@ from trainer.metrics import ConfusionMatrix, compute_metrics, task_class_names, 
 from trainer.model import CheckpointMismatch, build_model, load_reference_weights, save_model
 from trainer.optim import Schedule, build_optimizer
 from trainer.report import write_report
+from trainer.tb_images import EvalImages
 from trainer.train_config import dump_config, load_train_config, task_suffix
 from trainer.unused_parameters import needs_unused_parameter_search
 
@@ -61,13 +63,27 @@ from trainer.unused_parameters import needs_unused_parameter_search
 # ============================================================================================
 # Entry points
 # ============================================================================================
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="flair-train", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flair-train", formatter_class=HelpFormatter,
+        description="Train FLAIR-UPerFuse on packed FLAIR-HUB shards (docs/training.md). One process here; "
+                    "`accelerate launch trainer/train.py` takes the same arguments for several GPUs or nodes.",
+        epilog=examples(
+            "flair-train --config LC-A --set data.source=shards/              # a built-in seed config",
+            "flair-train --config configs/seed/LC-D.yaml my_run.yaml --set hyperparams.num_epochs=2",
+            "flair-train --config demo --set data.source=s3://bucket/flair-hub train.mixed_precision=bf16",
+        ))
     p.add_argument("--config", nargs="+", required=True, metavar="DIR_OR_YAML",
-                   help="config directories / YAML files, merged in order (later ones override earlier ones)")
+                   help="config directories / YAML files, or built-in names (LC-A ... LC-ALL, LPIS-A ... LPIS-K, "
+                        "flair-hub, demo), merged in order (later ones override earlier ones)")
     p.add_argument("--set", nargs="+", default=[], action="extend", metavar="KEY=VALUE", dest="overrides",
-                   help="override config keys, e.g. --set hyperparams.num_epochs=2 data.source=s3://bucket/shards")
-    return p.parse_args(argv)
+                   help="override config keys, e.g. --set hyperparams.num_epochs=2 data.source=s3://bucket/shards "
+                        "(default: none)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 EXPECTED_ERRORS = (ConfigError, CheckpointError, CheckpointMismatch, SelectionError, SourceError,
@@ -171,6 +187,7 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
         say(f"resumed from {cfg['paths']['ckpt_model_path']} at epoch {progress.epoch}, step {progress.step}")
 
     writer = make_tensorboard(out_dir) if (main_proc and tc["tensorboard"]) else None
+    images = EvalImages(val_loader, cfg, tc["tensorboard_images"]) if writer is not None else None
     result = RunResult(out_dir=out_dir)
     series = train_loader.spec.series
     monitor, mode = saving.get("ckpt_monitor", "val_miou"), saving.get("ckpt_monitor_mode", "max")
@@ -198,6 +215,8 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
         log.write({"kind": "eval", **row, "lr": schedule.lr()})
         if writer is not None:
             log_eval_to_tensorboard(writer, row, ev["metrics"], progress.step)
+            images.log(writer, accelerator.unwrap_model(model), lambda m, x: forward(m, x, series), accelerator.device,
+                       ev, progress.step)
         value = row.get(monitor)
         if value is None:  # train_loss is only known at the end of an epoch
             return False

@@ -20,7 +20,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from trainer.config import ConfigError, is_bool, is_int, is_number, mapping, one_of, optional, read_yaml_files, validate_config
+from trainer.config import (  # noqa: F401  (deep_merge, read_config_layers: re-exported for callers)
+    ConfigError, deep_merge, is_bool, is_int, is_number, mapping, one_of, optional, read_config_layers, validate_config,
+)
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -35,6 +37,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "find_unused_parameters": "auto",
     "deterministic": False,
     "tensorboard": True,
+    "tensorboard_images": 4,
     "report": True,
     "log_samples": False,
 }
@@ -58,49 +61,13 @@ TRAIN_SCHEMA = mapping({
     "find_unused_parameters": _unused,
     "deterministic": is_bool,
     "tensorboard": is_bool,
+    "tensorboard_images": is_int(0, 64),
     "report": is_bool,
     "log_samples": is_bool,
 })
 
 TRAIN_REQUIRED_SECTIONS = ("paths", "tasks", "hyperparams", "saving")
 MONITOR_BASES = ("val_loss", "val_miou", "val_oa", "val_wiou", "val_mf1", "train_loss")
-
-
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """`over` on top of `base`, recursively for mappings; other values are replaced."""
-    out = copy.deepcopy(dict(base))
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def read_config_layers(paths: Sequence[str | Path]) -> dict[str, Any]:
-    """Read and deep-merge config directories / files in order (see the module docstring)."""
-    if not paths:
-        raise ConfigError("--config: give at least one config directory or YAML file")
-    merged: dict[str, Any] = {}
-    for p in paths:
-        merged = deep_merge(merged, _read_layer(Path(p), seen=()))
-    return merged
-
-
-def _read_layer(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: 'extends' loops back to itself")
-    layer = read_yaml_files(path)
-    base = layer.pop("extends", None)
-    if base is None:
-        return layer
-    if not isinstance(base, (str, list)):
-        raise ConfigError(f"{path}: extends: expected a path or a list of paths, got {base!r}")
-    merged: dict[str, Any] = {}
-    for b in [base] if isinstance(base, str) else base:
-        target = (path.parent if path.is_file() else path) / b
-        merged = deep_merge(merged, _read_layer(target, seen + (path.resolve(),)))
-    return deep_merge(merged, layer)
 
 
 def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

@@ -55,18 +55,8 @@ def assert_same(a, b):
 # --------------------------------------------------------------------------------------------
 # S3
 # --------------------------------------------------------------------------------------------
-def upload(endpoint: str, root: Path, bucket: str, prefix: str) -> None:
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=endpoint)
-    s3.create_bucket(Bucket=bucket)
-    for f in root.rglob("*"):
-        if f.is_file() and ".pack" not in f.parts:
-            s3.upload_file(str(f), bucket, f"{prefix}/{f.relative_to(root).as_posix()}")
-
-
-def test_s3_streaming_equals_local(toy_shards, s3_server):
-    upload(s3_server, toy_shards.out, "flair", "hub/v1")
+def test_s3_streaming_equals_local(toy_shards, s3_server, s3_upload):
+    s3_upload(toy_shards.out, "flair", "hub/v1")
     local = batches(cfg_for(str(toy_shards.out)))
     remote = batches(cfg_for("s3://flair/hub/v1", s3_endpoint_url=s3_server, verify=True))
     assert_same(local, remote)
@@ -74,10 +64,10 @@ def test_s3_streaming_equals_local(toy_shards, s3_server):
     assert_same(local, batches(cfg_for("s3://flair/hub/v1", s3_endpoint_url=s3_server), num_workers=2))
 
 
-def test_s3_corrupted_upload_detected(toy_shards, s3_server, tmp_path):
+def test_s3_corrupted_upload_detected(toy_shards, s3_server, s3_upload, tmp_path):
     import boto3
 
-    upload(s3_server, toy_shards.out, "flair", "bad")
+    s3_upload(toy_shards.out, "flair", "bad")
     shard = sorted((toy_shards.out / "test").glob("*.tar"))[0]
     data = bytearray(shard.read_bytes())
     data[2000] ^= 0x01
@@ -89,15 +79,8 @@ def test_s3_corrupted_upload_detected(toy_shards, s3_server, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# HTTP and the Hub
+# HTTP and the Hub (the `http_server` fixture is in tests/conftest.py)
 # --------------------------------------------------------------------------------------------
-@pytest.fixture
-def http_server(toy_shards, fake_hub):
-    """`toy_shards` served by the fake Hub (tools/fake_hub.py): (base URL, server with its knobs and log)."""
-    hub = fake_hub(toy_shards.out)
-    yield hub.url, hub
-
-
 def test_http_streaming_equals_local(toy_shards, http_server):
     base, handler = http_server
     handler.flaky = True  # every path fails once: the retries must absorb it

@@ -3,10 +3,35 @@
 Stages, each its own module: `sources` (local / s3 / https / hf readers) -> `catalog` (manifest,
 index, selection) -> `distribution` (epoch order, rank/worker split) -> `reader` (ranged reads,
 decoding) -> `sample` + `preprocess` (the reference's preprocessing) -> `collate` -> `normalize`
-(batched float conversion on the device). `loader.StreamingLoader` ties them together.
+(batched float conversion on the device). `loader.StreamingLoader` ties them together;
+`dataset.PackedDataset` is the user-facing entry (raw samples without torch, and the loader).
+
+The names below are imported on first use (PEP 562), so `import trainer.data.sources` or reading
+raw samples does not import torch: only the loader's modules need it.
 """
 
-from trainer.data.loader import StreamingLoader
-from trainer.data.sample import SampleSpec, dates_key, pad_mask_key
+from __future__ import annotations
 
-__all__ = ["StreamingLoader", "SampleSpec", "dates_key", "pad_mask_key"]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "StreamingLoader": "trainer.data.loader",
+    "SampleSpec": "trainer.data.sample",
+    "dates_key": "trainer.data.sample",
+    "pad_mask_key": "trainer.data.sample",
+    "PackedDataset": "trainer.data.dataset",
+    "open_dataset": "trainer.data.dataset",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -9,7 +9,6 @@ paths of both are checked first (`packer.paths`): a crafted `../` path never rea
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packer.paths import check_index, check_manifest
-from packer.schema import INDEX_FILE, MANIFEST_FILE, N_CLASSES
+from packer.schema import INDEX_FILE, MANIFEST_FILE, MODALITY_NAMES, N_CLASSES
 from trainer.data.sources import Source
 
 COUNT_COLUMNS = {"AERIAL_LABEL-COSIA": "cosia_counts", "ALL_LABEL-LPIS": "lpis_l1_counts"}
@@ -68,7 +67,7 @@ class Catalog:
         self.shards = {
             s["path"]: ShardInfo(s["path"], int(s["bytes"]), s.get("sha256")) for s in self.manifest.get("shards", [])
         }
-        table = pq.read_table(io.BytesIO(source.read_all(INDEX_FILE)))
+        table = pq.read_table(pa.BufferReader(arrow_owned(source.read_all(INDEX_FILE))))
         self.table: pa.Table = check_index(table, source.url(INDEX_FILE))
         missing = [s for s in set(self.table.column("shard").to_pylist()) if s not in self.shards]
         if missing:
@@ -89,6 +88,7 @@ class Catalog:
         or a text file with one id per line; `contains_class` keeps patches where a task's class
         has at least one pixel; `min_class_share` keeps those where it covers at least a fraction.
         """
+        self._check_packed(required)
         t = self.table
         mask = np.ones(t.num_rows, dtype=bool)
         if split is not None:
@@ -145,6 +145,17 @@ class Catalog:
             class_counts={k: v[rows] for k, v in counts.items()},
         )
 
+    def _check_packed(self, required: Sequence[str]) -> None:
+        """A modality the dataset was packed without is named as such (the manifest lists the packed
+        ones), rather than surfacing as "no sample matches the selection"."""
+        packed = self.manifest.get("modalities")
+        absent = [m for m in required if packed is not None and m not in packed]
+        if absent:
+            raise SelectionError(
+                f"{self.source.base}: the dataset has no {', '.join(absent)} "
+                f"(packed: {', '.join(m for m in MODALITY_NAMES if m in packed) or 'nothing'}); "
+                "leave it out (modalities.inputs, labels, or filter_sentinel2 for SENTINEL2_MSK-SC) or repack with it")
+
     def _counts(self, task: str) -> np.ndarray:
         col = self.table.column(COUNT_COLUMNS[task]).to_pylist()
         n = N_CLASSES[task]
@@ -155,6 +166,19 @@ class Catalog:
         if task not in counts:
             raise SelectionError(f"the index has no per-class counts for {task}")
         return counts[task]
+
+
+def arrow_owned(data: bytes) -> pa.Buffer:
+    """A copy of `data` in memory Arrow allocated, to read Parquet from.
+
+    Reading from a buffer that wraps Python bytes (`io.BytesIO`, `pa.BufferReader(bytes)`) made
+    the process abort at interpreter exit once torch was imported ("terminate called without an
+    active exception", about one run in four with pyarrow 26 / torch 2.14): Arrow's background
+    threads outlive the Python object they point into. One copy of the index, once, avoids it.
+    """
+    buf = pa.allocate_buffer(len(data))
+    memoryview(buf).cast("B")[:] = data
+    return buf
 
 
 def _ints(table: pa.Table, column: str) -> np.ndarray:
