@@ -19,6 +19,7 @@ from trainer.data.sample import dates_key, pad_mask_key
 from trainer.model import build_model
 from trainer.model.checkpoint import check_state_dict, normalise_reference_keys, read_saved_config
 from trainer.model.weights_io import read_state_dict
+from trainer.model.window_layout import fit_window_layout
 
 log = logging.getLogger("flair.infer")
 AUX_PREFIX = "aux_decoders."
@@ -66,19 +67,28 @@ def load_inference_model(weights: str | Path, config: Mapping[str, Any] | None =
 
 
 def load_weights_for_inference(model: torch.nn.Module, path: str | Path) -> None:
-    """Strict loading, except auxiliary decoders the inference model does not have.
+    """Strict loading, except auxiliary decoders the inference model does not have, and Swin
+    bias tables of another window layout.
 
     Reference multimodal checkpoints carry one auxiliary decoder per modality (training-only
     heads); a model built for inference from the zonal keys has none, as in the reference's
-    zonal script. Every other missing, unexpected or mis-shaped tensor is an error naming it.
+    zonal script. A Swin encoder built for another input size (zonal tiles) has windows of
+    another size: its relative-position bias tables are resized as the reference's zonal loader
+    does (`trainer.model.window_layout`). Every other missing, unexpected or mis-shaped tensor is
+    an error naming it.
     """
-    expected = set(model.state_dict())
+    target = model.state_dict()
+    expected = set(target)
     state = normalise_reference_keys(read_state_dict(path), expected)
     extra = [k for k in state if k.startswith(AUX_PREFIX) and k not in expected]
     for k in extra:
         del state[k]
     if extra:
         log.info("%s: %d auxiliary-decoder tensors not used for inference", path, len(extra))
+    state, resized = fit_window_layout(state, target)
+    if resized:
+        log.info("%s: %d Swin relative-position bias tables resized to this input size's windows, e.g. %s",
+                 path, len(resized), resized[0])
     check_state_dict(model, state, str(path))
     model.load_state_dict(state, strict=True)
 

@@ -26,6 +26,7 @@ from segmentation_models_pytorch.base import initialization as smp_init
 from torch import Tensor, nn
 
 from .weights_io import read_state_dict
+from .window_layout import BIAS_TABLE, resize_bias_table
 
 DECODER_IMG_SIZE = 512
 """`img_size` of the reference's decoder builds (its default): only its unused encoder sees it."""
@@ -161,8 +162,8 @@ def load_pretrained_encoder(
             continue
         if tensor.dim() == 4 and tensor.shape[0] == want.shape[0] and tensor.shape[2:] == want.shape[2:]:
             mapped[key] = adapt_first_conv(tensor, want, new_channels_init_mode)
-        elif "relative_position_bias_table" in key:
-            mapped[key] = _resize_bias_table(tensor, want.shape)
+        elif key.endswith(BIAS_TABLE) and tensor.dim() == 2 and tensor.shape[1] == want.shape[1]:
+            mapped[key] = resize_bias_table(tensor, want.shape[0])
         else:
             raise ValueError(f"encoder weights {weights}: {key} has shape {tuple(tensor.shape)}, encoder needs {tuple(want.shape)}")
     encoder.load_state_dict(mapped, strict=True)
@@ -200,16 +201,6 @@ def _match_keys(state: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str
         if src is not None:
             out[key] = state[src]
     return out
-
-
-def _resize_bias_table(table: Tensor, shape: torch.Size) -> Tensor:
-    """Swin relative-position bias table for another window size (bicubic over the 2-D offsets)."""
-    old, heads = table.shape
-    new = shape[0]
-    s_old, s_new = int(old**0.5), int(new**0.5)
-    grid = table.T.reshape(1, heads, s_old, s_old)
-    grid = nn.functional.interpolate(grid, size=(s_new, s_new), mode="bicubic", align_corners=False)
-    return grid.reshape(heads, new).T.contiguous()
 
 
 def _download_imagenet_state(name: str) -> dict[str, Tensor]:
