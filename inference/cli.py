@@ -12,20 +12,39 @@ from typing import Sequence
 from trainer.config import ConfigError
 
 
+SUMMARY_LOGGER = "flair.summary"
+"""Lines printed to stdout at the end of a run, also written to the run's log file (not to stderr twice)."""
+
+
 def _setup_logging(log_file: Path | None = None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    summary = logging.getLogger(SUMMARY_LOGGER)
+    for h in list(summary.handlers):
+        summary.removeHandler(h)
+        h.close()
+    summary.propagate = False
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        handlers.append(file_handler)
+        summary.addHandler(file_handler)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
+
+
+def _summary(lines: Sequence[str]) -> None:
+    """Print the run's summary to stdout and write it to the log file."""
+    log = logging.getLogger(SUMMARY_LOGGER)
+    for line in lines:
+        print(line)
+        log.info("%s", line)
 
 
 # --------------------------------------------------------------------------------------------
 # flair-zonal
 # --------------------------------------------------------------------------------------------
 def zonal_main(argv: Sequence[str] | None = None) -> int:
-    from inference.zonal import ZonalError, run_zonal
+    from inference.zonal import ZonalError, run_zonal, summary_lines
     from inference.zonal_config import load_zonal_config
     from inference.zonal_reader import ZonalInputError
 
@@ -37,9 +56,12 @@ def zonal_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="zonal YAML config (see configs/zonal.yaml)")
     parser.add_argument("--no-resume", action="store_true", help="ignore tiles done by an earlier run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--override", nargs="+", default=[], action="extend", metavar="KEY",
+                        help="zonal keys whose values may differ from the checkpoint's training config "
+                             "(added to checkpoint_overrides), e.g. modalities.AERIAL_RGBI.channels")
     args = parser.parse_args(argv)
     try:
-        cfg = load_zonal_config(args.config)
+        cfg = load_zonal_config(args.config, overrides=args.override)
     except ConfigError as exc:
         print(f"flair-zonal: config error: {exc}", file=sys.stderr)
         return 2
@@ -52,12 +74,7 @@ def zonal_main(argv: Sequence[str] | None = None) -> int:
     except (ZonalError, ZonalInputError, ConfigError, ValueError, FileNotFoundError) as exc:
         logging.getLogger("flair.zonal").error("%s", exc)
         return 1
-    t = max(report.total_s, 1e-9)
-    print(f"tiles: {report.tiles_total} ({report.tiles_skipped} reused from an earlier run), device {report.device}")
-    print(f"area: {report.area_km2:.4f} km2 in {t:.1f} s = {report.area_km2 / t * 3600:.3f} km2/h "
-          f"(read {report.read_s:.1f} s, model {report.model_s:.1f} s, write {report.write_s:.1f} s)")
-    for p in report.outputs:
-        print(f"wrote {p}")
+    _summary(summary_lines(report))
     return 0
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainer.config import ConfigError
 from trainer.data.sample import dates_key, pad_mask_key
 from trainer.model import build_model
 from trainer.model.checkpoint import check_state_dict, normalise_reference_keys, read_saved_config
@@ -34,6 +35,22 @@ def our_checkpoint_config(weights: str | Path) -> dict[str, Any] | None:
         return read_saved_config(p)
     except (FileNotFoundError, ValueError, KeyError):
         return None
+
+
+def check_model_covers(inputs: set[str], tasks: Sequence[str], model_cfg: Mapping[str, Any], source: str,
+                       tasks_key: str = "labels") -> None:
+    """The model must have been trained on exactly `inputs` and predict every task of `tasks`.
+
+    The one check shared by `flair-infer` (`tasks_key="labels"`) and `flair-zonal` (`"tasks"`);
+    raises `ConfigError` naming the key.
+    """
+    have = {m for m, on in ((model_cfg.get("modalities") or {}).get("inputs") or {}).items() if on}
+    if set(inputs) != have:
+        raise ConfigError(f"modalities.inputs: the config enables {sorted(inputs)} but {source} was trained on {sorted(have)}")
+    labels = list(model_cfg.get("labels") or [])
+    missing = [t for t in tasks if t not in labels]
+    if missing:
+        raise ConfigError(f"{tasks_key}: {missing} requested but {source} predicts only {labels}")
 
 
 def load_inference_model(weights: str | Path, config: Mapping[str, Any] | None = None,

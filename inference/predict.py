@@ -31,7 +31,7 @@ import yaml
 import torch
 from affine import Affine
 
-from inference.model_io import load_inference_model, our_checkpoint_config, predict_logits
+from inference.model_io import check_model_covers, load_inference_model, our_checkpoint_config, predict_logits
 from inference.writers import probabilities_u8, write_raster
 from packer.atomic import write_text_atomic
 from packer.schema import CLASS_TABLES, MODALITIES, PatchId
@@ -128,18 +128,9 @@ def infer_config(opts: InferOptions, ckpt_doc: Mapping[str, Any] | None) -> dict
     raw.setdefault("data", {})["source"] = opts.data
     cfg = validate_config(raw)
     if ckpt_doc is not None:
-        _check_same_model(cfg, ckpt_doc["config"], opts.checkpoint)
+        check_model_covers({m for m, on in cfg["modalities"]["inputs"].items() if on}, cfg["labels"],
+                           ckpt_doc["config"], opts.checkpoint)
     return cfg
-
-
-def _check_same_model(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], ckpt: str) -> None:
-    want = {m for m, on in cfg["modalities"]["inputs"].items() if on}
-    have = {m for m, on in (model_cfg.get("modalities", {}).get("inputs") or {}).items() if on}
-    if want != have:
-        raise ConfigError(f"modalities.inputs: the config enables {sorted(want)} but {ckpt} was trained on {sorted(have)}")
-    missing = set(cfg["labels"]) - set(model_cfg.get("labels") or [])
-    if missing:
-        raise ConfigError(f"labels: {sorted(missing)} requested but {ckpt} predicts {model_cfg.get('labels')}")
 
 
 # --------------------------------------------------------------------------------------------

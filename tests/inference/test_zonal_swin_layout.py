@@ -22,6 +22,7 @@ from rasterio.transform import from_origin
 from inference.model_io import load_inference_model
 from inference.zonal import run_zonal
 from inference.zonal_config import validate_zonal_config
+from packer.schema import CLASS_TABLES
 from tools.param_table import make_config
 from trainer.model import CheckpointMismatch, build_model, save_model
 from trainer.model import monotemp
@@ -93,7 +94,7 @@ def _zonal_cfg(tmp_path: Path, branch: str, weights: Path, tile: int, **over: An
                modalities={"inputs": {branch: True},
                            branch: {"input_img_path": str(path), "channels": CHANNELS[branch],
                                     "normalization": {"type": "scaling"}}},
-               tasks=[{"name": COSIA, "active": True, "class_names": {i: f"c{i}" for i in range(19)}}])
+               tasks=[{"name": COSIA, "active": True, "class_names": {c.value: c.name for c in CLASS_TABLES[COSIA]}}])
     cfg.update(over)
     return validate_zonal_config(cfg, base_dir=tmp_path)
 
