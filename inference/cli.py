@@ -89,11 +89,16 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
         description="Predict a split of packed shards: one georeferenced uint8 GeoTIFF per patch and task, "
                     "plus metrics (confusion matrix, IoU, mIoU, OA) when labels are present.",
     )
-    parser.add_argument("--checkpoint", required=True,
-                        help="our checkpoint (.safetensors + .json) or a reference .ckpt/.pth/.safetensors (needs --config)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="any checkpoint flair-train writes (checkpoints/best_model.safetensors, best.ckpt, last.ckpt) "
+                             "or a reference .ckpt/.pth/.safetensors (needs --config)")
     parser.add_argument("--data", required=True, help="shard root: a folder or an s3://, https://, hf:// URL")
     parser.add_argument("--split", default="test", help="split to predict (default: test)")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", default=None, help="output folder (with --metrics-only: default --pred)")
+    parser.add_argument("--metrics-only", action="store_true",
+                        help="no model: score the prediction files of an earlier run (--pred) against the split's labels, "
+                             "writing the same metrics files (the reference's tasks.metrics_only)")
+    parser.add_argument("--pred", default=None, help="with --metrics-only: the --out folder of the predicting run")
     parser.add_argument("--config", nargs="*", default=None,
                         help="training config (dir or YAML files): required for reference checkpoints, "
                              "and overrides the preprocessing of ours")
@@ -106,11 +111,18 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="predict at most this many patches")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.pred and not args.metrics_only:
+        parser.error("--pred goes with --metrics-only")
+    if not args.metrics_only and not args.checkpoint and not args.config:
+        parser.error("--checkpoint is required (or --metrics-only --pred DIR to score existing predictions)")
+    if not args.metrics_only and not args.out and not args.config:
+        parser.error("--out is required")
     _setup_logging()
     opts = InferOptions(
         checkpoint=args.checkpoint, data=args.data, split=args.split, out=args.out, config=args.config,
         output=args.output, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
         compression=args.compression, write=not args.no_write, limit=args.limit, progress=not args.no_progress,
+        metrics_only=args.metrics_only, pred=args.pred,
     )
     try:
         run_infer(opts)

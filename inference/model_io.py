@@ -1,8 +1,10 @@
 """Loading a model for inference and calling it on a prepared batch.
 
-Two kinds of weights are accepted: our checkpoints (`<name>.safetensors` with the model config
-in `<name>.json` or in the file's metadata: nothing else needed), and the reference's released
-weights (`.ckpt`, `.pth`, `.safetensors`), which need the config they were trained with.
+Two kinds of weights are accepted: every checkpoint `flair-train` writes (`<name>.safetensors`
+with the model config in `<name>.json` or in the file's metadata, and the training checkpoints
+`best.ckpt` / `last.ckpt`, which hold their training config: nothing else needed), and the
+reference's released weights (`.ckpt`, `.pth`, `.safetensors`), which need the config they were
+trained with.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import Tensor
 
+from trainer.checkpointing import read_training_config
 from trainer.config import ConfigError
 from trainer.data.sample import dates_key, pad_mask_key
 from trainer.model import build_model
 from trainer.model.checkpoint import check_state_dict, normalise_reference_keys, read_saved_config
+from trainer.model.spec import model_config_subset
 from trainer.model.weights_io import read_state_dict
 from trainer.model.window_layout import fit_window_layout
 
@@ -27,8 +32,19 @@ AUX_PREFIX = "aux_decoders."
 
 
 def our_checkpoint_config(weights: str | Path) -> dict[str, Any] | None:
-    """The model config stored with one of our checkpoints, or None for a foreign weight file."""
+    """The config document of any checkpoint `flair-train` writes, or None for a foreign weight file.
+
+    `best_model.safetensors` (+ `.json`) carries `{"config", "input_sizes", "train_config_yaml"}`;
+    `best.ckpt` / `last.ckpt` (full or weights-only) carry the training config, from which the
+    same document is derived (the model was trained at the dataset's patch sizes).
+    """
     p = Path(weights)
+    if p.suffix == ".ckpt":
+        text = read_training_config(p)
+        if text is None:
+            return None
+        train_cfg = yaml.safe_load(text)
+        return {"config": model_config_subset(train_cfg), "input_sizes": {}, "train_config_yaml": text}
     if p.suffix != ".safetensors":
         return None
     try:

@@ -299,9 +299,23 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
         say(f"report: {folder}")
     if writer is not None:
         writer.close()
+    if main_proc and (cfg["tasks"].get("predict") or cfg["tasks"].get("metrics_only")):
+        say(next_step_message(cfg, ckpt_dir, out_dir))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
+
+
+def next_step_message(cfg: Mapping[str, Any], ckpt_dir: Path, out_dir: Path) -> str:
+    """What the reference's `tasks.predict` / `metrics_only` would run next, as a flair-infer command.
+
+    The reference predicts the test split after training in the same process; prediction is
+    flair-infer's job here (the trainer does not import inference), so we print its command.
+    """
+    data = cfg["data"]
+    return (f"tasks.predict: predict the {data['test_split']} split with: flair-infer --checkpoint "
+            f"{ckpt_dir / 'best_model.safetensors'} --data {data['source']} --split {data['test_split']} "
+            f"--out {out_dir / 'predictions'}")
 
 
 # ============================================================================================

@@ -175,6 +175,10 @@ def _check_relations(cfg: Mapping[str, Any]) -> None:
     monitor = saving.get("ckpt_monitor", "val_miou")
     if monitor not in monitor_names(cfg):
         raise ConfigError(f"saving.ckpt_monitor: unknown metric {monitor!r} (expected one of: {', '.join(monitor_names(cfg))})")
+    if tasks.get("train") is False:
+        raise ConfigError("tasks.train: False: flair-train only trains; predict with flair-infer --checkpoint CKPT "
+                          "--data SHARDS --split test --out DIR, or score existing predictions with flair-infer "
+                          "--metrics-only --pred DIR --data SHARDS")
     tt = tasks.get("train_tasks") or {}
     if tt.get("resume_training_from_ckpt") and tt.get("init_weights_only_from_ckpt"):
         raise ConfigError("tasks.train_tasks: resume_training_from_ckpt and init_weights_only_from_ckpt are exclusive")
