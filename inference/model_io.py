@@ -94,7 +94,7 @@ def load_inference_model(weights: str | Path, config: Mapping[str, Any] | None =
             "a reference checkpoint needs the training config it was trained with"
         )
     sizes.update(input_sizes or {})
-    model = build_model(model_cfg, input_sizes=sizes or None)
+    model = build_model(model_cfg, input_sizes=sizes or None, pretrained=False)
     load_weights_for_inference(model, weights)
     return model.to(device).eval(), model_cfg
 

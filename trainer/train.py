@@ -49,6 +49,7 @@ from trainer.data.sources import ShardIntegrityError, SourceError
 from trainer.losses import CompositeLoss, NonFiniteLossError
 from trainer.metrics import ConfusionMatrix, compute_metrics, task_class_names, task_class_weights
 from trainer.model import CheckpointMismatch, build_model, load_reference_weights, save_model
+from trainer.model.pretrained import check_available as check_pretrained_available
 from trainer.optim import Schedule, build_optimizer
 from trainer.report import write_report
 from trainer.train_config import dump_config, load_train_config, task_suffix
@@ -118,6 +119,12 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
     config_yaml = dump_config(cfg)
     say = accelerator.print
 
+    # ---------------------------------------------------------------- pretrained weights, before any data
+    from_ckpt = bool(train_tasks.get("resume_training_from_ckpt") or train_tasks.get("init_weights_only_from_ckpt"))
+    if not from_ckpt:  # fail now, not after the data set-up, when ImageNet weights can be neither found nor fetched
+        with accelerator.main_process_first():
+            check_pretrained_available(cfg)
+
     # ---------------------------------------------------------------- data
     rank, world = accelerator.process_index, accelerator.num_processes
     pin = accelerator.device.type == "cuda"
@@ -134,7 +141,7 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
         f"{batches_per_epoch} batches of {hp['batch_size']} per rank per epoch on {world} rank(s)")
 
     # ---------------------------------------------------------------- model
-    model = build_model(cfg)
+    model = build_model(cfg, pretrained=not from_ckpt)  # weights from a checkpoint: no ImageNet load first
     if train_tasks.get("init_weights_only_from_ckpt"):
         init_weights(model, cfg["paths"]["ckpt_model_path"])
         say(f"model: weights initialised from {cfg['paths']['ckpt_model_path']}")

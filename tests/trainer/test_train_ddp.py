@@ -27,7 +27,7 @@ def test_two_cpu_processes_split_the_data(toy_shards, tmp_path):
         "data": {"source": str(toy_shards.out), "decode_threads": 1},
         "saving": {"enable_progress_bar": False},
         "modalities": {"inputs": {"AERIAL_RGBI": False, "SPOT_RGBI": True}},
-        "models": {"monotemp_model": {"arch": "resnet18-unet"}},
+        "models": {"monotemp_model": {"arch": "resnet18-unet", "encoder_weights": None}},  # random init, no download
         "train": {"log_samples": True, "tensorboard": False, "report": False},
     }
     (tmp_path / "over.yaml").write_text(yaml.safe_dump(over))

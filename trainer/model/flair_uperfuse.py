@@ -36,6 +36,7 @@ the config to switch it on), and padded dates are excluded from the L-TAE input 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Any, Mapping, NamedTuple
 
 import torch
@@ -198,13 +199,18 @@ class FlairUPerFuse(nn.Module):
 
 
 def build_model(
-    config: Mapping[str, Any], input_sizes: Mapping[str, int] | None = None, device: str | torch.device = "cpu"
+    config: Mapping[str, Any], input_sizes: Mapping[str, int] | None = None, device: str | torch.device = "cpu",
+    pretrained: bool = True,
 ) -> FlairUPerFuse:
     """Build FLAIR-UPerFuse from the merged FLAIR-HUB config dict (not modified).
 
     `device="meta"` builds the structure without allocating weights (parameter counting).
+    `pretrained=False` ignores `models.monotemp_model.encoder_weights`: for a model whose weights
+    come from a checkpoint next (inference, resume), loading ImageNet weights would be wasted.
     """
     spec = ModelSpec.from_config(config, input_sizes)
+    if not pretrained:
+        spec = replace(spec, encoder_weights=None)
     device = torch.device(device)
     # A device context intercepts every tensor op; skip it for the default (CPU) case.
     with contextlib.nullcontext() if device == torch.device("cpu") else device:
