@@ -50,6 +50,7 @@ from trainer.losses import CompositeLoss, NonFiniteLossError
 from trainer.metrics import ConfusionMatrix, compute_metrics, task_class_names, task_class_weights
 from trainer.model import CheckpointMismatch, build_model, load_reference_weights, save_model
 from trainer.model.pretrained import check_available as check_pretrained_available
+from trainer import reference_semantics
 from trainer.optim import Schedule, build_optimizer
 from trainer.report import write_report
 from trainer.train_config import dump_config, load_train_config, task_suffix
@@ -102,6 +103,9 @@ class RunResult:
 
 def run(cfg: Mapping[str, Any]) -> RunResult:
     """Train with a validated config (`train_config.load_train_config`)."""
+    reference = reference_semantics.enabled(cfg)  # train.reference_semantics: the reference's step and metrics
+    if reference:
+        cfg = reference_semantics.prepare_config(cfg)
     hp, tc, saving, data_cfg = cfg["hyperparams"], cfg["train"], cfg["saving"], cfg["data"]
     train_tasks = cfg["tasks"].get("train_tasks") or {}
 
@@ -142,12 +146,15 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
 
     # ---------------------------------------------------------------- model
     model = build_model(cfg, pretrained=not from_ckpt)  # weights from a checkpoint: no ImageNet load first
+    if reference:
+        model.use_reference_semantics(reference_semantics.dropout_on(cfg))
     if train_tasks.get("init_weights_only_from_ckpt"):
         init_weights(model, cfg["paths"]["ckpt_model_path"])
         say(f"model: weights initialised from {cfg['paths']['ckpt_model_path']}")
     n_params = sum(p.numel() for p in model.parameters())
     say(f"model: {n_params / 1e6:.2f} M parameters, arch {cfg['models']['monotemp_model'].get('arch')}")
-    loss_fn = CompositeLoss(cfg).to(accelerator.device)
+    loss_fn = CompositeLoss(cfg, reference=reference).to(accelerator.device)
+    train_metrics = reference_semantics.TrainMetrics(cfg, accelerator.device) if reference else None
 
     # ---------------------------------------------------------------- optimiser
     optimizer = build_optimizer(cfg, model.parameters())
@@ -182,15 +189,23 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
     def evaluate_and_checkpoint(train_loss: float | None) -> bool:
         """Validate, log, keep the best checkpoint; True when early stopping says stop."""
         nonlocal best_eval
-        ev = evaluate(cfg, accelerator, model, loss_fn, val_loader, series, tc["limit_val_batches"])
+        if reference:
+            ev = reference_semantics.evaluate(cfg, accelerator, model, loss_fn, val_loader,
+                                              lambda ld: timed(ld, Throughput()), forward, series, tc["limit_val_batches"])
+        else:
+            ev = evaluate(cfg, accelerator, model, loss_fn, val_loader, series, tc["limit_val_batches"])
         row = {"epoch": progress.epoch, "step": progress.step, **ev["scalars"]}
         if train_loss is not None:
             row["train_loss"] = train_loss
+            if train_metrics is not None:  # logged at the end of a training epoch, as the reference does
+                row.update(train_metrics.epoch_scalars(accelerator), lr=schedule.lr())
         progress.history.append(row)
         result.history.append(row)
         schedule.after_validation(ev["scalars"]["val_loss"])
         log.write({"kind": "eval", **row, "lr": schedule.lr()})
-        if writer is not None:
+        if writer is not None and reference:
+            reference_semantics.log_to_tensorboard(writer, row, progress.step)
+        elif writer is not None:
             log_eval_to_tensorboard(writer, row, ev["metrics"], progress.step)
         value = row.get(monitor)
         if value is None:  # train_loss is only known at the end of an epoch
@@ -231,6 +246,8 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
                     out = forward(model, inputs, series)
                     terms = loss_fn(out.tasks, out.aux, inputs, check_finite=False)
                 accelerator.backward(terms.total / window)
+            if train_metrics is not None:
+                train_metrics.update(out.tasks, inputs)
             window_losses.append(terms.total.detach().float())
             sample_log.write(progress.epoch, i, batch["patch_id"], inputs["valid"])
             meter.samples += int(inputs["valid"].shape[0]) * world
@@ -339,7 +356,8 @@ def make_accelerator(cfg: Mapping[str, Any]) -> Accelerator:
               file=sys.stderr)
     unused = tc["find_unused_parameters"]
     if unused == "auto":
-        unused = needs_unused_parameter_search(cfg)
+        unused = needs_unused_parameter_search(cfg) or (
+            reference_semantics.enabled(cfg) and reference_semantics.needs_unused_parameters(cfg))
     return Accelerator(cpu=cpu, mixed_precision=tc["mixed_precision"],
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)])
 

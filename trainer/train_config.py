@@ -37,6 +37,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "tensorboard": True,
     "report": True,
     "log_samples": False,
+    "reference_semantics": False,
 }
 """What each key does: docs/training.md ("The `train:` section")."""
 
@@ -60,6 +61,7 @@ TRAIN_SCHEMA = mapping({
     "tensorboard": is_bool,
     "report": is_bool,
     "log_samples": is_bool,
+    "reference_semantics": is_bool,
 })
 
 TRAIN_REQUIRED_SECTIONS = ("paths", "tasks", "hyperparams", "saving")
@@ -151,7 +153,12 @@ def validate_train_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def monitor_names(cfg: Mapping[str, Any]) -> list[str]:
-    """Metric names `saving.ckpt_monitor` may take: the averages and their per-task versions."""
+    """Metric names `saving.ckpt_monitor` may take: the averages and their per-task versions
+    (with `train.reference_semantics`, the reference's logged names)."""
+    if (cfg.get("train") or {}).get("reference_semantics"):
+        from trainer.reference_semantics import monitor_names as reference_names
+
+        return reference_names(cfg)
     names = list(MONITOR_BASES)
     for task in cfg["labels"]:
         suffix = task_suffix(task)
