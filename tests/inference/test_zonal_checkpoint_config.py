@@ -168,3 +168,22 @@ def test_configs_without_a_known_training_config_are_not_compared(tmp_path) -> N
     weights.write_bytes(b"stand-in")
     cfg = validate_zonal_config(_raw(tmp_path, weights, {"channels": [1, 2, 3]}), base_dir=tmp_path)
     assert cfg["modalities"]["AERIAL_RGBI"]["channels"] == [1, 2, 3]
+
+
+def test_a_training_checkpoint_best_ckpt_is_reconciled_and_loaded_too(tmp_path, checkpoint) -> None:
+    """flair-zonal takes flair-train's best.ckpt as it takes best_model.safetensors."""
+    import torch
+
+    from inference.zonal import default_model_loader
+    from trainer.checkpointing import Progress, atomic_torch_save, build_checkpoint
+    from trainer.model import load_model
+
+    model = load_model(checkpoint)
+    ckpt = tmp_path / "best.ckpt"
+    atomic_torch_save(build_checkpoint(weights_only=True, model_state=model.state_dict(), progress=Progress(),
+                                       config_yaml=dump_config(_training_config())), ckpt)
+    cfg = validate_zonal_config(_raw(tmp_path, ckpt), base_dir=tmp_path)
+    assert cfg["modalities"]["AERIAL_RGBI"]["normalization"]["means"] == MEANS
+    loaded = default_model_loader(cfg, {"AERIAL_RGBI": 64, "SENTINEL2_TS": 2}, torch.device("cpu"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
