@@ -159,3 +159,23 @@ def test_reference_checkpoint_for_zonal_keys_and_other_mismatches_stay_errors(tm
     wrong["modalities"]["SPOT_RGBI"]["channels"] = [4, 1]
     with pytest.raises(CheckpointMismatch, match=r"patch_embed.*shape mismatch|shape mismatch"):
         run_zonal(wrong, progress=False)
+
+
+@pytest.mark.parametrize("branch, trained, tiles", [
+    ("SPOT_RGBI", 64, (256,)), ("AERIAL-RLT_PAN", 256, (1024,)), ("AERIAL_RGBI", 512, (256,)),
+])
+def test_full_size_swin_b_layouts_fit_on_the_meta_device(branch, trained, tiles) -> None:
+    """Swin-B itself (no shrinking), shapes only: every table fitted, nothing else differs."""
+    from trainer.model.checkpoint import check_state_dict
+    from trainer.model.window_layout import fit_window_layout
+
+    cfg = _config(branch)
+    saved = build_model(cfg, input_sizes={branch: trained}, device="meta").state_dict()
+    for tile in tiles:
+        model = build_model(cfg, input_sizes={branch: tile}, device="meta")
+        state, resized = fit_window_layout(saved, model.state_dict())
+        check_state_dict(model, state, f"{branch} {trained} px -> {tile} px")  # raises on any other mismatch
+        if branch == "SPOT_RGBI" and tile == 256:
+            assert len(resized) == 22  # the issue's count: (225, 8) -> (529, 8) and the others
+            key = "encoders.SPOT_RGBI.seg_model.model.layers_1.blocks.0.attn.relative_position_bias_table"
+            assert tuple(saved[key].shape) == (225, 8) and tuple(state[key].shape) == (529, 8)
