@@ -220,6 +220,8 @@ def run_zonal(cfg: Mapping[str, Any], model: Any = None, model_loader: ModelLoad
     """
     t_start = time.perf_counter()
     report = RunReport()
+    for note in cfg.get("checkpoint_notes") or ():  # what the config took from, or kept against, the checkpoint
+        (log.warning if note.startswith("checkpoint_overrides") else log.info)("%s", note)
     areas = AreaRasters(cfg)
     tasks = [t["name"] for t in active_tasks(cfg)]
     class_names = {t["name"]: list(t["class_names"].values()) for t in active_tasks(cfg)}

@@ -22,7 +22,6 @@ DEM `calc_elevation(_stack_dsm)`, Sentinel-2 `filter_clouds` and its thresholds,
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -31,8 +30,6 @@ import yaml
 
 from packer.schema import MODALITIES
 from trainer.config import ConfigError
-
-log = logging.getLogger("flair.zonal")
 
 FIXED = "cannot be overridden"
 
@@ -176,11 +173,13 @@ def reconcile_with_checkpoint(raw: Mapping[str, Any], cfg: dict[str, Any], train
     if unknown:
         raise ConfigError(f"checkpoint_overrides: {', '.join(unknown)} is not a key compared with the training config "
                           f"(compared here: {', '.join(sorted(r.seen))})")
+    # Logged by run_zonal once the run's log file exists (the config is read before it).
+    cfg["checkpoint_notes"] = []
     if r.taken:
-        log.info("from %s (not set in the zonal config): %s", train.source, ", ".join(r.taken))
+        cfg["checkpoint_notes"].append(f"from {train.source} (not set in the zonal config): {', '.join(r.taken)}")
     if r.kept:
-        log.warning("checkpoint_overrides: the zonal values of %s differ from %s's training and are used as written",
-                    ", ".join(r.kept), train.source)
+        cfg["checkpoint_notes"].append(f"checkpoint_overrides: the zonal values of {', '.join(r.kept)} differ from "
+                                       f"{train.source}'s training and are used as written")
     return cfg
 
 

@@ -152,6 +152,7 @@ def test_summary_is_logged_worker_count_capped_and_lock_removed(tmp_path, checkp
     assert len(logs) == 1
     text = logs[0].read_text()
     assert "km2/h" in text and "wrote " in text and "num_worker 6 capped at 4" in text
+    assert "from the checkpoint best_model.safetensors (not set in the zonal config): monotemp_arch" in text
     assert not (out / ".area.tiles.lock").exists() and not (out / "area.tiles").exists()
 
 
