@@ -27,23 +27,44 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
+SUMMARY_LOGGER = "flair.summary"
+"""Lines printed to stdout at the end of a run, also written to the run's log file (not to stderr twice)."""
+
+
 def _setup_logging(log_file: Path | None = None) -> None:
     """Timestamped progress of our own loggers (`flair.*`) on stderr and in `log_file`; other
-    libraries' INFO chatter (botocore's "Found credentials" ...) stays out."""
+    libraries' INFO chatter (botocore's "Found credentials" ...) stays out. The run's summary
+    (`SUMMARY_LOGGER`) goes to the log file only: it is printed to stdout by `_summary`."""
     handlers: list[logging.Handler] = [_Stderr()]
+    summary = logging.getLogger(SUMMARY_LOGGER)
+    for old in list(summary.handlers):
+        summary.removeHandler(old)
+        old.close()
+    summary.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        handlers.append(file_handler)
+        summary.addHandler(file_handler)
     ours = logging.getLogger("flair")
     for old in list(ours.handlers):
         ours.removeHandler(old)
-        old.close()
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if old not in summary.handlers:
+            old.close()
     for h in handlers:
         h.setFormatter(fmt)
         ours.addHandler(h)
     ours.setLevel(logging.INFO)
     ours.propagate = False
+
+
+def _summary(lines: Sequence[str]) -> None:
+    """Print the run's summary to stdout and write it to the log file."""
+    log = logging.getLogger(SUMMARY_LOGGER)
+    for line in lines:
+        print(line)
+        log.info("%s", line)
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,11 +86,14 @@ def zonal_parser() -> argparse.ArgumentParser:
                              "template name `zonal` (configs/zonal.yaml)")
     parser.add_argument("--no-resume", action="store_true", help="ignore tiles done by an earlier run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--override", nargs="+", default=[], action="extend", metavar="KEY",
+                        help="zonal keys whose values may differ from the checkpoint's training config "
+                             "(added to checkpoint_overrides), e.g. modalities.AERIAL_RGBI.channels (default: none)")
     return parser
 
 
 def zonal_main(argv: Sequence[str] | None = None) -> int:
-    from inference.zonal import ZonalError, run_zonal
+    from inference.zonal import ZonalError, run_zonal, summary_lines
     from inference.zonal_config import load_zonal_config
     from inference.zonal_reader import ZonalInputError
     from trainer.builtin_configs import builtin_configs
@@ -79,28 +103,19 @@ def zonal_main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         shipped = builtin_configs().get(args.config) if not Path(args.config).exists() else None
         # The shipped template lives inside the installation: its relative paths start from here instead.
-        cfg = (load_zonal_config(shipped, base_dir=Path.cwd()) if shipped is not None
-               else load_zonal_config(args.config))
+        cfg = (load_zonal_config(shipped, base_dir=Path.cwd(), overrides=args.override) if shipped is not None
+               else load_zonal_config(args.config, overrides=args.override))
         if args.no_resume:
             cfg["resume"] = False
         stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
         _setup_logging(Path(cfg["output_path"]) / f"{cfg['output_name']}_{stamp}.log")
         report = run_zonal(cfg, progress=not args.no_progress)
-        _print_zonal_report(report)
+        _summary(summary_lines(report))
         return 0
 
     # A tile that failed is listed by run_zonal; a stop keeps every tile written (see inference/zonal.py).
     return run_command("flair-zonal", body, expected=(ZonalError, ZonalInputError, ConfigError, ValueError, PackError),
                        interrupted="tiles written so far are kept: rerun the same command to resume")
-
-
-def _print_zonal_report(report) -> None:
-    t = max(report.total_s, 1e-9)
-    print(f"tiles: {report.tiles_total} ({report.tiles_skipped} reused from an earlier run), device {report.device}")
-    print(f"area: {report.area_km2:.4f} km2 in {t:.1f} s = {report.area_km2 / t * 3600:.3f} km2/h "
-          f"(read {report.read_s:.1f} s, model {report.model_s:.1f} s, write {report.write_s:.1f} s)")
-    for p in report.outputs:
-        print(f"wrote {p}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,13 +129,20 @@ def infer_parser() -> argparse.ArgumentParser:
         epilog=examples(
             "flair-infer --checkpoint runs/LC-A/checkpoints/best_model.safetensors --data shards/ --out preds/",
             "flair-infer --checkpoint FLAIR-HUB_LC-A.safetensors --config LC-A --data s3://bucket/flair-hub --out preds/",
-            "flair-infer --checkpoint best_model.safetensors --data shards/ --split valid --out m/ --no-write",
+            "flair-infer --metrics-only --pred preds/ --data shards/ --split test   # re-score existing predictions",
         ))
-    parser.add_argument("--checkpoint", required=True,
-                        help="our checkpoint (.safetensors + .json) or a reference .ckpt/.pth/.safetensors (needs --config)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="any checkpoint flair-train writes (checkpoints/best_model.safetensors, best.ckpt, "
+                             "last.ckpt) or a reference .ckpt/.pth/.safetensors (needs --config); required unless "
+                             "--metrics-only")
     parser.add_argument("--data", required=True, help="shard root: a folder or an s3://, https://, hf:// URL")
     parser.add_argument("--split", default="test", help="split to predict")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", default=None, help="output folder (required unless --metrics-only, where it "
+                                                    "defaults to --pred)")
+    parser.add_argument("--metrics-only", action="store_true",
+                        help="no model: score the prediction files of an earlier run (--pred) against the split's "
+                             "labels, writing the same metrics files (the reference's tasks.metrics_only)")
+    parser.add_argument("--pred", default=None, help="with --metrics-only: the --out folder of the predicting run")
     parser.add_argument("--config", nargs="*", default=None, metavar="DIR_OR_YAML",
                         help="training config (dirs, YAML files or built-in names such as LC-A): required for "
                              "reference checkpoints, and overrides the preprocessing of ours (default: the config "
@@ -141,12 +163,20 @@ def infer_parser() -> argparse.ArgumentParser:
 def infer_main(argv: Sequence[str] | None = None) -> int:
     from inference.predict import InferOptions, run_infer
 
-    args = infer_parser().parse_args(argv)
+    parser = infer_parser()
+    args = parser.parse_args(argv)
+    if args.pred and not args.metrics_only:
+        parser.error("--pred goes with --metrics-only")
+    if not args.metrics_only and not args.checkpoint and not args.config:
+        parser.error("--checkpoint is required (or --metrics-only --pred DIR to score existing predictions)")
+    if not args.metrics_only and not args.out and not args.config:
+        parser.error("--out is required")
     _setup_logging()
     opts = InferOptions(
         checkpoint=args.checkpoint, data=args.data, split=args.split, out=args.out, config=args.config,
         output=args.output, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
         compression=args.compression, write=not args.no_write, limit=args.limit, progress=not args.no_progress,
+        metrics_only=args.metrics_only, pred=args.pred,
     )
 
     def body() -> int:

@@ -1,8 +1,10 @@
 """Loading a model for inference and calling it on a prepared batch.
 
-Two kinds of weights are accepted: our checkpoints (`<name>.safetensors` with the model config
-in `<name>.json` or in the file's metadata: nothing else needed), and the reference's released
-weights (`.ckpt`, `.pth`, `.safetensors`), which need the config they were trained with.
+Two kinds of weights are accepted: every checkpoint `flair-train` writes (`<name>.safetensors`
+with the model config in `<name>.json` or in the file's metadata, and the training checkpoints
+`best.ckpt` / `last.ckpt`, which hold their training config: nothing else needed), and the
+reference's released weights (`.ckpt`, `.pth`, `.safetensors`), which need the config they were
+trained with.
 """
 
 from __future__ import annotations
@@ -13,26 +15,58 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import Tensor
 
+from trainer.checkpointing import read_training_config
+from trainer.config import ConfigError
 from trainer.data.sample import dates_key, pad_mask_key
 from trainer.model import build_model
 from trainer.model.checkpoint import check_state_dict, normalise_reference_keys, read_saved_config
+from trainer.model.spec import model_config_subset
 from trainer.model.weights_io import read_state_dict
+from trainer.model.window_layout import fit_window_layout
 
 log = logging.getLogger("flair.infer")
 AUX_PREFIX = "aux_decoders."
 
 
 def our_checkpoint_config(weights: str | Path) -> dict[str, Any] | None:
-    """The model config stored with one of our checkpoints, or None for a foreign weight file."""
+    """The config document of any checkpoint `flair-train` writes, or None for a foreign weight file.
+
+    `best_model.safetensors` (+ `.json`) carries `{"config", "input_sizes", "train_config_yaml"}`;
+    `best.ckpt` / `last.ckpt` (full or weights-only) carry the training config, from which the
+    same document is derived (the model was trained at the dataset's patch sizes).
+    """
     p = Path(weights)
+    if p.suffix == ".ckpt":
+        text = read_training_config(p)
+        if text is None:
+            return None
+        train_cfg = yaml.safe_load(text)
+        return {"config": model_config_subset(train_cfg), "input_sizes": {}, "train_config_yaml": text}
     if p.suffix != ".safetensors":
         return None
     try:
         return read_saved_config(p)
     except (FileNotFoundError, ValueError, KeyError):
         return None
+
+
+def check_model_covers(inputs: set[str], tasks: Sequence[str], model_cfg: Mapping[str, Any], source: str,
+                       tasks_key: str = "labels") -> None:
+    """The model must have been trained on exactly `inputs` and predict every task of `tasks`.
+
+    The one check shared by `flair-infer` (`tasks_key="labels"`) and `flair-zonal` (`"tasks"`);
+    raises `ConfigError` naming the key.
+    """
+    have = {m for m, on in ((model_cfg.get("modalities") or {}).get("inputs") or {}).items() if on}
+    if set(inputs) != have:
+        raise ConfigError(f"modalities.inputs: the config enables {sorted(inputs)} but {source} was trained on {sorted(have)}")
+    labels = list(model_cfg.get("labels") or [])
+    missing = [t for t in tasks if t not in labels]
+    if missing:
+        raise ConfigError(f"{tasks_key}: {missing} requested but {source} predicts only {labels}")
 
 
 def load_inference_model(weights: str | Path, config: Mapping[str, Any] | None = None,
@@ -60,25 +94,34 @@ def load_inference_model(weights: str | Path, config: Mapping[str, Any] | None =
             "a reference checkpoint needs the training config it was trained with"
         )
     sizes.update(input_sizes or {})
-    model = build_model(model_cfg, input_sizes=sizes or None)
+    model = build_model(model_cfg, input_sizes=sizes or None, pretrained=False)
     load_weights_for_inference(model, weights)
     return model.to(device).eval(), model_cfg
 
 
 def load_weights_for_inference(model: torch.nn.Module, path: str | Path) -> None:
-    """Strict loading, except auxiliary decoders the inference model does not have.
+    """Strict loading, except auxiliary decoders the inference model does not have, and Swin
+    bias tables of another window layout.
 
     Reference multimodal checkpoints carry one auxiliary decoder per modality (training-only
     heads); a model built for inference from the zonal keys has none, as in the reference's
-    zonal script. Every other missing, unexpected or mis-shaped tensor is an error naming it.
+    zonal script. A Swin encoder built for another input size (zonal tiles) has windows of
+    another size: its relative-position bias tables are resized as the reference's zonal loader
+    does (`trainer.model.window_layout`). Every other missing, unexpected or mis-shaped tensor is
+    an error naming it.
     """
-    expected = set(model.state_dict())
+    target = model.state_dict()
+    expected = set(target)
     state = normalise_reference_keys(read_state_dict(path), expected)
     extra = [k for k in state if k.startswith(AUX_PREFIX) and k not in expected]
     for k in extra:
         del state[k]
     if extra:
         log.info("%s: %d auxiliary-decoder tensors not used for inference", path, len(extra))
+    state, resized = fit_window_layout(state, target)
+    if resized:
+        log.info("%s: %d Swin relative-position bias tables resized to this input size's windows, e.g. %s",
+                 path, len(resized), resized[0])
     check_state_dict(model, state, str(path))
     model.load_state_dict(state, strict=True)
 

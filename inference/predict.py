@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import yaml
+import rasterio
 import torch
+import yaml
 from affine import Affine
 
-from inference.model_io import load_inference_model, our_checkpoint_config, predict_logits
+from inference.model_io import check_model_covers, load_inference_model, our_checkpoint_config, predict_logits
 from inference.writers import probabilities_u8, write_raster
 from packer.atomic import write_text_atomic
 from packer.schema import CLASS_TABLES, MODALITIES, PatchId
@@ -42,6 +43,7 @@ from trainer.data.loader import StreamingLoader
 from trainer.data.sample import SampleSpec
 from trainer.data.sources import open_source
 from trainer.metrics import ConfusionMatrix, metrics_for_task, task_class_names
+from trainer.train_config import deep_merge, read_config_layers
 from trainer.report import class_table_markdown, plot_confusion, plot_iou
 
 log = logging.getLogger("flair.infer")
@@ -52,9 +54,9 @@ DEFAULT_CONFIG_DIR = builtin_config("flair-hub")
 
 @dataclass
 class InferOptions:
-    checkpoint: str
+    checkpoint: str | None
     data: str
-    out: str
+    out: str | None
     split: str = "test"
     config: Sequence[str] | None = None
     output: str = "argmax"  # or class_prob
@@ -66,6 +68,8 @@ class InferOptions:
     limit: int | None = None
     progress: bool = True
     print_table: bool = True  # print the per-class table of each task at the end
+    metrics_only: bool = False  # score the prediction files under `pred` instead of predicting
+    pred: str | None = None  # folder of a predicting run (`<pred>/predictions/<TASK>/`); default `out`
 
 
 @dataclass
@@ -105,8 +109,6 @@ def model_overlay(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def infer_config(opts: InferOptions, ckpt_doc: Mapping[str, Any] | None) -> dict[str, Any]:
     """The validated loader config for this run (see the module docstring for where keys come from)."""
-    from trainer.train_config import deep_merge, read_config_layers
-
     if opts.config:
         raw = read_config_layers(list(opts.config))
     elif ckpt_doc is not None and ckpt_doc.get("train_config_yaml"):
@@ -114,7 +116,7 @@ def infer_config(opts: InferOptions, ckpt_doc: Mapping[str, Any] | None) -> dict
         raw = yaml.safe_load(ckpt_doc["train_config_yaml"])
         raw.pop("train", None)  # the training loop's own section; not a loader key
         log.info("preprocessing from the training config stored with %s", opts.checkpoint)
-    elif ckpt_doc is not None:
+    elif ckpt_doc is not None and "config" in ckpt_doc:
         log.warning("no --config: normalisation and preprocessing statistics are the FLAIR-HUB defaults "
                     "(%s); pass the training config if the model was trained with others", DEFAULT_CONFIG_DIR)
         raw = read_config_layers([DEFAULT_CONFIG_DIR])
@@ -130,18 +132,9 @@ def infer_config(opts: InferOptions, ckpt_doc: Mapping[str, Any] | None) -> dict
     raw.setdefault("data", {})["source"] = opts.data
     cfg = validate_config(raw)
     if ckpt_doc is not None:
-        _check_same_model(cfg, ckpt_doc["config"], opts.checkpoint)
+        check_model_covers({m for m, on in cfg["modalities"]["inputs"].items() if on}, cfg["labels"],
+                           ckpt_doc["config"], opts.checkpoint)
     return cfg
-
-
-def _check_same_model(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], ckpt: str) -> None:
-    want = {m for m, on in cfg["modalities"]["inputs"].items() if on}
-    have = {m for m, on in (model_cfg.get("modalities", {}).get("inputs") or {}).items() if on}
-    if want != have:
-        raise ConfigError(f"modalities.inputs: the config enables {sorted(want)} but {ckpt} was trained on {sorted(have)}")
-    missing = set(cfg["labels"]) - set(model_cfg.get("labels") or [])
-    if missing:
-        raise ConfigError(f"labels: {sorted(missing)} requested but {ckpt} predicts {model_cfg.get('labels')}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,11 +203,39 @@ def _accelerator(device: str | None) -> Any:
     return Accelerator()
 
 
+def run_tasks(opts: InferOptions, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What the reference's `tasks` keys of an explicit `--config` ask of this run.
+
+    `metrics_only` (with `predict: False`, the reference's rule) scores existing predictions;
+    `write_files: False` writes no GeoTIFF (as `--no-write`); `georeferencing_output: False`
+    writes the maps without CRS and transform, as the reference does. The training config
+    stored in a checkpoint describes its training run, not this one: its `tasks` are not read.
+    """
+    tasks = (cfg.get("tasks") or {}) if opts.config else {}
+    metrics_only = opts.metrics_only or bool(tasks.get("metrics_only") and not tasks.get("predict", True))
+    if not metrics_only and tasks.get("predict") is False:
+        raise ConfigError("tasks.predict: False and tasks.metrics_only: False leave flair-infer nothing to do; set "
+                          "tasks.predict: True to predict, or tasks.metrics_only: True (or --metrics-only --pred DIR) "
+                          "to score existing predictions")
+    return {"metrics_only": metrics_only, "write": opts.write and tasks.get("write_files", True) is not False,
+            "georeferenced": tasks.get("georeferencing_output", True) is not False}
+
+
 def run_infer(opts: InferOptions, model: Any = None) -> InferResult:
-    """Predict `opts.split` of `opts.data`; `model` (forward contract of `trainer.model`) replaces loading one."""
+    """Predict `opts.split` of `opts.data`; `model` (forward contract of `trainer.model`) replaces loading one.
+
+    In metrics-only mode (`opts.metrics_only` or the config's `tasks`), score the prediction files
+    of an earlier run instead (`score_predictions`).
+    """
     t_start = time.perf_counter()
     if opts.output not in ("argmax", "class_prob"):
         raise ValueError(f"--output must be argmax or class_prob, got {opts.output!r}")
+    if opts.metrics_only:
+        return score_predictions(opts)
+    if model is None and not opts.checkpoint:
+        if opts.config and run_tasks(opts, read_config_layers(list(opts.config)))["metrics_only"]:
+            return score_predictions(opts)
+        raise ConfigError("--checkpoint: missing (or --metrics-only --pred DIR to score existing predictions)")
     acc = _accelerator(opts.device)
     device = torch.device(opts.device) if opts.device is not None else acc.device
     rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
@@ -226,6 +247,11 @@ def run_infer(opts: InferOptions, model: Any = None) -> InferResult:
     cfg = infer_config(opts, ckpt_doc) if (opts.config or ckpt_doc is not None) else None
     if cfg is None:
         raise ConfigError("--config: needed to know the preprocessing when a model object is passed")
+    todo = run_tasks(opts, cfg)
+    if todo["metrics_only"]:
+        return score_predictions(opts)
+    if opts.out is None:
+        raise ConfigError("--out: missing (the folder for predictions and metrics)")
     if model is None:
         model, _ = load_inference_model(opts.checkpoint, cfg, device=device)
     model.eval()
@@ -288,7 +314,7 @@ def run_infer(opts: InferOptions, model: Any = None) -> InferResult:
             if not keep[k]:
                 continue  # a repeat that equalises the ranks' batch counts
             result.n_patches += 1
-            if not opts.write:
+            if not todo["write"]:
                 continue
             g = geo[pid]
             for t in tasks:
@@ -298,8 +324,8 @@ def run_infer(opts: InferOptions, model: Any = None) -> InferResult:
                     arr = probabilities_u8(logits[t][k].float().cpu().numpy())
                 path = prediction_path(out, t, pid, opts.output)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                write_raster(path, arr, g.crs, g.transform(arr.shape[-1]), names[t], t, opts.output, colors[t],
-                             opts.compression)
+                crs, transform = (g.crs, g.transform(arr.shape[-1])) if todo["georeferenced"] else (None, None)
+                write_raster(path, arr, crs, transform, names[t], t, opts.output, colors[t], opts.compression)
                 result.files += 1
         result.write_s += time.perf_counter() - t2
         bar.update(1)
@@ -320,6 +346,102 @@ def run_infer(opts: InferOptions, model: Any = None) -> InferResult:
     if main:
         log.info("%d patches, %d files in %.1f s (read %.1f s, model %.1f s, write %.1f s)", result.n_patches,
                  result.files, result.total_s, result.read_s, result.model_s, result.write_s)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics only: score the prediction files of an earlier run
+# --------------------------------------------------------------------------------------------
+def metrics_only_config(opts: InferOptions, pred: Path) -> dict[str, Any]:
+    """The config that says which patches, tasks, classes and weights a predicting run scored.
+
+    `--config` when given; else the training config of `--checkpoint`; else the FLAIR-HUB
+    defaults with the tasks whose folders exist under `<pred>/predictions/`.
+    """
+    if opts.config or opts.checkpoint:
+        doc = our_checkpoint_config(opts.checkpoint) if opts.checkpoint else None
+        if not opts.config and doc is None:
+            raise ConfigError(f"--config: {opts.checkpoint} is not one of our checkpoints; give the training config "
+                              "the predictions were made with")
+        return infer_config(opts, doc)
+    found = sorted(p.name for p in (pred / "predictions").iterdir() if p.is_dir()) if (pred / "predictions").is_dir() else []
+    tasks = [t for t in found if t in CLASS_TABLES]
+    if not tasks:
+        raise ConfigError(f"--pred: no prediction folder <task>/ under {pred / 'predictions'}")
+    raw = read_config_layers([DEFAULT_CONFIG_DIR])
+    raw["labels"] = tasks
+    raw.setdefault("data", {})["source"] = opts.data
+    log.warning("no --config or --checkpoint: classes, weights and patch selection are the FLAIR-HUB defaults (%s)",
+                DEFAULT_CONFIG_DIR)
+    return validate_config(raw)
+
+
+def read_prediction(pred: Path, task: str, patch_id: str) -> np.ndarray:
+    """The `(H, W)` class map a predicting run wrote for `patch_id` (argmax file, else argmax of `_prob.tif`).
+
+    For probability files the argmax of the stored (rounded) values is used, which can differ
+    from the logits' argmax where two classes round to the same value.
+    """
+    path = prediction_path(pred, task, patch_id, "argmax")
+    if path.is_file():
+        with rasterio.open(path) as src:
+            return src.read(1)
+    prob = prediction_path(pred, task, patch_id, "class_prob")
+    if prob.is_file():
+        with rasterio.open(prob) as src:
+            return src.read().argmax(axis=0).astype(np.uint8)
+    raise FileNotFoundError(f"--pred: no prediction for {patch_id} ({path} or {prob.name})")
+
+
+def score_predictions(opts: InferOptions) -> InferResult:
+    """Metrics of the prediction files under `opts.pred` against the split's labels.
+
+    Writes the same `<out>/metrics/` files as a predicting run (`out` defaults to `pred`) from
+    the same confusion matrices: the patches are selected as that run selected them (the
+    config's inputs and tasks, `--limit`), labels come from the shards, predictions from the
+    GeoTIFFs. A patch without its prediction file is an error naming the file.
+    """
+    t_start = time.perf_counter()
+    pred = Path(opts.pred or opts.out or "")
+    if not (opts.pred or opts.out):
+        raise ConfigError("--pred: missing (the folder of the run whose predictions are scored)")
+    out = Path(opts.out) if opts.out else pred
+    cfg = metrics_only_config(opts, pred)
+    data = cfg["data"]
+    src = open_source(opts.data, retries=data["retries"], s3_endpoint_url=data["s3_endpoint_url"], hf_endpoint=data["hf_endpoint"])
+    catalog = Catalog(src)
+    tasks = list(cfg["labels"])
+    if not _labelled(catalog, opts.split, tasks):
+        raise ConfigError(f"--split: {opts.split!r} has no labels for {tasks} in {opts.data}: nothing to score")
+    spec = SampleSpec.from_config(cfg, augment=False)
+    ids = catalog.select(opts.split, spec.needed_modalities).patch_ids[: opts.limit] if opts.limit else None
+    selection = catalog.select(opts.split, spec.needed_modalities, patch_ids=ids)
+    labels_only = dataclasses.replace(spec, inputs=(), channels={}, filter_s2=False)
+    loader = StreamingLoader(src, catalog, selection, labels_only, batch_size=opts.batch_size, seed=0, rank=0,
+                             world_size=1, num_workers=opts.num_workers, shuffle=False, uneven="pad",
+                             decode_threads=data["decode_threads"], verify=data["verify"])
+    result = InferResult(device="cpu")
+    confmats = {t: ConfusionMatrix(len(cfg["labels_configs"][t]["value_name"])) for t in tasks}
+    log.info("scoring the predictions of %d patches of split %r under %s; tasks %s", len(selection), opts.split,
+             pred, tasks)
+    from tqdm import tqdm
+
+    for batch in tqdm(loader, total=len(loader), unit="batch", desc="flair-infer --metrics-only",
+                      disable=not opts.progress):
+        for k, pid in enumerate(batch["patch_id"]):
+            if not bool(batch["valid"][k]):
+                continue
+            result.n_patches += 1
+            for t in tasks:
+                confmats[t].update(torch.from_numpy(read_prediction(pred, t, pid).astype(np.int64)), batch[t][k].long())
+    for t in tasks:
+        result.confmats[t] = confmats[t].numpy()
+        result.metrics[t] = metrics_for_task(result.confmats[t], cfg, t)
+    write_metrics(out, result.metrics, result.confmats)
+    for t in tasks if opts.print_table else ():
+        print(class_table_markdown(t, result.metrics[t]))
+    result.total_s = result.loop_s = time.perf_counter() - t_start
+    log.info("scored %d patches in %.1f s; metrics in %s", result.n_patches, result.total_s, out / "metrics")
     return result
 
 

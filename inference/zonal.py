@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from inference.model_io import load_inference_model, predict_logits
+from inference.model_io import check_model_covers, load_inference_model, predict_logits
 from inference.tile_layer import write_tile_layer
 from inference.tiling import OutputGrid, Tile
 from inference.writers import (
@@ -177,8 +177,12 @@ ModelLoader = Callable[[Mapping[str, Any], Mapping[str, int], torch.device], Any
 
 
 def default_model_loader(cfg: Mapping[str, Any], input_sizes: Mapping[str, int], device: torch.device) -> Any:
-    """Our checkpoint (config inside) or a reference one (config from `model_config` or the zonal keys)."""
-    config = None
+    """Our checkpoint (config inside) or a reference one (config from `model_config` or the zonal keys).
+
+    The zonal keys were reconciled with the checkpoint's training config when the config was
+    validated (`inference.zonal_checkpoint`); the model built here is checked once more against
+    the inputs and tasks the run will feed it.
+    """
     if cfg.get("model_config"):
         from trainer.config import read_config_layers
 
@@ -186,20 +190,9 @@ def default_model_loader(cfg: Mapping[str, Any], input_sizes: Mapping[str, int],
     else:
         config = to_model_config(cfg)
     model, model_cfg = load_inference_model(cfg["model_weights"], config, input_sizes, device)
-    _check_model_matches(cfg, model_cfg)
+    check_model_covers({m for m, on in cfg["modalities"]["inputs"].items() if on},
+                       [t["name"] for t in active_tasks(cfg)], model_cfg, Path(cfg["model_weights"]).name, tasks_key="tasks")
     return model
-
-
-def _check_model_matches(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> None:
-    """The checkpoint's inputs and tasks must be those the zonal config enables."""
-    want = {m for m, on in cfg["modalities"]["inputs"].items() if on}
-    have = {m for m, on in (model_cfg.get("modalities", {}).get("inputs") or {}).items() if on}
-    if want != have:
-        raise ValueError(f"modalities.inputs: the config enables {sorted(want)} but the model was trained on {sorted(have)}")
-    tasks = {t["name"] for t in active_tasks(cfg)}
-    missing = tasks - set(model_cfg.get("labels") or ())
-    if missing:
-        raise ValueError(f"tasks: {sorted(missing)} active but the model predicts only {model_cfg.get('labels')}")
 
 
 def select_device(cfg: Mapping[str, Any]) -> torch.device:
@@ -227,6 +220,8 @@ def run_zonal(cfg: Mapping[str, Any], model: Any = None, model_loader: ModelLoad
     """
     t_start = time.perf_counter()
     report = RunReport()
+    for note in cfg.get("checkpoint_notes") or ():  # what the config took from, or kept against, the checkpoint
+        (log.warning if note.startswith("checkpoint_overrides") else log.info)("%s", note)
     areas = AreaRasters(cfg)
     tasks = [t["name"] for t in active_tasks(cfg)]
     class_names = {t["name"]: list(t["class_names"].values()) for t in active_tasks(cfg)}
@@ -293,7 +288,10 @@ def run_zonal(cfg: Mapping[str, Any], model: Any = None, model_loader: ModelLoad
 
 
 def _predict_tiles(cfg, areas, pending, spec, norm_types, model, device, ogrid, work, tasks, kind, report, progress):
-    workers = int(cfg["num_worker"])
+    # More reading processes than tiles would only start idle ones.
+    workers = min(int(cfg["num_worker"]), len(pending))
+    if workers < int(cfg["num_worker"]):
+        log.info("num_worker %d capped at %d: there are %d tiles to read", cfg["num_worker"], workers, len(pending))
     loader = DataLoader(
         TileDataset(areas, pending, spec), batch_size=int(cfg["batch_size"]), shuffle=False,
         num_workers=workers, collate_fn=_Collate(spec), persistent_workers=False,
@@ -313,6 +311,17 @@ def _predict_tiles(cfg, areas, pending, spec, norm_types, model, device, ogrid, 
     finally:
         bar.close()
         areas.close()
+
+
+def summary_lines(report: RunReport) -> list[str]:
+    """The end-of-run summary (printed by the CLI and written to the run's log)."""
+    t = max(report.total_s, 1e-9)
+    return [
+        f"tiles: {report.tiles_total} ({report.tiles_skipped} reused from an earlier run), device {report.device}",
+        f"area: {report.area_km2:.4f} km2 in {t:.1f} s = {report.area_km2 / t * 3600:.3f} km2/h "
+        f"(read {report.read_s:.1f} s, model {report.model_s:.1f} s, write {report.write_s:.1f} s)",
+        *(f"wrote {p}" for p in report.outputs),
+    ]
 
 
 def _predict_batch(batch, batch_tiles, spec, norm_types, model, device, ogrid, work, tasks, kind, report, areas):

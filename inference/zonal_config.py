@@ -13,16 +13,20 @@ Deliberate differences from the reference, all documented in docs/inference.md:
   the list's length).
 - `model_weights` may be one of our checkpoints (safetensors + config JSON beside it) or a
   reference `.ckpt` / `.pth` / `.safetensors`.
+- When the checkpoint's training config is known (stored in ours, or `model_config`), keys the
+  file leaves out take the training values and keys that contradict them are refused unless
+  listed in `checkpoint_overrides` (`inference.zonal_checkpoint`).
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
+from inference.zonal_checkpoint import reconcile_with_checkpoint, training_config_of
 from packer.schema import CLASS_TABLES, LABEL_MODALITIES, MODALITIES, MONO_TEMPORAL_INPUTS, TIME_SERIES_INPUTS
 from trainer.builtin_configs import builtin_configs
 from trainer.config import (
@@ -90,6 +94,7 @@ ROOT_SCHEMA: dict[str, Any] = {
     # model and inference
     "model_weights": is_str,
     "model_config": optional(is_str),  # ours: config for a reference checkpoint (else from this file)
+    "checkpoint_overrides": optional(list_of(is_str)),  # ours: keys whose value may differ from the training config
     "use_gpu": is_bool,
     "batch_size": is_int(1),
     "num_worker": is_int(0),
@@ -110,7 +115,7 @@ REQUIRED = ("output_path", "output_name", "model_weights", "img_pixels_detection
 
 DEFAULTS: dict[str, Any] = {
     "write_dataframe": False, "output_type": "argmax", "cog_conversion": False, "compression": "lzw",
-    "resume": True, "keep_tiles": False, "model_config": None, "use_gpu": False, "batch_size": 1,
+    "resume": True, "keep_tiles": False, "model_config": None, "checkpoint_overrides": [], "use_gpu": False, "batch_size": 1,
     "num_worker": 0, "monotemp_arch": "swin_base_patch4_window12_384-upernet",
     "multitemp_model_ref_date": "05-15",
 }
@@ -125,9 +130,13 @@ UTAE_DEFAULTS: dict[str, Any] = {
 CLOUD_FILTER_DEFAULTS = {"filter_max_cloud": 1, "filter_max_snow": 1, "filter_max_frac_cover": 0.05}
 
 
-def load_zonal_config(path: str | Path, check_files: bool = True, base_dir: str | Path | None = None) -> dict[str, Any]:
+def load_zonal_config(path: str | Path, check_files: bool = True, base_dir: str | Path | None = None,
+                      overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read, validate and complete a zonal config file; paths come back absolute, resolved against
-    `base_dir` (default: the file's folder)."""
+    `base_dir` (default: the file's folder).
+
+    `overrides` (the CLI's `--override KEY`) are added to the file's `checkpoint_overrides`.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such zonal config file")
@@ -138,6 +147,8 @@ def load_zonal_config(path: str | Path, check_files: bool = True, base_dir: str 
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
+    if overrides:
+        raw["checkpoint_overrides"] = [*(raw.get("checkpoint_overrides") or []), *overrides]
     return validate_zonal_config(raw, base_dir=path.parent if base_dir is None else base_dir, check_files=check_files)
 
 
@@ -153,7 +164,7 @@ def validate_zonal_config(raw: Mapping[str, Any], base_dir: str | Path = ".", ch
     cfg = mapping(ROOT_SCHEMA)(cfg, "")
     for k, v in DEFAULTS.items():
         if cfg.get(k) is None:
-            cfg[k] = v
+            cfg[k] = copy.deepcopy(v)
     base = Path(base_dir)
     cfg["output_path"] = str(_resolve(base, cfg["output_path"]))
     cfg["model_weights"] = str(_resolve(base, cfg["model_weights"]))
@@ -172,7 +183,7 @@ def validate_zonal_config(raw: Mapping[str, Any], base_dir: str | Path = ".", ch
     cfg["tasks"] = _check_tasks(cfg["tasks"])
     if check_files and not Path(cfg["model_weights"]).is_file():
         raise ConfigError(f"model_weights: file not found: {cfg['model_weights']}")
-    return cfg
+    return reconcile_with_checkpoint(raw, cfg, training_config_of(cfg["model_weights"], cfg["model_config"]))
 
 
 def _resolve(base: Path, p: str) -> Path:

@@ -34,13 +34,9 @@ class WorkDir:
         self.root, self.tasks = root, list(tasks)
         root.parent.mkdir(parents=True, exist_ok=True)
         # One run per output at a time: an advisory lock beside the folder (released by the OS
-        # if the process dies, so a crashed run never blocks the next one).
-        self._lock = open(root.parent / f".{root.name}.lock", "a+b")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise ResumeMismatch(f"another flair-zonal run is writing {root} (same output_path and output_name)") from None
+        # if the process dies, so a crashed run never blocks the next one; removed at the end).
+        self._lock_path = root.parent / f".{root.name}.lock"
+        self._lock = _acquire(self._lock_path, root)
         manifest = root / "run.json"
         text = json.dumps(fingerprint, sort_keys=True, indent=1)
         if root.exists() and not resume:
@@ -61,8 +57,17 @@ class WorkDir:
         self._dctx = zstandard.ZstdDecompressor()
 
     def close(self) -> None:
-        """Release the lock (the folder stays, for a later resume or removal)."""
+        """Remove and release the lock (the folder stays, for a later resume or removal).
+
+        The lock file is unlinked while still locked: a run that opened it meanwhile finds,
+        once it holds the lock, that the path no longer names its file, and starts over.
+        """
         if not self._lock.closed:
+            try:
+                if _same_file(self._lock, self._lock_path):
+                    self._lock_path.unlink()
+            except FileNotFoundError:
+                pass
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
 
@@ -82,6 +87,28 @@ class WorkDir:
         return np.load(io.BytesIO(raw), allow_pickle=False)
 
 
+
+
+def _same_file(handle: Any, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _acquire(path: Path, root: Path, attempts: int = 10) -> Any:
+    """Open and lock `path` exclusively, without waiting; retry if it was removed under us."""
+    for _ in range(attempts):
+        handle = open(path, "a+b")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ResumeMismatch(f"another flair-zonal run is writing {root} (same output_path and output_name)") from None
+        if _same_file(handle, path):
+            return handle
+        handle.close()  # the previous holder removed it after we opened it: lock the new file
+    raise ResumeMismatch(f"{path}: could not take the lock (it keeps being replaced)")
 
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -307,3 +307,38 @@ def s3_upload(s3_server):
                 s3.upload_file(str(f), bucket, f"{prefix}/{f.relative_to(root).as_posix()}")
 
     return upload
+# --- appended with pretrained encoder weights (trainer/model/pretrained.py) -----------------
+_LOOPBACK = ("127.0.0.1", "::1", "localhost", "0.0.0.0", "")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_network():
+    """Tests never reach the network: only loopback connections (moto, local HTTP servers) pass.
+
+    A test that would download (ImageNet weights, a Hub file) fails at once with an OSError
+    instead of depending on the machine's connectivity or caches.
+    """
+    import socket
+
+    real_connect, real_connect_ex, real_getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+    def _check(address):
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None and str(host) not in _LOOPBACK and not str(host).startswith("127."):
+            raise OSError(f"tests must not use the network (connection to {address} refused by tests/conftest.py)")
+
+    def connect(self, address):
+        _check(address)
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        _check(address)
+        return real_connect_ex(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        _check((host,))
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
+    yield
+    socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = real_connect, real_connect_ex, real_getaddrinfo

@@ -57,6 +57,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         f"paths.out_model_name={args.setting}-w{args.workers}", f"train.stop_after_steps={steps}",
         "train.tensorboard=false", "train.report=false", "saving.enable_progress_bar=false",
         "saving.ckpt_save_also_last=false", "hyperparams.num_epochs=1000",
+        "models.monotemp_model.encoder_weights=null",  # throughput does not depend on the initial weights
     ]
     if gpu:
         overrides += ["hardware.accelerator=gpu", "train.mixed_precision=bf16", f"hyperparams.batch_size={args.batch_size}"]

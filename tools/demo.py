@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     best = run / "checkpoints" / "best_model.safetensors"
     if not best.exists():
-        _run("train (configs/demo: ResNet-18/FPN on aerial + U-TAE on Sentinel-2, CPU)", [
+        _run("train (configs/demo: ResNet-18/U-Net on aerial + U-TAE on Sentinel-2, CPU)", [
             str(BIN / "flair-train"), "--config", "configs/demo",
             "--set", f"data.source={shards}", f"paths.out_folder={out}", "paths.out_model_name=train"])
     _run("predict the test split with metrics", [

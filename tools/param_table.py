@@ -124,6 +124,9 @@ def make_config(
     models = copy.deepcopy(models if models is not None else load_models_yaml())
     if arch is not None:
         models["monotemp_model"]["arch"] = arch
+    # Structure only: parameter counts do not depend on the initial weights, and a model built
+    # from this config (tests, counts on the meta device) must not need ImageNet weights.
+    models["monotemp_model"]["encoder_weights"] = None
     models["multitemp_model"].update(multitemp or {})
     return {
         "modalities": {

@@ -155,6 +155,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def read_training_config(path: str | Path) -> str | None:
+    """The config YAML stored in one of our training checkpoints (`best.ckpt`, `last.ckpt`), else None.
+
+    Memory-mapped and weights-only: only the small entries are read, not the optimizer state.
+    """
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a torch zip file, pickled objects refused, unreadable: not ours
+        return None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or not isinstance(ckpt.get("config_yaml"), str):
+        return None
+    return ckpt["config_yaml"]
+
+
 def check_model_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, shown: int = 10) -> None:
     """Raise `CheckpointError` naming the missing, unexpected and mis-shaped weights."""
     expected = model.state_dict()

@@ -262,6 +262,16 @@ def _mm_dd(v: Any, key: str) -> str:
     return v
 
 
+def _aux_loss_weight(v: Any, key: str) -> Any:
+    """One weight for every auxiliary head (the reference configs' form), or one per modality.
+
+    A modality left out of the mapping gets 1, as in the reference's `aux_loss_weight.get(mod, 1.0)`.
+    """
+    if isinstance(v, dict):
+        return per_modality(is_number(0))(v, key)
+    return is_number(0)(v, key)
+
+
 def _period(v: Any, key: str) -> Any:
     if v is False or v is None:
         return False
@@ -313,7 +323,7 @@ MODALITIES_SCHEMA: dict[str, Any] = {
         "inputs": per_modality(is_bool),
         "inputs_channels": per_modality(optional(list_of(is_int(1), min_len=1))),
         "aux_loss": per_modality(is_bool),
-        "aux_loss_weight": is_number(0),
+        "aux_loss_weight": _aux_loss_weight,
         "modality_dropout": per_modality(is_number(0, 1)),
         "pre_processings": mapping({
             "filter_sentinel2": is_bool,

@@ -17,6 +17,8 @@ Two deliberate differences, both documented in docs/training.md:
   its auxiliary losses are never added; we add them, as its configs and README describe;
 - a batch whose pixels all have weight 0 gives the reference a 0/0 = NaN loss; we return 0 for
   that term instead (still attached to the graph, so DDP's gradient all-reduce stays in step).
+With `reference=True` (`train.reference_semantics`) both follow the reference: the total is
+`sum(task_weight * F.cross_entropy(logits, targets, weight=w))`, no auxiliary term, NaN included.
 """
 
 from __future__ import annotations
@@ -74,10 +76,12 @@ class CompositeLoss(torch.nn.Module):
     `loss(out.tasks, out.aux, batch)` with `out.tasks[task]` and `out.aux[task][modality]` logits
     (the `trainer.model` forward contract) and `batch[task]` class-index targets."""
 
-    def __init__(self, cfg: Mapping[str, Any]) -> None:
+    def __init__(self, cfg: Mapping[str, Any], reference: bool = False) -> None:
         super().__init__()
+        self.reference = reference
         self.tasks: list[str] = list(cfg["labels"])
-        self.aux_mods: list[str] = aux_modalities(cfg)
+        # The reference never adds its auxiliary losses (see the module docstring).
+        self.aux_mods: list[str] = [] if reference else aux_modalities(cfg)
         self.task_weight = {t: float(cfg["labels_configs"][t].get("task_weight", 1.0)) for t in self.tasks}
         self.aux_weight = {m: _aux_weight(cfg, m) for m in self.aux_mods}
         # Buffers follow the module to the device and never enter the optimizer.
@@ -117,7 +121,10 @@ class CompositeLoss(torch.nn.Module):
             if task not in task_logits:
                 raise KeyError(f"the model returned no logits for task {task!r} (got {sorted(task_logits)})")
             targets = self.targets_of(batch, task).to(task_logits[task].device)
-            main = weighted_cross_entropy(task_logits[task], targets, self.class_weights(task))
+            if self.reference:  # PyTorch's weighted mean, NaN when every target pixel has weight 0
+                main = F.cross_entropy(task_logits[task].float(), targets, weight=self.class_weights(task))
+            else:
+                main = weighted_cross_entropy(task_logits[task], targets, self.class_weights(task))
             if check_finite:
                 _check(main, f"main loss of {task}")
             heads = []

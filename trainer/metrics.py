@@ -21,7 +21,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-__all__ = ["ConfusionMatrix", "compute_metrics", "task_class_names", "task_class_weights", "metrics_for_task"]
+__all__ = ["ConfusionMatrix", "compute_metrics", "iou_per_class", "task_class_names", "task_class_weights",
+           "metrics_for_task", "weighted_iou"]
 
 
 class ConfusionMatrix:
@@ -80,6 +81,25 @@ def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
+def iou_per_class(confmat: np.ndarray) -> np.ndarray:
+    """IoU of every class of a full confusion matrix, 0 where a class is neither true nor predicted.
+
+    torchmetrics' `MulticlassJaccardIndex(average=None)` followed by `nan_to_num`, as the
+    reference's Lightning module logs `val_iou_<TASK>_<i>_<name>`.
+    """
+    cm = np.asarray(confmat, dtype=np.float64)
+    tp = np.diag(cm)
+    return _safe_ratio(tp, cm.sum(axis=1) + cm.sum(axis=0) - tp)
+
+
+def weighted_iou(confmat: np.ndarray) -> float:
+    """Support-weighted IoU over every class: torchmetrics' `MulticlassJaccardIndex(average="weighted")`,
+    which the reference's Lightning module logs as `val_miou_<TASK>` (and averages over tasks as `val_miou`)."""
+    cm = np.asarray(confmat, dtype=np.float64)
+    support = cm.sum(axis=1)
+    return float((iou_per_class(cm) * support).sum() / support.sum()) if support.sum() > 0 else 0.0
+
+
 def compute_metrics(
     confmat: np.ndarray | torch.Tensor | ConfusionMatrix,
     class_weights: Sequence[float] | None = None,
@@ -117,11 +137,7 @@ def compute_metrics(
     f1 = _safe_ratio(2 * precision * recall, precision + recall)
     total = sub.sum()
 
-    # Support-weighted IoU over every class of the full matrix (the reference's Lightning metric).
-    full_tp = np.diag(cm)
-    full_gt = cm.sum(axis=1)
-    full_iou = _safe_ratio(full_tp, full_gt + cm.sum(axis=0) - full_tp)
-    wiou = float((full_iou * full_gt).sum() / full_gt.sum()) if full_gt.sum() > 0 else 0.0
+    wiou = weighted_iou(cm)
 
     pos = {int(c): k for k, c in enumerate(used)}
     per_class = []

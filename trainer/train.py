@@ -53,6 +53,8 @@ from trainer.data.sources import ShardIntegrityError, SourceError
 from trainer.losses import CompositeLoss, NonFiniteLossError
 from trainer.metrics import ConfusionMatrix, compute_metrics, task_class_names, task_class_weights
 from trainer.model import CheckpointMismatch, build_model, load_reference_weights, save_model
+from trainer.model.pretrained import check_available as check_pretrained_available
+from trainer import reference_semantics
 from trainer.optim import Schedule, build_optimizer
 from trainer.report import write_report
 from trainer.tb_images import EvalImages
@@ -125,6 +127,9 @@ class RunResult:
 
 def run(cfg: Mapping[str, Any]) -> RunResult:
     """Train with a validated config (`train_config.load_train_config`)."""
+    reference = reference_semantics.enabled(cfg)  # train.reference_semantics: the reference's step and metrics
+    if reference:
+        cfg = reference_semantics.prepare_config(cfg)
     hp, tc, saving, data_cfg = cfg["hyperparams"], cfg["train"], cfg["saving"], cfg["data"]
     train_tasks = cfg["tasks"].get("train_tasks") or {}
 
@@ -142,6 +147,12 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
     config_yaml = dump_config(cfg)
     say = accelerator.print
 
+    # ---------------------------------------------------------------- pretrained weights, before any data
+    from_ckpt = bool(train_tasks.get("resume_training_from_ckpt") or train_tasks.get("init_weights_only_from_ckpt"))
+    if not from_ckpt:  # fail now, not after the data set-up, when ImageNet weights can be neither found nor fetched
+        with accelerator.main_process_first():
+            check_pretrained_available(cfg)
+
     # ---------------------------------------------------------------- data
     rank, world = accelerator.process_index, accelerator.num_processes
     pin = accelerator.device.type == "cuda"
@@ -158,13 +169,16 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
         f"{batches_per_epoch} batches of {hp['batch_size']} per rank per epoch on {world} rank(s)")
 
     # ---------------------------------------------------------------- model
-    model = build_model(cfg)
+    model = build_model(cfg, pretrained=not from_ckpt)  # weights from a checkpoint: no ImageNet load first
+    if reference:
+        model.use_reference_semantics(reference_semantics.dropout_on(cfg))
     if train_tasks.get("init_weights_only_from_ckpt"):
         init_weights(model, cfg["paths"]["ckpt_model_path"])
         say(f"model: weights initialised from {cfg['paths']['ckpt_model_path']}")
     n_params = sum(p.numel() for p in model.parameters())
     say(f"model: {n_params / 1e6:.2f} M parameters, arch {cfg['models']['monotemp_model'].get('arch')}")
-    loss_fn = CompositeLoss(cfg).to(accelerator.device)
+    loss_fn = CompositeLoss(cfg, reference=reference).to(accelerator.device)
+    train_metrics = reference_semantics.TrainMetrics(cfg, accelerator.device) if reference else None
 
     if tc["find_unused_parameters"] == "auto" and world > 1:
         decide_unused_parameter_search(cfg, accelerator, model)
@@ -205,15 +219,23 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
     def evaluate_and_checkpoint(train_loss: float | None) -> bool:
         """Validate, log, keep the best checkpoint; True when early stopping says stop."""
         nonlocal best_eval
-        ev = evaluate(cfg, accelerator, model, loss_fn, val_loader, series, tc["limit_val_batches"])
+        if reference:
+            ev = reference_semantics.evaluate(cfg, accelerator, model, loss_fn, val_loader,
+                                              lambda ld: timed(ld, Throughput()), forward, series, tc["limit_val_batches"])
+        else:
+            ev = evaluate(cfg, accelerator, model, loss_fn, val_loader, series, tc["limit_val_batches"])
         row = {"epoch": progress.epoch, "step": progress.step, **ev["scalars"]}
         if train_loss is not None:
             row["train_loss"] = train_loss
+            if train_metrics is not None:  # logged at the end of a training epoch, as the reference does
+                row.update(train_metrics.epoch_scalars(accelerator), lr=schedule.lr())
         progress.history.append(row)
         result.history.append(row)
         schedule.after_validation(ev["scalars"]["val_loss"])
         log.write({"kind": "eval", **row, "lr": schedule.lr()})
-        if writer is not None:
+        if writer is not None and reference:
+            reference_semantics.log_to_tensorboard(writer, row, progress.step)
+        elif writer is not None:
             log_eval_to_tensorboard(writer, row, ev["metrics"], progress.step)
             images.log(writer, accelerator.unwrap_model(model), lambda m, x: forward(m, x, series), accelerator.device,
                        ev, progress.step)
@@ -256,6 +278,8 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
                     out = forward(model, inputs, series)
                     terms = loss_fn(out.tasks, out.aux, inputs, check_finite=False)
                 accelerator.backward(terms.total / window)
+            if train_metrics is not None:
+                train_metrics.update(out.tasks, inputs)
             window_losses.append(terms.total.detach().float())
             sample_log.write(progress.epoch, i, batch["patch_id"], inputs["valid"])
             meter.samples += int(inputs["valid"].shape[0]) * world
@@ -331,9 +355,23 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
         say(f"report: {folder}")
     if writer is not None:
         writer.close()
+    if main_proc and (cfg["tasks"].get("predict") or cfg["tasks"].get("metrics_only")):
+        say(next_step_message(cfg, ckpt_dir, out_dir))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
+
+
+def next_step_message(cfg: Mapping[str, Any], ckpt_dir: Path, out_dir: Path) -> str:
+    """What the reference's `tasks.predict` / `metrics_only` would run next, as a flair-infer command.
+
+    The reference predicts the test split after training in the same process; prediction is
+    flair-infer's job here (the trainer does not import inference), so we print its command.
+    """
+    data = cfg["data"]
+    return (f"tasks.predict: predict the {data['test_split']} split with: flair-infer --checkpoint "
+            f"{ckpt_dir / 'best_model.safetensors'} --data {data['source']} --split {data['test_split']} "
+            f"--out {out_dir / 'predictions'}")
 
 
 # ============================================================================================

@@ -40,6 +40,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "tensorboard_images": 4,
     "report": True,
     "log_samples": False,
+    "reference_semantics": False,
 }
 """What each key does: docs/training.md ("The `train:` section")."""
 
@@ -64,6 +65,7 @@ TRAIN_SCHEMA = mapping({
     "tensorboard_images": is_int(0, 64),
     "report": is_bool,
     "log_samples": is_bool,
+    "reference_semantics": is_bool,
 })
 
 TRAIN_REQUIRED_SECTIONS = ("paths", "tasks", "hyperparams", "saving")
@@ -118,7 +120,12 @@ def validate_train_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def monitor_names(cfg: Mapping[str, Any]) -> list[str]:
-    """Metric names `saving.ckpt_monitor` may take: the averages and their per-task versions."""
+    """Metric names `saving.ckpt_monitor` may take: the averages and their per-task versions
+    (with `train.reference_semantics`, the reference's logged names)."""
+    if (cfg.get("train") or {}).get("reference_semantics"):
+        from trainer.reference_semantics import monitor_names as reference_names
+
+        return reference_names(cfg)
     names = list(MONITOR_BASES)
     for task in cfg["labels"]:
         suffix = task_suffix(task)
@@ -142,6 +149,10 @@ def _check_relations(cfg: Mapping[str, Any]) -> None:
     monitor = saving.get("ckpt_monitor", "val_miou")
     if monitor not in monitor_names(cfg):
         raise ConfigError(f"saving.ckpt_monitor: unknown metric {monitor!r} (expected one of: {', '.join(monitor_names(cfg))})")
+    if tasks.get("train") is False:
+        raise ConfigError("tasks.train: False: flair-train only trains; predict with flair-infer --checkpoint CKPT "
+                          "--data SHARDS --split test --out DIR, or score existing predictions with flair-infer "
+                          "--metrics-only --pred DIR --data SHARDS")
     tt = tasks.get("train_tasks") or {}
     if tt.get("resume_training_from_ckpt") and tt.get("init_weights_only_from_ckpt"):
         raise ConfigError("tasks.train_tasks: resume_training_from_ckpt and init_weights_only_from_ckpt are exclusive")

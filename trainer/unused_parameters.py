@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import torch
 
 from packer.schema import MODALITIES
+from trainer import reference_semantics
 from trainer.losses import CompositeLoss
 from trainer.model.synthetic import synthetic_batch
 
@@ -58,7 +59,9 @@ def parameters_without_gradient(model: torch.nn.Module, cfg: Mapping[str, Any],
     try:
         with torch.enable_grad():
             out = model(inputs, dates, masks, modality_dropout=False)
-            total = CompositeLoss(cfg).to(device)(out.tasks, out.aux, labels, check_finite=False).total
+            # Under train.reference_semantics the auxiliary heads run but feed no loss: the walk sees that.
+            loss_fn = CompositeLoss(cfg, reference=reference_semantics.enabled(cfg)).to(device)
+            total = loss_fn(out.tasks, out.aux, labels, check_finite=False).total
             reached = parameters_reached(total)
     finally:
         model.train(was_training)
@@ -70,5 +73,8 @@ def needs_unused_parameter_search(model: torch.nn.Module, cfg: Mapping[str, Any]
     """(whether DDP must search for unused parameters, the parameters that never get a gradient)."""
     unused = parameters_without_gradient(model, cfg, device)
     spec = model.spec
-    dropout = len(spec.inputs) > 1 and any(spec.modality_dropout.get(m, 0) > 0 for m in spec.inputs)
+    if reference_semantics.enabled(cfg):  # the reference drops every branch with p = 1/2 once any value is > 0
+        dropout = len(spec.inputs) > 1 and reference_semantics.dropout_on(cfg)
+    else:
+        dropout = len(spec.inputs) > 1 and any(spec.modality_dropout.get(m, 0) > 0 for m in spec.inputs)
     return bool(unused) or dropout, unused

@@ -246,12 +246,15 @@ def assert_batch_matches(inputs, batch, cfg, root, dates, augmented=False, seed=
                 continue
             if key.endswith("_DATES"):
                 series = key.replace("_DATES", "_TS")
-                n = int((~inputs[pad_mask_key(series)][i]).sum())
+                n = ref[series].shape[0]
                 got = inputs[dates_key(series)][i, :n]
             elif key in ("SENTINEL2_TS", "SENTINEL1-ASC_TS", "SENTINEL1-DESC_TS"):
-                n = int((~inputs[pad_mask_key(key)][i]).sum())
+                n = want.shape[0]
                 got = inputs[key][i, :n]
                 assert (inputs[key][i, n:] == 0).all(), f"{pid} {key}: padding is not zero"
+                # The mask: past the length, or a date holding only pad_value (the reference U-TAE's rule).
+                mask = inputs[pad_mask_key(key)][i]
+                assert mask[n:].all() and torch.equal(mask[:n], (want == 0).flatten(1).all(dim=1)), f"{pid} {key}: mask"
             else:
                 got = inputs[key][i]
             assert got.dtype == want.dtype and got.shape == want.shape, f"{pid} {key}: {got.shape} vs {want.shape}"

@@ -60,11 +60,11 @@ def _assert_ranks_split_the_data(out: Path, steps: int) -> None:
     ("demo", "demo", {"hyperparams": {"num_epochs": 1}}, 2, 12),
     ("fpn", "flair-hub", {"hyperparams": {"num_epochs": 1, "batch_size": 1},
                           "modalities": {"inputs": {"AERIAL_RGBI": False, "SPOT_RGBI": True, "SENTINEL1-ASC_TS": True}},
-                          "models": {"monotemp_model": {"arch": "resnet18-fpn"}}}, 3, 12),
+                          "models": {"monotemp_model": {"arch": "resnet18-fpn", "encoder_weights": None}}}, 3, 12),
     ("aux", "flair-hub", {"hyperparams": {"num_epochs": 1, "batch_size": 1},
                           "modalities": {"inputs": {"AERIAL_RGBI": False, "SPOT_RGBI": True, "SENTINEL2_TS": True},
                                          "aux_loss": {"SPOT_RGBI": True, "SENTINEL2_TS": True}},
-                          "models": {"monotemp_model": {"arch": "resnet18-unet"}}}, 3, 2),
+                          "models": {"monotemp_model": {"arch": "resnet18-unet", "encoder_weights": None}}}, 3, 2),
 ], ids=["demo", "multimodal-fpn", "aux-heads"])
 def test_models_with_parameters_that_get_no_gradient(toy_shards, tmp_path, name, config, over, steps, unused):
     over = {**QUICK, **over, "paths": {"out_folder": str(tmp_path), "out_model_name": name},

@@ -31,7 +31,7 @@ def spot_config(shards: Path, out: Path, name: str, **extra: dict) -> list:
         "data": {"source": str(shards), "val_split": "test", "decode_threads": 2},
         "saving": {"enable_progress_bar": False},
         "modalities": {"inputs": {"AERIAL_RGBI": False, "SPOT_RGBI": True}},
-        "models": {"monotemp_model": {"arch": "resnet18-unet"}},
+        "models": {"monotemp_model": {"arch": "resnet18-unet", "encoder_weights": None}},  # random init, no download
         "train": {"tensorboard": False},
     }
     for section, values in extra.items():

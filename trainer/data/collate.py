@@ -10,7 +10,8 @@ Batch layout (B samples):
 - each mono-temporal input: (B, C, H, W);
 - each series `<S>_TS`: (B, T, C, H, W) zero-padded to the longest series of the batch, with
   `<S>_DATES` (B, T) day offsets (0 on padding, as the reference pads) and `<S>_PAD_MASK` (B, T)
-  bool, True on padding;
+  bool, True on padding: past the sample's series length, or a date holding only `pad_value`
+  (the sample's own `<S>_PAD_MASK`, the reference U-TAE's value rule);
 - each task: (B, H, W) class indices.
 """
 
@@ -78,6 +79,10 @@ def collate(samples: Sequence[dict[str, Any]], spec: SampleSpec, valid: Sequence
         batch[name] = stack([s[name] for s in samples], shared)
     for name in spec.series:
         values, mask = pad_series([s[name] for s in samples], shared=shared)
+        for i, s in enumerate(samples):
+            empty = s.get(pad_mask_key(name))
+            if empty is not None:
+                mask[i, : len(empty)] |= empty
         batch[name] = torch.from_numpy(values)
         batch[dates_key(name)] = torch.from_numpy(pad_dates([s[dates_key(name)] for s in samples], values.shape[1]))
         batch[pad_mask_key(name)] = torch.from_numpy(mask)

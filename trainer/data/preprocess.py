@@ -157,6 +157,20 @@ def temporal_average_semi_monthly(
     return _fill_periods(series, groups, mids)
 
 
+def empty_dates(series: np.ndarray, pad_value: float = 0) -> np.ndarray:
+    """`(T,)` True where a date of a `(T, C, H, W)` series holds nothing but `models.multitemp_model.pad_value`.
+
+    The reference's U-TAE derives its padding mask from the values (`multitemp_model.py`: a date
+    whose every value equals `pad_value` is padding), so such dates are padding there wherever they
+    come from: the leading months of a temporal average before the first acquisition (filled
+    with zeros), a series emptied by the cloud filter, an all-zero acquisition. The loader's
+    `<S>_PAD_MASK` is this rule united with "past the series length" (`trainer.data.collate`).
+    """
+    if series.shape[0] == 0:
+        return np.zeros(0, dtype=bool)
+    return (series.reshape(series.shape[0], -1) == pad_value).all(axis=1)
+
+
 def _empty_average(series: np.ndarray, periods: int) -> tuple[np.ndarray, np.ndarray]:
     # The reference crashes on a series with no date left (dates[0]); we return zeros instead.
     return np.zeros((periods, *series.shape[1:]), dtype=np.float64), np.zeros(periods, dtype=np.int64)

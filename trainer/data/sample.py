@@ -53,6 +53,7 @@ class SampleSpec:
     norm_type: str = "custom"
     means: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     stds: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    pad_value: float = 0  # models.multitemp_model.pad_value: a date holding only this value is padding
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], augment: bool | None = None) -> "SampleSpec":
@@ -80,6 +81,7 @@ class SampleSpec:
             norm_type=norm["norm_type"],
             means={m: tuple(norm.get(f"{m}_means") or ()) for m in inputs},
             stds={m: tuple(norm.get(f"{m}_stds") or ()) for m in inputs},
+            pad_value=float(cfg["models"]["multitemp_model"].get("pad_value", 0) or 0),
         )
 
     @property
@@ -132,7 +134,8 @@ def preprocess_sample(raw: Mapping[str, Any], spec: SampleSpec, seed: int = 0, e
     """Raw sample `{"patch_id", "meta", "arrays": {modality: stored array}}` -> compact sample.
 
     Output keys: `patch_id`; each mono input `(C,H,W)`; each series `(T,C,H,W)` plus its
-    `dates_key` offsets `(T,)`; each task an `(H,W)` class map. Values are the reference's before
+    `dates_key` offsets `(T,)` and its `pad_mask_key` `(T,)` dates holding only `pad_value`
+    (padding by the reference's value rule); each task an `(H,W)` class map. Values are the reference's before
     its normalisation and float conversion (see `trainer.data.normalize`).
     """
     arrays = raw["arrays"]
@@ -150,6 +153,7 @@ def preprocess_sample(raw: Mapping[str, Any], spec: SampleSpec, seed: int = 0, e
                 out[name], out[dates_key(name)] = preprocess_series(name, arr, dates, spec, arrays.get(S2_MASK))
             except ValueError as exc:
                 raise ValueError(f"{raw['patch_id']}: {exc}") from None
+            out[pad_mask_key(name)] = pp.empty_dates(out[name], spec.pad_value)
         else:
             out[name] = pp.select_channels(arr, spec.channels.get(name))
     for task in spec.tasks:

@@ -131,7 +131,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> FlairUPe
     """Rebuild a model saved by `save_model` and load its weights (strict)."""
     weights_path = Path(path).with_suffix(".safetensors")
     document = read_saved_config(weights_path)
-    model = build_model(document["config"], input_sizes=document.get("input_sizes"))
+    model = build_model(document["config"], input_sizes=document.get("input_sizes"), pretrained=False)
     load_reference_weights(model, weights_path)
     return model.to(device)
 

@@ -31,11 +31,14 @@ encoder's depth, U-TAE logits carry all tasks' classes stacked, a series-only mo
 returns the (averaged) U-TAE logits directly. Deliberate differences: modality dropout uses the
 configured per-modality probabilities (the reference draws them uniformly at random and only uses
 the config to switch it on), and padded dates are excluded from the L-TAE input normalisation.
+`use_reference_semantics()` (`train.reference_semantics`) restores both reference behaviours.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
+from dataclasses import replace
 from typing import Any, Mapping, NamedTuple
 
 import torch
@@ -45,6 +48,7 @@ from torch.nn import functional as F
 from packer.schema import MODALITIES, MONO_TEMPORAL_INPUTS, TIME_SERIES_INPUTS
 
 from .fusion import FusionHandler
+from .ltae import MaskedGroupNorm
 from .monotemp import MonotempDecoder, MonotempEncoder
 from .spec import ModelSpec, model_config_subset, strip_dummy_stages
 from .utae import UTAE
@@ -98,6 +102,16 @@ class FlairUPerFuse(nn.Module):
         for task in spec.tasks:
             for mod in spec.aux:
                 self.aux_decoders[aux_key(mod, task)] = self._decoder(task, series_head=mod in spec.multi)
+        # None: our modality dropout; True / False: the reference's draw, on / off (`use_reference_semantics`).
+        self.reference_dropout: bool | None = None
+
+    def use_reference_semantics(self, dropout_on: bool) -> None:
+        """Train as the reference does: its modality dropout draw (on when `dropout_on`: any
+        configured probability > 0) and padded dates inside the L-TAE input GroupNorm."""
+        self.reference_dropout = bool(dropout_on)
+        for module in self.modules():
+            if isinstance(module, MaskedGroupNorm):
+                module.include_padding = True
 
     def _decoder(self, task: str, series_head: bool) -> nn.Module:
         n = self.spec.n_classes[task]
@@ -151,7 +165,9 @@ class FlairUPerFuse(nn.Module):
                 aux[task][mod] = _resize(self.aux_decoders[aux_key(mod, task)](series_logits[mod]), size)
 
         if modality_dropout is None:
-            modality_dropout = self.training and any(p > 0 for p in spec.modality_dropout.values())
+            on = self.reference_dropout if self.reference_dropout is not None else any(
+                p > 0 for p in spec.modality_dropout.values())
+            modality_dropout = self.training and on
         if modality_dropout and len(self.encoders) > 1:
             fmaps = self._drop_modalities(fmaps)
 
@@ -168,13 +184,11 @@ class FlairUPerFuse(nn.Module):
         return ModelOutput(tasks, aux)
 
     def _drop_modalities(self, fmaps: dict[str, list[Tensor]]) -> dict[str, list[Tensor]]:
-        """Per batch, replace each branch's maps by Xavier-uniform noise with its configured probability."""
-        out = {}
-        for mod, maps in fmaps.items():
-            if torch.rand(()).item() < self.spec.modality_dropout.get(mod, 0.0):
-                maps = [_xavier_noise(m) for m in maps]
-            out[mod] = maps
-        return out
+        """Per batch, replace each branch's maps by Xavier-uniform noise with its configured probability
+        (the reference's draw instead after `use_reference_semantics`)."""
+        dropped = (reference_dropout_draw(list(fmaps)) if self.reference_dropout is not None else
+                   {mod for mod in fmaps if torch.rand(()).item() < self.spec.modality_dropout.get(mod, 0.0)})
+        return {mod: [_xavier_noise(m) for m in maps] if mod in dropped else maps for mod, maps in fmaps.items()}
 
     # ----------------------------------------------------------------------------------------
     def summary_parameter_count(self) -> int:
@@ -198,17 +212,32 @@ class FlairUPerFuse(nn.Module):
 
 
 def build_model(
-    config: Mapping[str, Any], input_sizes: Mapping[str, int] | None = None, device: str | torch.device = "cpu"
+    config: Mapping[str, Any], input_sizes: Mapping[str, int] | None = None, device: str | torch.device = "cpu",
+    pretrained: bool = True,
 ) -> FlairUPerFuse:
     """Build FLAIR-UPerFuse from the merged FLAIR-HUB config dict (not modified).
 
     `device="meta"` builds the structure without allocating weights (parameter counting).
+    `pretrained=False` ignores `models.monotemp_model.encoder_weights`: for a model whose weights
+    come from a checkpoint next (inference, resume), loading ImageNet weights would be wasted.
     """
     spec = ModelSpec.from_config(config, input_sizes)
+    if not pretrained:
+        spec = replace(spec, encoder_weights=None)
     device = torch.device(device)
     # A device context intercepts every tensor op; skip it for the default (CPU) case.
     with contextlib.nullcontext() if device == torch.device("cpu") else device:
         return FlairUPerFuse(spec, config)
+
+
+def reference_dropout_draw(modalities: list[str]) -> set[str]:
+    """The reference's modality dropout draw (`FLAIR_HUB_Model.forward` / `modality_dropout`).
+
+    A probability `random.uniform(0, 1)` per modality, then `torch.rand(1) < p` in the same
+    order: every modality is dropped with probability 1/2 whatever the configured values.
+    """
+    probabilities = {mod: random.uniform(0, 1) for mod in modalities}
+    return {mod for mod in modalities if torch.rand(1).item() < probabilities[mod]}
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:

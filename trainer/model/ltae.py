@@ -45,10 +45,14 @@ class MaskedGroupNorm(nn.GroupNorm):
     """GroupNorm over `(N, C, T)` whose statistics skip the padded time steps.
 
     Identical to `nn.GroupNorm` when nothing is padded (the reference's case at batch size 1).
+    `include_padding = True` (`train.reference_semantics`) is the reference's plain GroupNorm over
+    every date, padded ones included, so that an item's output depends on its batch's padding.
     """
 
+    include_padding = False
+
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
-        if pad_mask is None or not bool(pad_mask.any()):
+        if self.include_padding or pad_mask is None or not bool(pad_mask.any()):
             return super().forward(x)
         n, c, t = x.shape
         dtype = x.dtype

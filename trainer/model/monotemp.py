@@ -4,9 +4,10 @@ Both are cut out of a full `segmentation_models_pytorch` model built exactly as 
 builds it (same smp call, same fallback order: smp encoder name, then `tu-<name>` with `img_size`,
 then `tu-<name>` without), so module nesting, parameter counts and state-dict keys
 (`seg_model.<...>`, `seg_model.decoder.<...>`, `seg_model.segmentation_head.<...>`) match the
-reference's. Differences, all about where weights come from: `encoder_weights` defaults to none
-(no download), may name a local file, and `new_channels_init_mode` says how input channels beyond
-the pretrained RGB ones start.
+reference's. Pretrained weights (`encoder_weights`: `imagenet`, the reference's smp default, or a
+local file) are loaded by smp / timm themselves, as when the reference builds the model
+(`trainer.model.pretrained`); `copy_first/second/third` in `new_channels_init_mode` (ours) start
+input channels beyond the pretrained RGB ones as copies of one of them.
 
 A decoder's throw-away encoder (the reference builds a whole model then keeps the decoder) is
 built on the meta device, so it costs no memory or init time; the decoder is then materialised
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import functools
-from pathlib import Path
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -25,6 +25,9 @@ import torch
 from segmentation_models_pytorch.base import initialization as smp_init
 from torch import Tensor, nn
 
+from trainer.config import ConfigError as TrainerConfigError
+
+from .pretrained import KEY, library_pretrained_encoder, resolve
 from .weights_io import read_state_dict
 
 DECODER_IMG_SIZE = 512
@@ -61,8 +64,8 @@ class MonotempEncoder(nn.Module):
         super().__init__()
         full = create_smp_model(arch, encoder, in_channels, classes, img_size)
         self.seg_model = full.encoder
-        if weights is not None:
-            load_pretrained_encoder(self.seg_model, encoder, weights, in_channels, new_channels_init_mode)
+        if weights is not None and torch.empty(0).device.type != "meta":  # meta: structure only, no values
+            load_pretrained_encoder(self.seg_model, encoder, weights, in_channels, img_size, new_channels_init_mode)
 
     @property
     def out_channels(self) -> list[int]:
@@ -128,53 +131,62 @@ def _materialise(module: nn.Module, device: torch.device) -> nn.Module:
 
 
 # --------------------------------------------------------------------------------------------
-# Pretrained encoder weights (optional; never downloaded unless `encoder_weights: imagenet`)
+# Pretrained encoder weights (`encoder_weights`: imagenet or a local file)
 # --------------------------------------------------------------------------------------------
-def load_pretrained_encoder(
-    encoder: nn.Module, name: str, weights: str, in_channels: int, new_channels_init_mode: str
-) -> None:
-    """Fill `encoder` from `weights`: 'imagenet' (timm/smp download) or a local checkpoint file.
+ENCODER_DEPTH = 5
+"""smp's default `encoder_depth`, which the reference never changes."""
+PREFIXES = ("module.", "backbone.", "encoder.")
 
-    A local file holds the backbone's own state dict (timm or smp key names, classifier keys are
-    ignored; `.safetensors`, or `.pth`/`.bin` read with `weights_only=True`). The first
-    convolution is adapted to `in_channels`: pretrained channels are kept where they exist, and
-    extra channels are copies of channel 1, 2 or 3 (`copy_first/second/third`) or stay random.
-    Fewer channels keep the first ones (one channel: the RGB mean).
+
+class EncoderWeightsMismatch(TrainerConfigError):
+    """A weights file does not hold this encoder's tensors; the message names the missing ones."""
+
+
+def load_pretrained_encoder(encoder: nn.Module, name: str, weights: str, in_channels: int, img_size: int,
+                            new_channels_init_mode: str) -> None:
+    """Fill `encoder` with pretrained weights as the reference's smp call would.
+
+    `weights` is `imagenet` (smp's default, from the local cache or downloaded) or a file holding
+    the backbone's state dict with timm's or smp's own key names (a leading `module.`,
+    `backbone.` or `encoder.` is dropped; classifier keys are ignored). smp / timm load it and
+    adapt the first convolution to `in_channels` as they do for the reference (timm: 1 channel =
+    sum of the RGB filters, others = RGB repeated and scaled by 3/C; smp: likewise, cycled).
+    With `copy_first/second/third` and more than 3 channels, the RGB filters are kept as they
+    are and each extra channel starts as a copy of filter 1, 2 or 3 instead.
     """
-    if weights == "imagenet":
-        state = _download_imagenet_state(name)
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"models.monotemp_model.encoder_weights: no such file {path}")
-        state = read_state_dict(path)
+    path = resolve(name, weights)
+    state = _strip_prefixes(read_state_dict(path))
     target = encoder.state_dict()
-    mapped = _match_keys(state, target)
-    missing = sorted(set(target) - set(mapped))
-    if missing:
-        raise KeyError(
-            f"encoder weights {weights}: {len(missing)} encoder tensors have no match, e.g. {missing[:5]}"
-        )
-    for key, tensor in list(mapped.items()):
-        want = target[key]
-        if tensor.shape == want.shape:
-            continue
-        if tensor.dim() == 4 and tensor.shape[0] == want.shape[0] and tensor.shape[2:] == want.shape[2:]:
-            mapped[key] = adapt_first_conv(tensor, want, new_channels_init_mode)
-        elif "relative_position_bias_table" in key:
-            mapped[key] = _resize_bias_table(tensor, want.shape)
-        else:
-            raise ValueError(f"encoder weights {weights}: {key} has shape {tuple(tensor.shape)}, encoder needs {tuple(want.shape)}")
-    encoder.load_state_dict(mapped, strict=True)
+    ours = new_channels_init_mode != "random" and in_channels > 3
+    try:
+        loaded = library_pretrained_encoder(name, state, 3 if ours else in_channels, ENCODER_DEPTH, img_size)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise EncoderWeightsMismatch(f"{KEY}: {path} does not fit the {name} encoder ({detail[:400]})") from None
+    pretrained = loaded.state_dict()
+    if ours:
+        for key, tensor in pretrained.items():
+            if tensor.shape != target[key].shape:
+                pretrained[key] = adapt_first_conv(tensor, target[key], new_channels_init_mode)
+    encoder.load_state_dict(pretrained, strict=True)
+
+
+def _strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for key, value in state.items():
+        for prefix in PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
 
 
 def adapt_first_conv(pretrained: Tensor, current: Tensor, mode: str) -> Tensor:
-    """A first-conv weight for `current.shape[1]` channels from a pretrained one (see above)."""
+    """A first-conv weight for `current.shape[1] > 3` channels: the pretrained RGB filters, then
+    copies of filter 1, 2 or 3 (`copy_first/second/third`); `current`'s values elsewhere."""
     n_in, n_pre = current.shape[1], pretrained.shape[1]
     if n_in < n_pre:
-        if n_in == 1:
-            return pretrained.sum(dim=1, keepdim=True) / n_pre
-        return pretrained[:, :n_in].clone()
+        raise ValueError(f"adapt_first_conv: {n_in} channels is fewer than the pretrained {n_pre}")
     out = current.clone()
     out[:, :n_pre] = pretrained
     source = {"copy_first": 0, "copy_second": 1, "copy_third": 2}.get(mode)
@@ -182,39 +194,3 @@ def adapt_first_conv(pretrained: Tensor, current: Tensor, mode: str) -> Tensor:
         for c in range(n_pre, n_in):
             out[:, c] = pretrained[:, min(source, n_pre - 1)]
     return out
-
-
-def _match_keys(state: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Map checkpoint keys onto encoder keys, allowing timm's flattened feature names and prefixes."""
-
-    def canon(key: str) -> str:
-        for prefix in ("model.", "encoder.", "backbone.", "module."):
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        return key.replace("_", ".")
-
-    by_canon = {canon(k): k for k in state}
-    out = {}
-    for key in target:
-        src = by_canon.get(canon(key))
-        if src is not None:
-            out[key] = state[src]
-    return out
-
-
-def _resize_bias_table(table: Tensor, shape: torch.Size) -> Tensor:
-    """Swin relative-position bias table for another window size (bicubic over the 2-D offsets)."""
-    old, heads = table.shape
-    new = shape[0]
-    s_old, s_new = int(old**0.5), int(new**0.5)
-    grid = table.T.reshape(1, heads, s_old, s_old)
-    grid = nn.functional.interpolate(grid, size=(s_new, s_new), mode="bicubic", align_corners=False)
-    return grid.reshape(heads, new).T.contiguous()
-
-
-def _download_imagenet_state(name: str) -> dict[str, Tensor]:
-    """timm's pretrained weights for the encoder name (a download; needs network access)."""
-    import timm
-
-    model = timm.create_model(name, pretrained=True)
-    return model.state_dict()
