@@ -134,7 +134,7 @@ def infer_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", default=None,
                         help="any checkpoint flair-train writes (checkpoints/best_model.safetensors, best.ckpt, "
                              "last.ckpt) or a reference .ckpt/.pth/.safetensors (needs --config); required unless "
-                             "--metrics-only")
+                             "--metrics-only (default: none)")
     parser.add_argument("--data", required=True, help="shard root: a folder or an s3://, https://, hf:// URL")
     parser.add_argument("--split", default="test", help="split to predict")
     parser.add_argument("--out", default=None, help="output folder (required unless --metrics-only, where it "
@@ -142,7 +142,7 @@ def infer_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-only", action="store_true",
                         help="no model: score the prediction files of an earlier run (--pred) against the split's "
                              "labels, writing the same metrics files (the reference's tasks.metrics_only)")
-    parser.add_argument("--pred", default=None, help="with --metrics-only: the --out folder of the predicting run")
+    parser.add_argument("--pred", default=None, help="with --metrics-only: the --out folder of the predicting run (default: none)")
     parser.add_argument("--config", nargs="*", default=None, metavar="DIR_OR_YAML",
                         help="training config (dirs, YAML files or built-in names such as LC-A): required for "
                              "reference checkpoints, and overrides the preprocessing of ours (default: the config "

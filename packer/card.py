@@ -202,6 +202,15 @@ def _read_howto(manifest: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _source_label(src: str | None) -> str | None:
+    """A URL (e.g. `hf://datasets/IGNF/FLAIR-HUB@<commit>`) says where the data came from to anyone
+    who reads the card; a path on the packing machine says nothing to them (and leaks its layout):
+    it stays in manifest.json only."""
+    if src is None or "://" in src:
+        return src
+    return "local FLAIR-HUB files (the path is in manifest.json)"
+
+
 def dataset_card(manifest: Mapping[str, Any], index: pa.Table) -> str:
     """The README.md of a packed dataset (see the module docstring)."""
     head = yaml.safe_dump(front_matter(manifest), sort_keys=False, allow_unicode=True)
@@ -235,7 +244,7 @@ def dataset_card(manifest: Mapping[str, Any], index: pa.Table) -> str:
             level = " (level 1, band 1 of 3)" if task == "ALL_LABEL-LPIS" else ""
             lines += [f"## Classes: `{task}`{level}", "", *_class_table(task, index), ""]
     options = {
-        "source": p.get("src"), "splits from": p.get("split_source"), "seed": p.get("seed"),
+        "source": _source_label(p.get("src")), "splits from": p.get("split_source"), "seed": p.get("seed"),
         "shuffled": not p.get("keep_order", False), "shard size target": f"{p.get('shard_size', 0) / 1e6:g} MB",
         "codec": f"zstd level {codec['level']}, filter {codec['filter']}",
         "modalities": ", ".join(p.get("modalities", [])), "on error": p.get("on_error"),

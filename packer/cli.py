@@ -59,7 +59,6 @@ def pack_parser() -> argparse.ArgumentParser:
             "flair-pack --src FLAIR-HUB/ --out shards/                      # every modality, official split",
             "flair-pack --src hf://datasets/IGNF/FLAIR-HUB --out shards/    # the Hub's zips, read in place",
             "flair-pack --src FLAIR-HUB/ --out s3://bucket/flair-hub --modalities AERIAL_RGBI,AERIAL_LABEL-COSIA",
-            "flair-pack --src FLAIR-HUB/ --out part-3/ --num-parts 8 --part 3 --filter none",
         ))
     p.add_argument("--src", required=True,
                    help="FLAIR-HUB source: a folder (modality folders + GLOBAL_ALL_MTD/, and/or the Hub's zips, "

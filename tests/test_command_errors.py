@@ -64,7 +64,7 @@ def test_zonal_ctrl_c_is_one_line(tmp_path, monkeypatch, capsys, one_error_line)
     cfg = yaml.safe_load((REPO / "configs" / "zonal.yaml").read_text())
     cfg["output_path"] = str(tmp_path / "out")
     cfg_path = tmp_path / "zonal.yaml"
-    monkeypatch.setattr("inference.zonal_config.load_zonal_config", lambda path: cfg)
+    monkeypatch.setattr("inference.zonal_config.load_zonal_config", lambda path, **kw: cfg)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

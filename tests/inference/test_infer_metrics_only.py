@@ -87,7 +87,7 @@ def test_a_missing_prediction_is_named(predicted, toy_shards, tmp_path, capsys) 
     for f in files[1:]:
         (partial / f.name).symlink_to(f)
     assert infer_main(["--metrics-only", "--pred", str(tmp_path / "partial"), "--data", str(toy_shards.out),
-                       "--config", str(cfg), "--no-progress"]) == 1
+                       "--config", str(cfg), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "no prediction for" in err and files[0].name in err
 
@@ -95,7 +95,7 @@ def test_a_missing_prediction_is_named(predicted, toy_shards, tmp_path, capsys) 
 def test_predict_false_without_metrics_only_is_refused(toy_shards, tmp_path, capsys) -> None:
     cfg = _write_config(tmp_path / "c.yaml", predict=False, metrics_only=False)
     assert infer_main(["--checkpoint", "x.safetensors", "--config", str(cfg), "--data", str(toy_shards.out),
-                       "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+                       "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "tasks.predict: False and tasks.metrics_only: False" in err and "--metrics-only" in err
 

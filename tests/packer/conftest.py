@@ -37,7 +37,8 @@ def disk_full_at(monkeypatch) -> Callable[[int], Callable[[], None]]:
 def same_pack():
     """`same_pack(a, b)`: two packed outputs hold the same bytes, and their manifests differ at most
     in `parameters.src` and `parameters.src_list` (where the source was: a folder, zips, a URL, and
-    the list of its zips). Returns the two `src` values."""
+    the list of its zips), their dataset cards at most in the `source` row of the pack options.
+    Returns the two `src` values."""
     import filecmp
     import json
 
@@ -51,8 +52,13 @@ def same_pack():
         names = files(a)
         assert names == files(b)
         assert any(str(n).endswith(".tar") for n in names)
+        def card(out):
+            return [line for line in (out / schema.CARD_FILE).read_text().splitlines() if not line.startswith("| source |")]
+
         for n in names:
-            if str(n) != schema.MANIFEST_FILE:
+            if str(n) == schema.CARD_FILE:
+                assert card(a) == card(b)
+            elif str(n) != schema.MANIFEST_FILE:
                 assert filecmp.cmp(a / n, b / n, shallow=False), n
         ma, mb = (json.loads((o / schema.MANIFEST_FILE).read_text()) for o in (a, b))
         src = ma["parameters"].pop("src"), mb["parameters"].pop("src")

@@ -56,8 +56,8 @@ def _assert_ranks_split_the_data(out: Path, steps: int) -> None:
 
 @pytest.mark.parametrize("name, config, over, steps, unused", [
     # The documented command: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2
-    # trainer/train.py --config configs/demo (aerial ResNet-18/FPN + Sentinel-2 U-TAE): 2 steps of 2x2.
-    ("demo", "demo", {"hyperparams": {"num_epochs": 1}}, 2, 12),
+    # trainer/train.py --config configs/demo (aerial ResNet-18/U-Net + Sentinel-2 U-TAE): 2 steps of 2x2.
+    ("demo", "demo", {"hyperparams": {"num_epochs": 1}}, 2, 10),
     ("fpn", "flair-hub", {"hyperparams": {"num_epochs": 1, "batch_size": 1},
                           "modalities": {"inputs": {"AERIAL_RGBI": False, "SPOT_RGBI": True, "SENTINEL1-ASC_TS": True}},
                           "models": {"monotemp_model": {"arch": "resnet18-fpn", "encoder_weights": None}}}, 3, 12),

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 @pytest.mark.parametrize("over", [
     {"modalities": {"inputs": {"AERIAL_RGBI": False, "SPOT_RGBI": True, "SENTINEL1-ASC_TS": True}},
-     "models": {"monotemp_model": {"arch": "resnet18-fpn"}}},  # FPN: reads 3 of the fused stages
+     "models": {"monotemp_model": {"arch": "resnet18-fpn", "encoder_weights": None}}},  # FPN: reads 3 of the fused stages
     {"modalities": {"inputs": {"AERIAL_RGBI": False, "SPOT_RGBI": True, "SENTINEL2_TS": True},
                     "aux_loss": {"SPOT_RGBI": True, "SENTINEL2_TS": True}}},  # aux heads (U-Net)
     {"modalities": {"inputs": {"AERIAL_RGBI": False, "SPOT_RGBI": True}}},  # one branch: fusion bypassed
@@ -32,7 +32,7 @@ def test_parameters_without_gradient_are_those_a_backward_leaves_untouched(over,
     """The dry walk of the loss graph (eval mode, nothing written) finds exactly the parameters that a
     real training step leaves without a gradient; DDP's flag follows (or modality dropout turns it on)."""
     path = tmp_path / "over.yaml"
-    path.write_text(yaml.safe_dump({"models": {"monotemp_model": {"arch": "resnet18-unet"}}} | over))
+    path.write_text(yaml.safe_dump({"models": {"monotemp_model": {"arch": "resnet18-unet", "encoder_weights": None}}} | over))
     cfg = load_train_config([REPO / "configs" / "flair-hub", path])
     model = build_model(cfg)
     needed, derived = needs_unused_parameter_search(model, cfg)
@@ -47,6 +47,6 @@ def test_parameters_without_gradient_are_those_a_backward_leaves_untouched(over,
     assert needed == bool(derived)
 
     over["modalities"]["modality_dropout"] = {m: 0.3 for m in model.spec.inputs}
-    path.write_text(yaml.safe_dump({"models": {"monotemp_model": {"arch": "resnet18-unet"}}} | over))
+    path.write_text(yaml.safe_dump({"models": {"monotemp_model": {"arch": "resnet18-unet", "encoder_weights": None}}} | over))
     cfg = load_train_config([REPO / "configs" / "flair-hub", path])
     assert needs_unused_parameter_search(build_model(cfg), cfg)[0] == (len(model.spec.inputs) > 1 or bool(derived))
