@@ -58,7 +58,7 @@ def test_load_config_layers_several_paths_and_ignores_the_train_section(tmp_path
     over.write_text(yaml.safe_dump({"hyperparams": {"batch_size": 3}, "train": {"mixed_precision": "bf16"}}))
     cfg = load_config(["LC-A", over])
     assert cfg["hyperparams"]["batch_size"] == 3 and "train" not in cfg
-    assert read_config_layers("demo")["models"]["monotemp_model"]["arch"] == "resnet18-fpn"
+    assert read_config_layers("demo")["models"]["monotemp_model"]["arch"] == "resnet18-unet"
 
 
 def test_inference_defaults_point_at_the_shipped_configs():

@@ -30,7 +30,7 @@ def _layers(shards: Path, out: Path, **train: object) -> list:
         "saving": {"enable_progress_bar": False},
         "labels": ["AERIAL_LABEL-COSIA", "ALL_LABEL-LPIS"],
         "modalities": {"inputs": {"AERIAL_RGBI": False, "SPOT_RGBI": True}},
-        "models": {"monotemp_model": {"arch": "resnet18-unet"}},
+        "models": {"monotemp_model": {"arch": "resnet18-unet", "encoder_weights": None}},  # random init, no download
         "train": {"tensorboard": True, "report": False, "val_every_n_steps": 1, "limit_val_batches": 1,
                   "tensorboard_images": 3, **train},
     }
