@@ -51,6 +51,7 @@ class Selection:
     members: dict[str, tuple[np.ndarray, np.ndarray]]  # member -> (offsets, sizes); "json" included
     shards: list[ShardInfo]
     class_counts: Mapping[str, np.ndarray]  # task -> (N, n_classes) pixel counts, where the index has them
+    rows: np.ndarray | None = None  # (N,) row of each selected sample in the index (for other columns)
 
     def __len__(self) -> int:
         return len(self.patch_ids)
@@ -221,6 +222,7 @@ class Catalog:
             members=members,
             shards=[self.shards[paths[k]] for k in by_path],
             class_counts=LazyCounts(self, rows),
+            rows=rows,
         )
 
     def counts(self, task: str) -> np.ndarray:
