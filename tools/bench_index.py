@@ -76,8 +76,7 @@ def needed_modalities(config: Path) -> tuple[str, ...]:
     from trainer.data.sample import SampleSpec
     from trainer.train_config import load_train_config
 
-    layers = [REPO / "configs" / "flair-hub", config] if config.is_file() else [config]
-    return SampleSpec.from_config(load_train_config(layers), augment=False).needed_modalities
+    return SampleSpec.from_config(load_train_config([config]), augment=False).needed_modalities
 
 
 def counting_source(base: str):

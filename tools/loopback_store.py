@@ -52,6 +52,14 @@ class Link:
             time.sleep(delay)
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away (killed, timed out) is not an error of the store."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class LoopbackStore:
     """Serve `root` on 127.0.0.1 in a background thread (a context manager; see the module docstring)."""
 
@@ -80,7 +88,7 @@ class LoopbackStore:
             def do_GET(self) -> None:
                 store._serve(self, body=True)
 
-        self.server = http.server.ThreadingHTTPServer((host, port), Handler)
+        self.server = _Server((host, port), Handler)
         self.server.daemon_threads = True
         self._thread: threading.Thread | None = None
 

@@ -31,8 +31,9 @@ def test_two_cpu_processes_split_the_data(toy_shards, tmp_path):
         "train": {"log_samples": True, "tensorboard": False, "report": False},
     }
     (tmp_path / "over.yaml").write_text(yaml.safe_dump(over))
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    # `accelerate` as a module: its console script is not in a venv that reuses another's packages.
+    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
+           "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
            str(REPO / "trainer" / "train.py"), "--config", str(REPO / "configs" / "flair-hub"), str(tmp_path / "over.yaml")]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}

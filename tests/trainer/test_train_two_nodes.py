@@ -209,3 +209,8 @@ def test_two_nodes_kill_resume_and_elastic_resume(make_toy_tree, tmp_path):
         assert len(rest1) == len(set(rest1))
         assert sorted(consumed + rest1) == train_ids  # neither repeated nor skipped
         assert not {pid for b in single.values() for pid, ok in b if not ok}  # 1 rank: no padding needed
+        print(f"two nodes: {len(train_ids)} train samples, {n_batches} batches of 1 per rank; killed after the "
+              f"checkpoint at batch {done} (rank 0 logged {len(before[0])}, rank 1 {len(before[1])}); two-node "
+              f"resume: {len(after[0])} + {len(after[1])} batches, {len(rest[0]) + len(rest[1])} samples; "
+              f"one-node resume: {len(single)} batches, {len(rest1)} samples; store served {store.requests} "
+              f"requests, {store.bytes_sent / 1e6:.1f} MB")

@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from tools.simulate.calibrate import Calibration, calibrate, default_data, load_config
     from tools.simulate.model import predict
     from tools.simulate.workload import Topology, build
+    from trainer.data.distribution import cut_steps, epoch_order
     from trainer.data.sample import SampleSpec
 
     cfg = load_config(args.config, Path("."), args.batch_size)
@@ -135,12 +136,16 @@ def run(args: argparse.Namespace) -> int:
     catalog, open_s, catalog_mb = open_catalog(args.data)
     t0 = time.perf_counter()
     selection = catalog.select(split, needed)
+    # What one rank does before its first batch: open, select, plan its share of the epoch.
+    order = epoch_order(selection.shard, selection.sample_index, cfg["hyperparams"]["seed"], 0, True,
+                        cfg["data"]["shuffle_window"])
     topo = Topology(args.nodes, args.gpus_per_node, workers, threads, batch)
+    cut_steps(order, 0, topo.world - 1, topo.world, batch, cfg["data"]["uneven"])
+    start_s = open_s + time.perf_counter() - t0
     work = build(catalog, selection, needed, topo, remote=store.remote, seed=cfg["hyperparams"]["seed"],
                  shuffle_window=cfg["data"]["shuffle_window"], uneven=cfg["data"]["uneven"], verify=args.verify)
-    plan_s = (time.perf_counter() - t0) / max(1, topo.world)  # this process planned every rank
     pred = predict(work, topo, store, cal, step_time_s=step, cores_per_node=args.cores_per_node,
-                   open_s=open_s + plan_s, catalog_mb=catalog_mb)
+                   open_s=start_s, catalog_mb=catalog_mb)
     report = describe(args, cfg, needed, split, topo, store, cal, work, pred, step)
     print(report["text"])
     if args.json:
@@ -177,7 +182,7 @@ def describe(args, cfg, needed, split, topo, store, cal, work, pred, step) -> di
         "| per rank | value |",
         "|---|---:|",
         f"| samples/s | {pred.samples_per_s_rank:,.1f} (loader alone: {pred.loader_samples_per_s_rank:,.1f}) |",
-        f"| data-wait share | {100 * pred.data_wait_share:.0f} % |",
+        f"| data-wait share | {'-' if step <= 0 else f'{100 * pred.data_wait_share:.0f} %'} |",
         f"| time to first batch | {pred.first_batch_s:.2f} s |",
         f"| memory (training process + workers) | {pred.memory_rank_mb:,.0f} MB |",
         "",
@@ -190,7 +195,7 @@ def describe(args, cfg, needed, split, topo, store, cal, work, pred, step) -> di
         "| resource | samples/s per rank it allows | utilisation |",
         "|---|---:|---:|",
     ]
-    util = {s.name: s.utilization for s in pred.stations}
+    util = {s.name: s.utilization for s in pred.stations if s.servers > 0}  # a delay has no utilisation
     for name, bound in sorted(pred.bounds.items(), key=lambda kv: kv[1]):
         lines.append(f"| {name} | {bound:,.1f} | |")
     for name, u in util.items():
@@ -200,7 +205,8 @@ def describe(args, cfg, needed, split, topo, store, cal, work, pred, step) -> di
         "fetched_bytes_per_sample": work.mean_fetched, "requests_per_sample": work.mean_requests,
         "decoded_bytes_per_sample": work.mean_decoded, "node_bytes_per_epoch": pred.node_bytes_per_epoch,
         "samples_per_s_rank": pred.samples_per_s_rank, "samples_per_s_job": pred.samples_per_s_job,
-        "loader_samples_per_s_rank": pred.loader_samples_per_s_rank, "data_wait_share": pred.data_wait_share,
+        "loader_samples_per_s_rank": pred.loader_samples_per_s_rank,
+        "data_wait_share": pred.data_wait_share if step > 0 else None,
         "first_batch_s": pred.first_batch_s, "memory_rank_mb": pred.memory_rank_mb, "requests_per_s": pred.requests_per_s,
         "binds": pred.binds, "bounds": pred.bounds, "utilization": util, "epoch_s": pred.epoch_s,
     }

@@ -140,7 +140,7 @@ def predict(work: Workload, topo: Topology, store: Storage, cal: Calibration, st
         if latency > 0 and max(st.utilization for st in stations) < 0.6:
             binds = "store latency"  # too few threads in flight to keep anything busy
     model_rate = B / step_time_s if step_time_s > 0 else float("inf")
-    wait = max(0.0, 1.0 - loader / model_rate) if step_time_s > 0 else 1.0
+    wait = max(0.0, 1.0 - loader / model_rate) if step_time_s > 0 else float("nan")  # no model: undefined
 
     # ---- time to the first batch: open + plan, then every loader process starts at once and
     # builds its first batch
