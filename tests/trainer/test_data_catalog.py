@@ -143,3 +143,26 @@ def test_selection_pickles_for_worker_processes(synth):
     back = pickle.loads(pickle.dumps(sel))
     assert back.patch_ids == sel.patch_ids
     assert np.array_equal(back.class_counts["AERIAL_LABEL-COSIA"], sel.class_counts["AERIAL_LABEL-COSIA"])
+
+
+def test_an_index_in_many_row_groups_selects_the_same(synth, tmp_path):
+    """Dictionary codes differ from one row group to the next unless unified: selections must not care."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    shutil.copy(synth / "manifest.json", tmp_path / "manifest.json")
+    pq.write_table(pq.read_table(synth / "index.parquet"), tmp_path / "index.parquet", row_group_size=97)
+    assert pq.ParquetFile(tmp_path / "index.parquet").metadata.num_row_groups > 10
+    one = Catalog(open_source(str(synth)))
+    many = Catalog(open_source(str(tmp_path)))
+    read_whole_first = Catalog(open_source(str(tmp_path)))
+    read_whole_first.table  # the other path: columns cut from the whole table
+    d = one.table.to_pydict()
+    dom = next(x for x, s in zip(d["domain"], d["split"]) if s == "train")
+    for kw in (dict(split="valid", required=("DEM_ELEV",)), dict(split="train", required=(), domains=[dom])):
+        want = one.select(**kw)
+        for cat in (many, read_whole_first):
+            got = cat.select(**kw)
+            assert got.patch_ids == want.patch_ids
+            assert np.array_equal(got.shard, want.shard) and [s.path for s in got.shards] == [s.path for s in want.shards]

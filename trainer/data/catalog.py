@@ -120,8 +120,9 @@ class Catalog:
                 table = self._parquet.read(columns=todo)
             for n in todo:
                 col = table.column(n)
-                if n in DICTIONARY_COLUMNS:
-                    col = self._columns[n] = col.dictionary_encode() if self._table is not None else col.unify_dictionaries()
+                if n in DICTIONARY_COLUMNS:  # one dictionary for all chunks (row groups), so codes compare
+                    encoded = col.dictionary_encode() if self._table is not None else col
+                    col = self._columns[n] = encoded.unify_dictionaries()
                 out[n] = col
         return out
 
