@@ -12,9 +12,9 @@
    touching every page of every batch as the copy to a GPU would. Measured: samples/s per rank
    after its first batch, and the time to the first batch.
    Predicted: `tools.simulate` with the same index, plan, topology and store, the calibration, and
-   the cores the host gives the job during the setting (the host is shared: a 1.5 s decoding probe
-   with as many busy processes as the setting has, before and after it; their mean), shared
-   evenly by those processes.
+   the share of a core a loader process gets during the setting (the host is shared: a short
+   pilot run of one loader process before and after the setting; their mean; 1 on a dedicated
+   machine), for each of the setting's processes, up to the machine's cores.
 4. The table: measured vs predicted, and the error; the last line says whether all are within
    `--tolerance`.
 """
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from tools.bench_loader import prepare
-    from tools.simulate.calibrate import Calibration, calibrate, cores_available, speed_probe
+    from tools.simulate.calibrate import Calibration, calibrate, process_share, speed_probe
     from tools.simulate.cli import open_catalog
     from tools.simulate.model import predict
     from tools.simulate.storage import PRESETS, Storage
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only is not None and name not in args.only:
             continue
         busy = ranks * (max(1, workers) + (1 if workers else 0)) + (1 if src == "http" else 0)
-        before = cores_available(data, busy, cal.unit_cpu_s)
+        before = process_share(data, [CONFIG], args.batch, cal.unit_cpu_s)
         server = None
         if src == "http":
             server = subprocess.Popen([sys.executable, "-m", "tools.loopback_store", str(data), "--port", "0",
@@ -167,15 +167,16 @@ def main(argv: list[str] | None = None) -> int:
             source = server.stdout.readline().split(" at ")[1].split(" ")[0]
         else:
             source = str(data)
-        say(f"measuring {name} ({busy} busy processes get {before:.2f} cores)")
+        say(f"measuring {name} (a loader process gets {before:.2f} of a core)")
         try:
             results = measure(data, source, ranks, workers, args.epochs, args.batch)
         finally:
             if server is not None:
                 server.terminate()
                 server.wait(10)
-        after = cores_available(data, busy, cal.unit_cpu_s)  # the host's load moves: the mean of before and after
-        cores = min(float(os.cpu_count() or 1), (before + after) / 2 * cal.loader_share)
+        after = process_share(data, [CONFIG], args.batch, cal.unit_cpu_s)  # the load moves: the mean of both
+        share = (before + after) / 2
+        cores = min(float(os.cpu_count() or 1), share * busy)
         rates = [steady_rate(r) for r in results]
         counted = [e for r in results for e in (r["epochs"][1:] or r["epochs"])]
         # CPU seconds per sample in the ranks' processes, in uncontended seconds (the calibration's unit)
@@ -187,18 +188,18 @@ def main(argv: list[str] | None = None) -> int:
         topo = Topology(nodes=1, gpus_per_node=ranks, workers=workers, threads=cal.threads, batch_size=args.batch)
         store = loopback if src == "http" else PRESETS["local"]
         work = build(catalog, selection, needed, topo, remote=store.remote, shuffle=True)
-        pred = predict(work, topo, store, cal, cores_per_node=cores, share=min(1.0, cores / busy),
+        pred = predict(work, topo, store, cal, cores_per_node=cores, share=share,
                        server_on_node=src == "http",
                        open_s=open_s, catalog_mb=catalog_mb)
         err = pred.samples_per_s_rank / measured - 1
         rows.append((name, ranks, workers, src, measured, pred.samples_per_s_rank, err, first, pred.first_batch_s,
-                     pred.binds, cores, cpu_per_sample, pred.cpu_per_sample_s, measured * ranks * cpu_per_sample))
+                     pred.binds, share, cpu_per_sample, pred.cpu_per_sample_s, measured * ranks * cpu_per_sample))
     store_txt = f"loopback HTTP: {args.latency_ms:g} ms per request, {args.bandwidth_mbps:g} Mb/s shared"
     print(f"{len(selection)} samples of {data}, LC-ALL modalities, batch {args.batch}, {cal.threads} decode threads; "
           f"{store_txt}; host {cal.host} ({cal.cores} cores, shared)")
     print()
     print("| store | ranks | workers | measured samples/s per rank | predicted | error | first batch s (measured / "
-          "predicted) | binds (predicted) | CPU ms per sample (measured / predicted) | error | cores: probe / used |")
+          "predicted) | binds (predicted) | CPU ms per sample (measured / predicted) | error | share of a core per process (pilot) / cores used |")
     print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     for name, ranks, workers, src, m, pr, err, f_m, f_p, binds, bg, c_m, c_p, used in rows:
         print(f"| {src} | {ranks} | {workers} | {m:.1f} | {pr:.1f} | {100 * err:+.0f} % | {f_m:.2f} / {f_p:.2f} | "
@@ -209,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"worst error: samples/s {100 * worst:.0f} %, CPU per sample {100 * worst_cpu:.0f} % "
           f"({'within' if ok else 'outside'} {100 * args.tolerance:.0f} % on samples/s)")
-    print("'cores: probe / used': what a busy-process probe got before and after the setting (the prediction's "
-          "input) and what the job's processes used (CPU seconds / wall seconds, uncontended units)")
+    print("'share ... / cores used': what a short pilot run of one loader process got before and after the setting "
+          "(the prediction's input) and what the job's processes used (CPU s / wall s, uncontended units)")
     return 0 if ok else 1
 
 

@@ -20,6 +20,7 @@ Accelerate would step it once per process, but our loader already splits the dat
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -126,4 +127,6 @@ class Schedule:
         n = min(steps, limit - 1)
         if n > 0:  # OneCycleLR's learning rate is a function of its step count alone
             self.step_sched.last_epoch = n - 1
-            self.step_sched.step()
+            with warnings.catch_warnings():  # "step() before optimizer.step()": expected when resuming
+                warnings.simplefilter("ignore", UserWarning)
+                self.step_sched.step()

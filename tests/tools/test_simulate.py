@@ -28,7 +28,7 @@ def fake_calibration(**kw) -> Calibration:
     base = dict(host="test", cores=8, config="test", needed=list(NEEDED), batch_size=5, threads=4,
                 decoded_bytes=2e6, producer_fixed_s=0.001, producer_per_byte_s=2e-9, worker_extra_s=0.004,
                 main_per_sample_s=0.002, worker_start_cpu_s=0.2, thread_speedup=1.5, request_cpu_s=0.001,
-                byte_cpu_s=1e-9, server_request_cpu_s=0.0, server_byte_cpu_s=0.0, cores_available=8.0,
+                byte_cpu_s=1e-9, server_request_cpu_s=0.0, server_byte_cpu_s=0.0,
                 unit_cpu_s=0.005, rss_main_mb=600.0, rss_worker_mb=400.0, process_cores=1.5, pss_worker_mb=150.0)
     return Calibration(**{**base, **kw})
 

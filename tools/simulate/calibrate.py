@@ -15,8 +15,9 @@ default the toy shards `python -m tools.bench_loader` uses) with the config's mo
 - `http`: ranged reads through the loader's HTTP source from `tools/loopback_store.py`: CPU per
   request and per byte on the client, and in the server (which runs on the same cores here);
 - `speed`: a decoding probe (one sample's members decoded over and over) gives the CPU cost of a
-  unit of work when the host interferes least, how many cores' worth of such work the host gives
-  this job now, and by how much contention inflates a CPU second at the moment of each probe.
+  unit of work when the host interferes least, and by how much contention inflates a CPU second
+  at the moment of each probe (`process_share` then tells what share of a core a loader process
+  gets now, for the validation on a shared host).
 CPU time (not wall time) is what is measured, in uncontended seconds, so the figures hold on a
 busy, shared machine; on a dedicated node the corrections are 1.
 """
@@ -59,13 +60,11 @@ class Calibration:
     byte_cpu_s: float  # client CPU s per byte received
     server_request_cpu_s: float  # loopback server CPU s per request (on the same cores only in validation)
     server_byte_cpu_s: float
-    cores_available: float  # cores' worth of CPU this machine gives a job now (all of them on a dedicated node)
     unit_cpu_s: float  # uncontended CPU seconds of one unit of the decoding probe (`speed_probe`)
     rss_main_mb: float  # the training process with the loader running (torch imported)
     rss_worker_mb: float  # one DataLoader worker (resident, pages shared with the training process included)
     thread_cpu_factor: float = 1.0  # CPU per sample with `threads` decode threads / with 1 (lock hand-offs)
     process_cores: float = 1.0  # cores a loader process with `threads` threads keeps busy, relative to one thread
-    loader_share: float = 1.0  # CPU a loader process gets / what a busy probe process gets (1 on a dedicated node)
     pss_worker_mb: float = 0.0  # one DataLoader worker's proportional set size (its own memory)
     measured_at: float = field(default_factory=time.time)
 
@@ -240,11 +239,6 @@ def clean_unit_cpu(data: Path, rounds: int = 3) -> float:
     return min(speed_probe(data, 1, 1.0)["cpu_per_unit_s"] for _ in range(rounds))
 
 
-def cores_available(data: Path, processes: int, unit_cpu_s: float, seconds: float = 1.5) -> float:
-    """Cores' worth of uncontended CPU that `processes` busy processes of this job get now."""
-    return max(0.05, speed_probe(data, processes, seconds)["units_per_s"] * unit_cpu_s)
-
-
 def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     if args.probe == "http":
         return probe_http(args.data)
@@ -261,6 +255,24 @@ def _subprocess(argv: list[str]) -> dict[str, Any]:
     if proc.returncode or line is None:
         raise RuntimeError(f"calibration probe {argv[0]} failed:\n{proc.stderr[-3000:]}")
     return json.loads(line[len("RESULT "):])
+
+
+
+def process_share(data: Path, config: list[Path], batch: int, unit_cpu_s: float, samples: int = 24) -> float:
+    """The share of a core one loader process gets now: a short run of the real loader (0 workers,
+    one thread) in a fresh process, its CPU seconds (uncontended units) per wall second.
+
+    On a dedicated node that is about 1; on a shared host it is what the scheduler leaves a
+    process that, like the loader, both computes and waits (a busy-loop probe gets less there).
+    """
+    from trainer.data.catalog import Catalog
+    from trainer.data.sources import open_source
+
+    ids = Catalog(open_source(str(data))).select(None, ()).patch_ids[:samples]
+    factor = max(1.0, speed_probe(data, 1, 0.5)["cpu_per_unit_s"] / unit_cpu_s)
+    got = _subprocess(["loader", "--workers", "0", "--threads", "1", "--data", str(data), "--batch", str(batch),
+                       "--config", *map(str, config), "--patch-ids", json.dumps(ids)])
+    return min(1.0, max(0.02, got["cpu_s"] / factor / got["wall_s"]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,8 +313,6 @@ def calibrate(data: Path, config: list[Path], batch: int | None = None, threads:
         extra = ["--patch-ids", json.dumps(ids)] if ids is not None else []
         return deflated(_subprocess(["loader", "--workers", str(workers), "--threads", str(n_threads), *common, *extra]))
 
-    say("calibrating: cores available")
-    available = cores_available(data, os.cpu_count() or 1, unit)
     say("calibrating: one loader process, one thread (small and large samples)")
     lo, hi = loader(0, 1, small), loader(0, 1, large)
     d_lo, d_hi = (sum(dec_of[p] for p in ids) / len(ids) for ids in (small, large))
@@ -315,12 +325,7 @@ def calibrate(data: Path, config: list[Path], batch: int | None = None, threads:
     else:
         fixed = c_lo - per_byte * d_lo
     say(f"calibrating: one loader process, {threads} decode threads")
-    probe_before = cores_available(data, 1, unit, seconds=1.0)
     one = loader(0, 1, None)
-    probe_after = cores_available(data, 1, unit, seconds=1.0)
-    # On a shared host a process that often waits (for a lock, a read, a queue) gets more CPU than
-    # a busy probe when it runs; on a dedicated node both get a whole core.
-    loader_share = min(max((one["cpu_s"] / one["wall_s"]) / ((probe_before + probe_after) / 2), 0.5), 4.0)
     many = loader(0, threads, None) if threads > 1 else one
     speedup = (one["wall_s"] / one["samples"]) / (many["wall_s"] / many["samples"])
     cpu_factor = max(1.0, (many["cpu_s"] / many["samples"]) / (one["cpu_s"] / one["samples"]))
@@ -349,8 +354,8 @@ def calibrate(data: Path, config: list[Path], batch: int | None = None, threads:
         batch_size=batch, threads=threads, decoded_bytes=mean_dec, producer_fixed_s=fixed,
         producer_per_byte_s=per_byte, worker_extra_s=worker_extra, main_per_sample_s=main,
         worker_start_cpu_s=worker_start_cpu, thread_speedup=speedup, thread_cpu_factor=cpu_factor,
-        process_cores=process_cores, loader_share=loader_share, request_cpu_s=req, byte_cpu_s=per_byte_http,
-        server_request_cpu_s=s_req, server_byte_cpu_s=s_byte, cores_available=available, unit_cpu_s=unit,
+        process_cores=process_cores, request_cpu_s=req, byte_cpu_s=per_byte_http,
+        server_request_cpu_s=s_req, server_byte_cpu_s=s_byte, unit_cpu_s=unit,
         rss_main_mb=max(one["rss_main_mb"], w1["rss_main_mb"]), rss_worker_mb=w1["rss_worker_mb"],
         pss_worker_mb=w1.get("pss_worker_mb", 0.0))
 
