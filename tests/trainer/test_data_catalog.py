@@ -166,3 +166,35 @@ def test_an_index_in_many_row_groups_selects_the_same(synth, tmp_path):
             got = cat.select(**kw)
             assert got.patch_ids == want.patch_ids
             assert np.array_equal(got.shard, want.shard) and [s.path for s in got.shards] == [s.path for s in want.shards]
+
+
+@pytest.mark.slow
+def test_a_process_that_read_a_remote_index_exits_cleanly(synth):
+    """pyarrow's threads must not read a remote (Python file) index: one still waiting for the
+    interpreter lock at shutdown aborted the process ("terminate called ...") about one exit in three."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import os
+        from trainer.data.catalog import Catalog
+        from trainer.data.sources import Source
+
+        class Remote(Source):
+            def _size(self, rel):
+                return os.stat(os.path.join(self.base, rel)).st_size
+
+            def _read_range(self, rel, start, length):
+                with open(os.path.join(self.base, rel), "rb") as f:
+                    f.seek(start)
+                    return f.read(length)
+
+        cat = Catalog(Remote({str(synth)!r}))
+        cat.select("train", ("AERIAL_RGBI",)).class_counts["AERIAL_LABEL-COSIA"]
+        cat.table
+        print("done")
+    """)
+    for _ in range(6):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]

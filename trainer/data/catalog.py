@@ -117,7 +117,9 @@ class Catalog:
             if self._table is not None:
                 table = self._table.select(todo)
             else:
-                table = self._parquet.read(columns=todo)
+                # A remote index is a Python file object: pyarrow's own threads must not call into it
+                # (they can still be waiting for the interpreter lock when it shuts down: "terminate called").
+                table = self._parquet.read(columns=todo, use_threads=isinstance(self.source, LocalSource))
             for n in todo:
                 col = table.column(n)
                 if n in DICTIONARY_COLUMNS:  # one dictionary for all chunks (row groups), so codes compare
@@ -130,7 +132,7 @@ class Catalog:
     def table(self) -> pa.Table:
         """The whole index (read on first use; selections never need it)."""
         if self._table is None:
-            self._table = self._open_index(dictionary=()).read()
+            self._table = self._open_index(dictionary=()).read(use_threads=isinstance(self.source, LocalSource))
         return self._table
 
     def __getstate__(self) -> dict:
