@@ -20,6 +20,7 @@ Accelerate would step it once per process, but our loader already splits the dat
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -103,10 +104,29 @@ class Schedule:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue a saved schedule. When the run now has another number of optimizer steps (a
+        resume on another world size, or with another epoch count), the schedule continues at the
+        same fraction of the run instead of stepping past the end of the saved one."""
         if state.get("kind") != self.kind:
             raise ValueError(f"checkpoint scheduler is {state.get('kind')!r} but the config says {self.kind!r}")
         self.steps_done = int(state["steps_done"])
-        if self.step_sched is not None and state.get("step_sched") is not None:
+        saved_total = int(state.get("total_steps", self.total_steps))
+        if saved_total != self.total_steps:
+            self.steps_done = round(self.steps_done * self.total_steps / saved_total)
+            self._seek(self.steps_done)
+        elif self.step_sched is not None and state.get("step_sched") is not None:
             self.step_sched.load_state_dict(state["step_sched"])
         if self.plateau is not None and state.get("plateau") is not None:
             self.plateau.load_state_dict(state["plateau"])
+
+    def _seek(self, steps: int) -> None:
+        """Put the per-step schedule where `steps` calls of `after_step` would have left it."""
+        if self.step_sched is None:
+            return
+        limit = self.warmup_steps if self.kind == "cycle_then_plateau" else self.total_steps
+        n = min(steps, limit - 1)
+        if n > 0:  # OneCycleLR's learning rate is a function of its step count alone
+            self.step_sched.last_epoch = n - 1
+            with warnings.catch_warnings():  # "step() before optimizer.step()": expected when resuming
+                warnings.simplefilter("ignore", UserWarning)
+                self.step_sched.step()

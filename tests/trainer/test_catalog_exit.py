@@ -2,7 +2,7 @@
 
 Reading Parquet from memory that Python owns made about one run in four abort at interpreter
 exit ("terminate called without an active exception", pyarrow 26 / torch 2.14); the catalog now
-reads from a copy Arrow owns (`trainer.data.catalog.arrow_owned`). Six fresh interpreters catch
+reads a local index by its path and a remote one without Arrow threads calling into Python (`Catalog._open_index`). Six fresh interpreters catch
 the old behaviour with a probability of about 0.8.
 """
 

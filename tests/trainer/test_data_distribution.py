@@ -119,3 +119,45 @@ def test_class_balanced_order_prefers_heavy_samples():
     assert len(order) == 100 and (order == 7).sum() > 10
     with pytest.raises(ValueError, match="weights"):
         epoch_order(shard, pos, 0, 0, weights=np.zeros(100))
+
+
+def stepped_buffer_shuffle(order, window, rng):
+    """The shuffle buffer stepped sample by sample (the loop `buffer_shuffle` computes at once)."""
+    if window <= 1 or len(order) <= 1:
+        return order.copy()
+    out = np.empty_like(order)
+    buf = list(order[:window])
+    picks = rng.integers(0, 1 << 62, size=len(order))
+    n = 0
+    for i in range(window, len(order)):
+        j = int(picks[n] % len(buf))
+        out[n] = buf[j]
+        buf[j] = order[i]
+        n += 1
+    out[n:] = np.asarray(buf, dtype=order.dtype)[rng.permutation(len(buf))]
+    return out
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 64, 1000, 5003])
+@pytest.mark.parametrize("window", [0, 1, 2, 3, 16, 512, 70_000])
+def test_buffer_shuffle_equals_the_stepped_buffer(n, window):
+    for seed in range(3):
+        src = np.random.default_rng(seed + 100).permutation(n)
+        got = buffer_shuffle(src, window, np.random.default_rng(seed))
+        assert np.array_equal(got, stepped_buffer_shuffle(src, window, np.random.default_rng(seed)))
+
+
+@pytest.mark.parametrize("sizes", SHARDINGS + [(235,) * 40])
+def test_epoch_order_is_the_lexsorted_buffered_order(sizes):
+    """The plan is the one every released version computed: same seed, epoch, index -> same order."""
+    shard, pos = toy_index(sizes)
+    perm = np.random.default_rng(7).permutation(len(shard))  # rows in any order, as in an index
+    shard, pos = shard[perm], pos[perm]
+    for epoch in (0, 5):
+        rng = np.random.default_rng([11, epoch, 0])
+        shards = np.unique(shard)
+        rank = np.empty(shards.max() + 1, dtype=np.int64)
+        rank[shards[rng.permutation(len(shards))]] = np.arange(len(shards))
+        expected = stepped_buffer_shuffle(np.lexsort((pos, rank[shard])), 8, np.random.default_rng([11, epoch, 1]))
+        assert np.array_equal(epoch_order(shard, pos, 11, epoch, True, 8), expected)
+        assert np.array_equal(epoch_order(shard, pos, 11, epoch, False, 8), np.lexsort((pos, shard)))

@@ -102,3 +102,23 @@ def test_no_scheduler_is_constant_and_state_round_trips():
     assert math.isclose(a.lr(), b.lr()) and b.steps_done == 8
     with pytest.raises(ValueError, match="scheduler"):
         Schedule(_cfg(scheduler=None), _opt(cfg), 5).load_state_dict(a.state_dict())
+
+
+@pytest.mark.parametrize("kind", ["one_cycle_lr", "cycle_then_plateau"])
+def test_resume_with_another_step_count_continues_at_the_same_fraction(kind):
+    """An elastic resume (2 ranks -> 1) doubles the optimizer steps of the run: the saved schedule
+    continues from the same fraction of it, and runs to the new end without raising."""
+    cfg = _cfg(scheduler=kind, warmup_fraction=0.5)
+    two = Schedule(cfg, _opt(cfg), total_steps=8)
+    for _ in range(2):
+        two.after_step()
+    one = Schedule(cfg, _opt(cfg), total_steps=16)
+    one.load_state_dict(two.state_dict())
+    fresh = Schedule(cfg, _opt(cfg), total_steps=16)
+    for _ in range(4):
+        fresh.after_step()
+    assert one.steps_done == 4 and one.lr() == pytest.approx(fresh.lr())
+    for _ in range(14):
+        one.after_step()
+        fresh.after_step()
+        assert one.lr() == pytest.approx(fresh.lr())

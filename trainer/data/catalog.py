@@ -10,20 +10,25 @@ paths of both are checked first (`packer.paths`): a crafted `../` path never rea
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from packer.paths import check_index, check_manifest
+from packer.index import member_columns
+from packer.paths import check_manifest, check_relative_path, check_split_name
 from packer.schema import INDEX_FILE, MANIFEST_FILE, MODALITY_NAMES, N_CLASSES
-from trainer.data.sources import Source
+from trainer.data.sources import LocalSource, Source
 
 COUNT_COLUMNS = {"AERIAL_LABEL-COSIA": "cosia_counts", "ALL_LABEL-LPIS": "lpis_l1_counts"}
 """Per-class pixel counts in the index (LPIS: level 1 only)."""
+DICTIONARY_COLUMNS = ("split", "shard", "domain")
+"""Index columns with few distinct values, read dictionary-encoded (integer codes, not 241 k strings)."""
 
 
 class SelectionError(ValueError):
@@ -46,14 +51,23 @@ class Selection:
     sample_index: np.ndarray  # (N,) position inside the shard
     members: dict[str, tuple[np.ndarray, np.ndarray]]  # member -> (offsets, sizes); "json" included
     shards: list[ShardInfo]
-    class_counts: dict[str, np.ndarray]  # task -> (N, n_classes) pixel counts, where the index has them
+    class_counts: Mapping[str, np.ndarray]  # task -> (N, n_classes) pixel counts, where the index has them
+    rows: np.ndarray | None = None  # (N,) row of each selected sample in the index (for other columns)
 
     def __len__(self) -> int:
         return len(self.patch_ids)
 
 
 class Catalog:
-    """Manifest + index of one packed dataset behind a `Source`."""
+    """Manifest + index of one packed dataset behind a `Source`.
+
+    Built for one catalog per rank on hundreds of ranks (docs/scaling.md): opening reads the
+    manifest and the index's Parquet footer, then only the columns a selection needs (split,
+    the wanted members' offsets and sizes, patch ids; domains and class counts only when a filter
+    or class-balanced sampling asks for them), and everything is done on Arrow/numpy arrays, never
+    on Python lists of 241 k rows. Remote indexes are read with ranged requests, so a rank fetches
+    those columns, not the whole file. `table` still gives the whole index to those who want it.
+    """
 
     def __init__(self, source: Source) -> None:
         self.source = source
@@ -64,15 +78,79 @@ class Catalog:
                 f"{source.url(MANIFEST_FILE)}: no manifest (not a packed dataset, or the pack did not finish)"
             ) from None
         check_manifest(self.manifest, source.url(MANIFEST_FILE))
+        check_manifest(self.manifest, source.url(MANIFEST_FILE))
         self.shards = {
             s["path"]: ShardInfo(s["path"], int(s["bytes"]), s.get("sha256")) for s in self.manifest.get("shards", [])
         }
-        table = pq.read_table(pa.BufferReader(arrow_owned(source.read_all(INDEX_FILE))))
-        self.table: pa.Table = check_index(table, source.url(INDEX_FILE))
-        missing = [s for s in set(self.table.column("shard").to_pylist()) if s not in self.shards]
+        self._columns: dict[str, pa.ChunkedArray] = {}
+        self._table: pa.Table | None = None
+        self._parquet = self._open_index()
+        self.num_rows: int = self._parquet.metadata.num_rows
+        self.column_names: list[str] = self._parquet.schema_arrow.names
+        used = pc.unique(self.column("shard").combine_chunks().dictionary).to_pylist()
+        for path in used:
+            check_relative_path(path, source.url(INDEX_FILE))
+        missing = [s for s in used if s not in self.shards]
         if missing:
             raise SelectionError(f"{source.url(INDEX_FILE)}: rows point to shards absent from the manifest: {missing[:3]}")
 
+    # ---------------------------------------------------------------- reading the index
+    def _open_index(self, dictionary: Sequence[str] = DICTIONARY_COLUMNS) -> pq.ParquetFile:
+        """The index's Parquet file, footer read, no column yet (`dictionary`: columns to read as codes)."""
+        if isinstance(self.source, LocalSource):
+            where: Any = os.path.join(self.source.base, INDEX_FILE)
+        else:
+            where = SourceFile(self.source, INDEX_FILE)
+        return pq.ParquetFile(where, read_dictionary=list(dictionary), pre_buffer=True)
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        """One index column (string columns that repeat arrive dictionary-encoded)."""
+        return self._read([name])[name]
+
+    def _read(self, names: Sequence[str]) -> dict[str, pa.ChunkedArray]:
+        """Index columns by name, those not at hand read together (one pass over the file).
+
+        Only the small dictionary-encoded columns are kept: a rank holds its selection's arrays
+        for the whole run, not the index columns they were cut from.
+        """
+        unknown = [n for n in names if n not in self.column_names]
+        if unknown:
+            raise SelectionError(f"{self.source.url(INDEX_FILE)}: no column {unknown[0]!r}")
+        out = {n: self._columns[n] for n in names if n in self._columns}
+        todo = [n for n in dict.fromkeys(names) if n not in out]
+        if todo:
+            if self._table is not None:
+                table = self._table.select(todo)
+            else:
+                # A remote index is a Python file object: pyarrow's own threads must not call into it
+                # (they can still be waiting for the interpreter lock when it shuts down: "terminate called").
+                table = self._parquet.read(columns=todo, use_threads=isinstance(self.source, LocalSource))
+            for n in todo:
+                col = table.column(n)
+                if n in DICTIONARY_COLUMNS:  # one dictionary for all chunks (row groups), so codes compare
+                    encoded = col.dictionary_encode() if self._table is not None else col
+                    col = self._columns[n] = encoded.unify_dictionaries()
+                out[n] = col
+        return out
+
+    @property
+    def table(self) -> pa.Table:
+        """The whole index (read on first use; selections never need it)."""
+        if self._table is None:
+            self._table = self._open_index(dictionary=()).read(use_threads=isinstance(self.source, LocalSource))
+        return self._table
+
+    def __getstate__(self) -> dict:
+        # Sent to DataLoader workers with a selection's lazy counts: no columns, no open file.
+        state = dict(self.__dict__)
+        state["_columns"], state["_table"], state["_parquet"] = {}, None, None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._parquet = self._open_index()
+
+    # ---------------------------------------------------------------- selections
     def select(
         self,
         split: str | None,
@@ -87,40 +165,47 @@ class Catalog:
         `domains` match a domain (`D006`) or a domain-year (`D006-2020`); `patch_ids` is a list
         or a text file with one id per line; `contains_class` keeps patches where a task's class
         has at least one pixel; `min_class_share` keeps those where it covers at least a fraction.
+        A member is present where its size column is set (what the reader reads).
         """
         self._check_packed(required)
-        t = self.table
-        mask = np.ones(t.num_rows, dtype=bool)
-        if split is not None:
-            splits = np.asarray(t.column("split").to_pylist(), dtype=object)
-            if split not in set(splits):
-                raise SelectionError(f"split {split!r} not in the index (has {sorted(set(splits))})")
-            mask &= splits == split
-        present = t.column("modalities").to_pylist()
-        for name in required:
-            mask &= np.array([name in p for p in present], dtype=bool)
         domains = list(domains or ())
+        needed = ["shard", "patch_id", "sample_index", "json_offset", "json_size",
+                  *(c for name in required for c in member_columns(name))]
+        needed += ["split"] if split is not None else []
+        needed += ["domain", "year"] if domains else []
+        cols = self._read(needed)
+        mask = np.ones(self.num_rows, dtype=bool)
+        if split is not None:
+            splits = cols["split"].combine_chunks()
+            names = splits.dictionary.to_pylist()
+            for name in names:
+                check_split_name(name, self.source.url(INDEX_FILE))
+            if split not in names:
+                raise SelectionError(f"split {split!r} not in the index (has {sorted(names)})")
+            mask &= _as_numpy(splits.indices) == names.index(split)
+        for name in required:
+            mask &= _as_numpy(cols[member_columns(name)[1]].is_valid())
         if domains:
-            dom = np.asarray(t.column("domain").to_pylist(), dtype=object)
-            dom_year = np.asarray([f"{d}-{y:04d}" for d, y in zip(dom, t.column("year").to_pylist())], dtype=object)
-            mask &= np.isin(dom, domains) | np.isin(dom_year, domains)
+            dom = cols["domain"].cast(pa.string())
+            dom_year = pc.binary_join_element_wise(dom, pc.utf8_lpad(cols["year"].cast(pa.string()), 4, "0"), "-")
+            wanted_domains = pa.array(domains, type=pa.string())
+            mask &= _as_numpy(pc.or_(pc.is_in(dom, value_set=wanted_domains), pc.is_in(dom_year, value_set=wanted_domains)))
         if patch_ids is not None:
             if isinstance(patch_ids, str):
                 patch_ids = [ln.strip() for ln in Path(patch_ids).read_text().splitlines() if ln.strip()]
-            wanted = set(patch_ids)
-            ids = t.column("patch_id").to_pylist()
-            unknown = wanted - set(ids)
-            if unknown:
-                raise SelectionError(f"patch ids not in the index: {sorted(unknown)[:5]}")
-            mask &= np.array([p in wanted for p in ids], dtype=bool)
-        counts = {task: self._counts(task) for task in COUNT_COLUMNS if COUNT_COLUMNS[task] in t.column_names}
+            wanted = pa.array(sorted(set(patch_ids)), type=pa.string())
+            ids = cols["patch_id"].combine_chunks()
+            unknown = wanted.filter(pc.invert(pc.is_in(wanted, value_set=ids)))
+            if len(unknown):
+                raise SelectionError(f"patch ids not in the index: {unknown.to_pylist()[:5]}")
+            mask &= _as_numpy(pc.is_in(ids, value_set=wanted))
         for task, c in (contains_class or {}).items():
-            cnt = self._need_counts(counts, task)
+            cnt = self._need_counts(task)
             if not 0 <= c < cnt.shape[1]:
                 raise SelectionError(f"data.select.contains_class.{task}: class {c} outside 0..{cnt.shape[1] - 1}")
             mask &= cnt[:, c] > 0
         for task, shares in (min_class_share or {}).items():
-            cnt = self._need_counts(counts, task)
+            cnt = self._need_counts(task)
             total = np.maximum(cnt.sum(axis=1), 1)
             for c, share in shares.items():
                 if not 0 <= int(c) < cnt.shape[1]:
@@ -129,20 +214,26 @@ class Catalog:
         rows = np.flatnonzero(mask)
         if len(rows) == 0:
             raise SelectionError(f"no sample of split {split!r} matches the selection (required members {list(required)})")
-        sub = t.take(pa.array(rows))
-        shard_paths = sub.column("shard").to_pylist()
-        uniq = sorted(set(shard_paths))
-        number = {p: i for i, p in enumerate(uniq)}
-        members = {"json": (_ints(sub, "json_offset"), _ints(sub, "json_size"))}
+        keep = _bool_array(mask)
+        shard_codes = cols["shard"].combine_chunks()
+        paths = shard_codes.dictionary.to_pylist()
+        codes = _as_numpy(shard_codes.indices)[rows].astype(np.int64)
+        used = np.flatnonzero(np.bincount(codes, minlength=len(paths)))
+        by_path = sorted(used.tolist(), key=lambda k: paths[k])  # shards numbered in path order
+        number = np.zeros(len(paths), dtype=np.int64)
+        number[by_path] = np.arange(len(by_path))
+        members = {"json": (_ints(cols, "json_offset", keep), _ints(cols, "json_size", keep))}
         for name in required:
-            members[name] = (_ints(sub, f"{name}_offset"), _ints(sub, f"{name}_size"))
+            off, size = member_columns(name)
+            members[name] = (_ints(cols, off, keep), _ints(cols, size, keep))
         return Selection(
-            patch_ids=sub.column("patch_id").to_pylist(),
-            shard=np.array([number[p] for p in shard_paths], dtype=np.int64),
-            sample_index=_ints(sub, "sample_index"),
+            patch_ids=cols["patch_id"].filter(keep).to_pylist(),
+            shard=number[codes],
+            sample_index=_ints(cols, "sample_index", keep),
             members=members,
-            shards=[self.shards[p] for p in uniq],
-            class_counts={k: v[rows] for k, v in counts.items()},
+            shards=[self.shards[paths[k]] for k in by_path],
+            class_counts=LazyCounts(self, rows),
+            rows=rows,
         )
 
     def _check_packed(self, required: Sequence[str]) -> None:
@@ -156,36 +247,111 @@ class Catalog:
                 f"(packed: {', '.join(m for m in MODALITY_NAMES if m in packed) or 'nothing'}); "
                 "leave it out (modalities.inputs, labels, or filter_sentinel2 for SENTINEL2_MSK-SC) or repack with it")
 
-    def _counts(self, task: str) -> np.ndarray:
-        col = self.table.column(COUNT_COLUMNS[task]).to_pylist()
+    def counts(self, task: str) -> np.ndarray:
+        """Per-class pixel counts `(rows, n_classes)` of every index row for `task` (0 where unknown)."""
+        col = self.column(COUNT_COLUMNS[task]).combine_chunks()
         n = N_CLASSES[task]
-        return np.array([c if c is not None else [0] * n for c in col], dtype=np.int64).reshape(len(col), n)
+        out = np.zeros((len(col), n), dtype=np.int64)
+        valid = _as_numpy(col.is_valid())
+        lengths = np.diff(_as_numpy(col.offsets))[valid]
+        if (lengths != n).any():
+            raise SelectionError(f"index column {COUNT_COLUMNS[task]} has rows without {n} counts")
+        out[valid] = _as_numpy(col.flatten()).reshape(-1, n)
+        return out
 
-    @staticmethod
-    def _need_counts(counts: dict[str, np.ndarray], task: str) -> np.ndarray:
-        if task not in counts:
+    def _need_counts(self, task: str) -> np.ndarray:
+        if task not in COUNT_COLUMNS or COUNT_COLUMNS[task] not in self.column_names:
             raise SelectionError(f"the index has no per-class counts for {task}")
-        return counts[task]
+        return self.counts(task)
 
 
-def arrow_owned(data: bytes) -> pa.Buffer:
-    """A copy of `data` in memory Arrow allocated, to read Parquet from.
+class LazyCounts(Mapping):
+    """A selection's per-class counts by task, read from the index only when asked for.
 
-    Reading from a buffer that wraps Python bytes (`io.BytesIO`, `pa.BufferReader(bytes)`) made
-    the process abort at interpreter exit once torch was imported ("terminate called without an
-    active exception", about one run in four with pyarrow 26 / torch 2.14): Arrow's background
-    threads outlive the Python object they point into. One copy of the index, once, avoids it.
+    Most runs never look at them (they serve class filters and class-balanced sampling), and at
+    full scale they are the two heaviest index columns.
     """
-    buf = pa.allocate_buffer(len(data))
-    memoryview(buf).cast("B")[:] = data
-    return buf
+
+    def __init__(self, catalog: Catalog, rows: np.ndarray) -> None:
+        self.catalog, self.rows = catalog, rows
+        self._tasks = [t for t, c in COUNT_COLUMNS.items() if c in catalog.column_names]
+        self._loaded: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, task: str) -> np.ndarray:
+        if task not in self._tasks:
+            raise KeyError(task)
+        if task not in self._loaded:
+            self._loaded[task] = self.catalog.counts(task)[self.rows]
+        return self._loaded[task]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tasks)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
 
 
-def _ints(table: pa.Table, column: str) -> np.ndarray:
-    values = table.column(column).to_numpy(zero_copy_only=False)
-    if np.any(values is None) or (values.dtype == object):
+class SourceFile(io.RawIOBase):
+    """A read-only, seekable file over `Source.read_range` (with its retries), for ranged Parquet reads."""
+
+    def __init__(self, source: Source, rel: str) -> None:
+        super().__init__()
+        self.source, self.rel = source, rel
+        self.length = source.size(rel)
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        n = max(0, min(len(buffer), self.length - self.pos))
+        if n:
+            buffer[:n] = self.source.read_range(self.rel, self.pos, n)
+            self.pos += n
+        return n
+
+
+def _ints(cols: Mapping[str, pa.ChunkedArray], column: str, keep: pa.BooleanArray) -> np.ndarray:
+    values = cols[column].filter(keep)
+    if values.null_count:
         raise SelectionError(f"index column {column} has missing values for selected rows")
-    return values.astype(np.int64)
+    return _as_numpy(values).astype(np.int64)
+
+
+def _bool_array(mask: np.ndarray) -> pa.BooleanArray:
+    """A numpy mask as an Arrow boolean array (without `pa.array`: see `_as_numpy`)."""
+    bits = np.packbits(mask.astype(bool), bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(mask), [None, pa.py_buffer(bits)])
+
+
+def _as_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A null-free integer or boolean Arrow array as numpy, straight from its buffers.
+
+    Not with `to_numpy()`/`pa.array()`: their first call imports pandas (about a second of a
+    rank's start-up and tens of MB, for a rank that never uses pandas otherwise).
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    t = values.type
+    if values.null_count or not (pa.types.is_integer(t) or pa.types.is_boolean(t)):
+        return values.to_numpy(zero_copy_only=False)
+    data = values.buffers()[1]
+    if pa.types.is_boolean(t):
+        bits = np.frombuffer(data, dtype=np.uint8)
+        return np.unpackbits(bits, bitorder="little", count=values.offset + len(values))[values.offset:].astype(bool)
+    dtype = np.dtype(f"{'i' if pa.types.is_signed_integer(t) else 'u'}{t.bit_width // 8}")
+    return np.frombuffer(data, dtype=dtype, count=len(values), offset=values.offset * dtype.itemsize)
 
 
 def class_balanced_weights(counts: np.ndarray) -> np.ndarray:

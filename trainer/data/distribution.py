@@ -43,20 +43,36 @@ def buffer_shuffle(order: np.ndarray, window: int, rng: np.random.Generator) -> 
     Same algorithm as WebDataset's `shuffle`: fill the buffer, then for each incoming sample emit
     a random buffered one and put the new one in its place; drain in random order at the end.
     A sample moves at most `window` places earlier, so reads stay local to a few shards.
+
+    Computed without stepping through the buffer (a Python loop took ~0.3 s per rank and worker
+    at FLAIR-HUB scale): step k draws slot `picks[k] % window` and emits what that slot holds,
+    i.e. the sample written there by the previous step that drew the same slot, or the slot's
+    first occupant. Grouping the steps by slot (a stable sort) gives every "previous step" at once.
+    The random draws, and so the output, are exactly those of the step-by-step buffer.
     """
     if window <= 1 or len(order) <= 1:
         return order.copy()
+    n = len(order)
+    width = min(window, n)
+    picks = rng.integers(0, 1 << 62, size=n)
+    steps = n - width
     out = np.empty_like(order)
-    buf = list(order[:window])
-    picks = rng.integers(0, 1 << 62, size=len(order))
-    n = 0
-    for i in range(window, len(order)):
-        j = int(picks[n] % len(buf))
-        out[n] = buf[j]
-        buf[j] = order[i]
-        n += 1
-    tail = rng.permutation(len(buf))
-    out[n:] = np.asarray(buf, dtype=order.dtype)[tail]
+    final = order[:width].copy()  # what each slot holds once every sample has come in
+    if steps:
+        slot = picks[:steps] % width
+        # Steps grouped by slot, in step order inside a group (small integers sort by radix).
+        by_slot = np.argsort(slot.astype(np.uint16) if width <= 1 << 16 else slot, kind="stable")
+        slot_sorted = slot[by_slot]
+        first = np.ones(steps, dtype=bool)
+        first[1:] = slot_sorted[1:] != slot_sorted[:-1]
+        previous = np.zeros(steps, dtype=np.int64)
+        previous[1:] = by_slot[:-1]
+        # A step emits the slot's first occupant, or the sample the previous same-slot step stored.
+        out[by_slot] = np.where(first, order[slot_sorted], order[width + previous])
+        last = np.ones(steps, dtype=bool)
+        last[:-1] = first[1:]
+        final[slot_sorted[last]] = order[width + by_slot[last]]
+    out[steps:] = final[rng.permutation(width)]
     return out
 
 
@@ -81,14 +97,26 @@ def epoch_order(
         if p.shape != (n,) or (p < 0).any() or p.sum() <= 0:
             raise ValueError("class-balanced weights must be N non-negative numbers, not all zero")
         return _rng(seed, epoch, 2).choice(n, size=n, replace=True, p=p / p.sum())
-    shards = np.unique(shard_of_row)
-    rank_of_shard = np.empty(shards.max() + 1 if len(shards) else 0, dtype=np.int64)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    shard_of_row = np.asarray(shard_of_row, dtype=np.int64)
+    position_in_shard = np.asarray(position_in_shard, dtype=np.int64)
+    shards = np.flatnonzero(np.bincount(shard_of_row)) if shard_of_row.min() >= 0 else np.unique(shard_of_row)
+    rank_of_shard = np.empty(shards.max() + 1, dtype=np.int64)
     rank_of_shard[shards[shard_order(len(shards), seed, epoch, shuffle)]] = np.arange(len(shards))
     # Sort by (shard's place in this epoch, place inside the shard): reads stream through shards.
-    order = np.lexsort((position_in_shard, rank_of_shard[shard_of_row])) if n else np.zeros(0, dtype=np.int64)
+    order = _sort_by_pair(rank_of_shard[shard_of_row], position_in_shard)
     if shuffle and shuffle_window > 1:
         order = buffer_shuffle(order, shuffle_window, _rng(seed, epoch, 1))
     return order
+
+
+def _sort_by_pair(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
+    """`np.lexsort((minor, major))`, as one stable sort on a combined integer key when it fits (6x faster)."""
+    span = int(minor.max()) + 1 if len(minor) else 1
+    if len(minor) and minor.min() >= 0 and major.min() >= 0 and int(major.max()) < (1 << 62) // span:
+        return np.argsort(major * span + minor, kind="stable")
+    return np.lexsort((minor, major))
 
 
 @dataclass(frozen=True)

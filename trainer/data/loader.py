@@ -69,10 +69,19 @@ class ShardStream(IterableDataset):
         return self.reader.selection
 
     def plan(self) -> RankPlan:
-        sel = self.selection
-        order = epoch_order(sel.shard, sel.sample_index, self.seed, self.epoch, self.shuffle, self.shuffle_window,
-                            weights=self.weights)
-        return cut_steps(order, self.position, self.rank, self.world_size, self.batch_size, self.uneven)
+        """This rank's batches from (epoch, position), computed once and handed to the workers.
+
+        `StreamingLoader` plans in the main process before the DataLoader starts its workers, so
+        they inherit the plan (a few hundred rows) instead of each re-planning the whole epoch.
+        """
+        key = (self.epoch, self.position)
+        if getattr(self, "_plan_key", None) != key:
+            sel = self.selection
+            order = epoch_order(sel.shard, sel.sample_index, self.seed, self.epoch, self.shuffle, self.shuffle_window,
+                                weights=self.weights)
+            self._plan = cut_steps(order, self.position, self.rank, self.world_size, self.batch_size, self.uneven)
+            self._plan_key = key
+        return self._plan
 
     def load_one(self, row: int) -> dict[str, Any]:
         """Read, decode and preprocess one selected row (runs in the decode threads)."""
@@ -177,6 +186,7 @@ class StreamingLoader:
 
     def _dataloader(self) -> DataLoader:
         self.dataset.epoch, self.dataset.position = self.epoch, self.position
+        self.dataset.plan()  # once per rank and epoch, before the workers start (they inherit it)
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
             kwargs = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False}
