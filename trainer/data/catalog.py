@@ -9,6 +9,7 @@ paths of both are checked first (`packer.paths`): a crafted `../` path never rea
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -77,7 +78,8 @@ class Catalog:
             raise FileNotFoundError(
                 f"{source.url(MANIFEST_FILE)}: no manifest (not a packed dataset, or the pack did not finish)"
             ) from None
-        check_manifest(self.manifest, source.url(MANIFEST_FILE))
+        except json.JSONDecodeError as exc:  # a truncated or hand-edited manifest: say where, not a traceback
+            raise SelectionError(f"{source.url(MANIFEST_FILE)}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         check_manifest(self.manifest, source.url(MANIFEST_FILE))
         self.shards = {
             s["path"]: ShardInfo(s["path"], int(s["bytes"]), s.get("sha256")) for s in self.manifest.get("shards", [])
