@@ -22,15 +22,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import yaml
 
 from packer.retry import DEFAULT_ATTEMPTS
-from packer.schema import INPUT_MODALITIES, LABEL_MODALITIES, LPIS_LEVEL_CLASS_COUNTS, MODALITIES
+from packer.schema import INPUT_MODALITIES, LABEL_MODALITIES, LPIS_LEVEL_CLASS_COUNTS, MODALITIES, MONO_TEMPORAL_INPUTS
 from trainer.builtin_configs import builtin_configs
 
-REFERENCE_FILES = ("config_task.yaml", "config_modalities.yaml", "config_models.yaml", "config_supervision.yaml")
 NORM_TYPES = ("custom", "scaling", "without")
 AVERAGE_PERIODS = ("monthly", "semi-monthly")
 UNEVEN_MODES = ("pad", "drop")
-CHANNELS_REQUIRED = ("AERIAL_RGBI", "SPOT_RGBI", "SENTINEL2_TS", "SENTINEL1-ASC_TS", "SENTINEL1-DESC_TS")
-"""Inputs whose `inputs_channels` list the reference needs (PAN and DEM have fixed channel counts)."""
 
 
 class ConfigError(ValueError):
@@ -314,7 +311,7 @@ TASK_SCHEMA: dict[str, Any] = {
 }
 
 _NORM_KEYS: dict[str, Validator] = {"norm_type": one_of(*NORM_TYPES)}
-for _m in ("AERIAL_RGBI", "AERIAL-RLT_PAN", "SPOT_RGBI", "DEM_ELEV"):
+for _m in MONO_TEMPORAL_INPUTS:  # the series are never normalised (the reference)
     _NORM_KEYS[f"{_m}_means"] = list_of(is_number(), min_len=1)
     _NORM_KEYS[f"{_m}_stds"] = list_of(is_number(), min_len=1)
 
@@ -468,7 +465,7 @@ def _check_modalities(cfg: dict[str, Any]) -> None:
     for m in active:
         chans = channels.get(m)
         if chans is None:
-            if m in CHANNELS_REQUIRED:
+            if MODALITIES[m].channels_required:
                 # The reference's model sizes this encoder with len(inputs_channels[m]): without the
                 # list it builds a 0-channel input (and its loader selects no band of a series).
                 raise ConfigError(f"modalities.inputs_channels.{m}: required when {m} is enabled (1-based band list)")
@@ -545,7 +542,7 @@ def selected_channels(cfg: Mapping[str, Any], modality_name: str) -> list[int] |
 
     DEM_ELEV ignores `inputs_channels` in the reference (it always reads both bands).
     """
-    if modality_name == "DEM_ELEV":
+    if not MODALITIES[modality_name].selects_channels:
         return None
     chans = (cfg["modalities"].get("inputs_channels") or {}).get(modality_name)
     return list(chans) if chans else None
@@ -553,8 +550,8 @@ def selected_channels(cfg: Mapping[str, Any], modality_name: str) -> list[int] |
 
 def output_channels(cfg: Mapping[str, Any], modality_name: str) -> int:
     """Channels of the preprocessed tensor of `modality_name` (what the model's encoder sees)."""
-    if modality_name == "DEM_ELEV":
+    mod = MODALITIES[modality_name]
+    if mod.elevation:
         pre = cfg["modalities"]["pre_processings"]
-        return 1 if pre["calc_elevation"] and not pre["calc_elevation_stack_dsm"] else 2
-    chans = selected_channels(cfg, modality_name)
-    return len(chans) if chans else MODALITIES[modality_name].bands_per_date
+        return mod.output_channels(calc_elevation=pre["calc_elevation"], stack_dsm=pre["calc_elevation_stack_dsm"])
+    return mod.output_channels(selected_channels(cfg, modality_name))
