@@ -2,9 +2,13 @@
 
 Everything that knows a modality name, a dtype, a band layout, a class table, a metadata file
 name, the patch-id grammar or a shard-member name imports it from here: the synthetic generator
-(`tools.flair_toy`), the packer, the loader, the model and inference. Facts and their sources are
-in `shared/docs/FLAIR-HUB-FORMAT.md`; where that note marks a fact UNCONFIRMED (SPOT/S2 uint16,
-mask uint8, S1 float32, historical 256 px) we follow its recommended best estimate.
+(`tools.flair_toy`), the packer, the loader, the model and inference. The facts come from the
+FLAIR-HUB dataset card (Hugging Face Hub, `IGNF/FLAIR-HUB`) and the reference code's README; where
+they do not say (SPOT/S2 uint16, mask uint8, S1 float32, historical 256 px) we follow the files.
+
+Each `Modality` also carries the rules the loader, the model and inference apply to it (a series
+or not, its mask, its dates file, the channels it yields after preprocessing), so that adding a
+modality is one entry here: see "Adding a modality" in docs/packing.md.
 """
 
 from __future__ import annotations
@@ -303,8 +307,6 @@ CLASS_TABLES: dict[str, tuple[ClassInfo, ...]] = {
     "ALL_LABEL-LPIS": LPIS_L1_CLASSES,
 }
 N_CLASSES = {name: len(table) for name, table in CLASS_TABLES.items()}
-COSIA_UNWEIGHTED_CLASSES = (15, 16, 17, 18)
-"""CoSIA classes the reference gives weight 0 (so metrics are 15-class mIoU)."""
 
 # --------------------------------------------------------------------------------------------
 # GLOBAL_ALL_MTD
@@ -435,7 +437,7 @@ def parse_folder_name(name: str) -> tuple[str, int | None, str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Shard format contract (DESIGN.md sections 2-3)
+# Shard format contract (docs/packing.md, "Output layout")
 # --------------------------------------------------------------------------------------------
 FORMAT_VERSION = 1
 ARRAY_SUFFIX = ".npy.zst"
@@ -466,7 +468,7 @@ def shard_name(split: str, number: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Domains (FLAIR-HUB-FORMAT.md section 1.2 and 1.5)
+# Domains (the dataset card's domain table and official split 1)
 # --------------------------------------------------------------------------------------------
 DOMAIN_YEARS: dict[str, tuple[int, ...]] = {
     "D004": (2021,), "D005": (2018,), "D006": (2020,), "D007": (2020,), "D008": (2019,),
