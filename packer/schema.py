@@ -229,8 +229,6 @@ TIME_SERIES_MODALITIES = tuple(m.name for m in MODALITY_LIST if m.time_series)
 LABEL_MODALITIES = tuple(m.name for m in MODALITY_LIST if m.label)
 SENTINEL2_MASK_OF = {m.name: m.mask_of for m in MODALITY_LIST if m.mask_of}
 """Series that share another series' dates."""
-CHANNELS_REQUIRED = tuple(m.name for m in MODALITY_LIST if m.channels_required)
-"""Inputs whose `inputs_channels` list the reference needs (PAN and DEM have fixed channel counts)."""
 
 
 def modality(name: str) -> Modality:
