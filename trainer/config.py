@@ -22,7 +22,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import yaml
 
 from packer.retry import DEFAULT_ATTEMPTS
-from packer.schema import INPUT_MODALITIES, LABEL_MODALITIES, LPIS_LEVEL_CLASS_COUNTS, MODALITIES, MONO_TEMPORAL_INPUTS
+from packer.schema import (
+    INPUT_MODALITIES, LABEL_MODALITIES, LPIS_LEVEL_CLASS_COUNTS, MODALITIES, MONO_TEMPORAL_INPUTS, TIME_SERIES_INPUTS,
+)
 from trainer.builtin_configs import builtin_configs
 
 NORM_TYPES = ("custom", "scaling", "without")
@@ -310,6 +312,9 @@ TASK_SCHEMA: dict[str, Any] = {
     }),
 }
 
+_AVERAGE_KEYS = tuple(dict.fromkeys(MODALITIES[m].temporal_average_key for m in TIME_SERIES_INPUTS))
+"""`pre_processings` switches of temporal averaging (one for S2, one shared by both S1 orbits)."""
+
 _NORM_KEYS: dict[str, Validator] = {"norm_type": one_of(*NORM_TYPES)}
 for _m in MONO_TEMPORAL_INPUTS:  # the series are never normalised (the reference)
     _NORM_KEYS[f"{_m}_means"] = list_of(is_number(), min_len=1)
@@ -327,13 +332,12 @@ MODALITIES_SCHEMA: dict[str, Any] = {
             "filter_sentinel2_max_cloud": is_number(0, 100),
             "filter_sentinel2_max_snow": is_number(0, 100),
             "filter_sentinel2_max_frac_cover": is_number(0, 1),
-            "temporal_average_sentinel2": _period,
-            "temporal_average_sentinel1": _period,
+            **{key: _period for key in _AVERAGE_KEYS},
             "calc_elevation": is_bool,
             "calc_elevation_stack_dsm": is_bool,
             "use_augmentation": is_bool,
-        }, required=("filter_sentinel2", "temporal_average_sentinel2", "temporal_average_sentinel1",
-                     "calc_elevation", "calc_elevation_stack_dsm", "use_augmentation")),
+        }, required=("filter_sentinel2", *_AVERAGE_KEYS, "calc_elevation", "calc_elevation_stack_dsm",
+                     "use_augmentation")),
         "normalization": mapping(_NORM_KEYS, required=("norm_type",)),
     }, required=("inputs", "pre_processings", "normalization")),
 }
