@@ -144,19 +144,18 @@ def reconcile_with_checkpoint(raw: Mapping[str, Any], cfg: dict[str, Any], train
     for m in (m for m, on in mods["inputs"].items() if on):
         block, rawb, key = mods[m], _get(raw, f"modalities.{m}") or {}, f"modalities.{m}"
         mod = MODALITIES[m]
-        if m != "DEM_ELEV" and m != "AERIAL-RLT_PAN":
+        if mod.channels_required:
             r.key(f"{key}.channels", _channels(block.get("channels")),
                   _channels(_get(model, f"modalities.inputs_channels.{m}")), rawb.get("channels") is not None,
                   lambda v, b=block: b.__setitem__("channels", v))
-        if m == "DEM_ELEV":
+        if mod.elevation:
             for k in ("calc_elevation", "calc_elevation_stack_dsm"):
                 r.key(f"{key}.{k}", bool(block.get(k)), pre_model.get(k, pre_full.get(k)), rawb.get(k) is not None,
                       lambda v, b=block, k=k: b.__setitem__(k, v))
         if not mod.time_series and full is not None:
             _normalization(r, m, block, rawb, full)
         if mod.time_series and full is not None:
-            which = "temporal_average_sentinel2" if m == "SENTINEL2_TS" else "temporal_average_sentinel1"
-            theirs = pre_full.get(which, False) or False
+            theirs = pre_full.get(mod.temporal_average_key, False) or False
 
             def set_average(v: Any, b: dict = block) -> None:
                 b["temporal_average"] = bool(v)
@@ -165,7 +164,7 @@ def reconcile_with_checkpoint(raw: Mapping[str, Any], cfg: dict[str, Any], train
 
             r.key(f"{key}.temporal_average", _average(block), theirs,
                   rawb.get("temporal_average") is not None or rawb.get("average_period") is not None, set_average)
-        if m == "SENTINEL2_TS" and full is not None:
+        if mod.mask and full is not None:
             _cloud_filter(r, block, rawb, pre_full, key)
 
     _tasks(r, cfg, raw, model, full)

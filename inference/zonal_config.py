@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
 from inference.zonal_checkpoint import reconcile_with_checkpoint, training_config_of
-from packer.schema import CLASS_TABLES, LABEL_MODALITIES, MODALITIES, MONO_TEMPORAL_INPUTS, TIME_SERIES_INPUTS
+from packer.schema import (
+    CLASS_TABLES, LABEL_MODALITIES, MODALITIES, MONO_TEMPORAL_INPUTS, TIME_SERIES_INPUTS, Modality,
+)
 from trainer.builtin_configs import builtin_configs
 from trainer.config import (
     ConfigError,
@@ -227,7 +229,7 @@ def _check_active_block(m: str, block: dict[str, Any], key: str, base: Path, che
     if check_files and not Path(block["input_img_path"]).is_file():
         raise ConfigError(f"{key}.input_img_path: file not found: {block['input_img_path']}")
     chans = block.get("channels")
-    if m == "DEM_ELEV":
+    if mod.elevation:
         block["channels"] = None  # both bands, as in training (see module docstring)
         block.setdefault("calc_elevation", False)
         block.setdefault("calc_elevation_stack_dsm", False)
@@ -246,7 +248,7 @@ def _check_active_block(m: str, block: dict[str, Any], key: str, base: Path, che
         block.setdefault("average_period", "monthly")
         block.setdefault("filter_clouds", False)
         if block["filter_clouds"]:
-            if m != "SENTINEL2_TS":
+            if mod.mask is None:
                 raise ConfigError(f"{key}.filter_clouds: only SENTINEL2_TS has a cloud mask")
             if not block.get("filter_clouds_img_path"):
                 raise ConfigError(f"{key}.filter_clouds_img_path: required when filter_clouds is True")
@@ -275,10 +277,8 @@ def _check_active_block(m: str, block: dict[str, Any], key: str, base: Path, che
 
 def input_channel_count(m: str, block: Mapping[str, Any]) -> int:
     """Channels the model sees for modality `m` (per date for a series)."""
-    if m == "DEM_ELEV":
-        return 1 if block.get("calc_elevation") and not block.get("calc_elevation_stack_dsm") else 2
-    chans = block.get("channels")
-    return len(chans) if chans else MODALITIES[m].bands_per_date
+    return MODALITIES[m].output_channels(block.get("channels"), calc_elevation=bool(block.get("calc_elevation")),
+                                         stack_dsm=bool(block.get("calc_elevation_stack_dsm")))
 
 
 def _check_tasks(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -330,14 +330,18 @@ def to_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """
     active = active_modalities(cfg)
     mods = cfg["modalities"]
-    dem = mods.get("DEM_ELEV") or {}
-    s2 = mods.get("SENTINEL2_TS") or {}
-    s1a = mods.get("SENTINEL1-ASC_TS") or {}
-    s1d = mods.get("SENTINEL1-DESC_TS") or {}
     tasks = active_tasks(cfg)
 
-    def _ta(block: Mapping[str, Any]) -> Any:
-        return block.get("average_period", "monthly") if block.get("temporal_average") else False
+    def block_of(rule: Callable[[Modality], Any]) -> Mapping[str, Any]:
+        return next(((mods.get(m) or {}) for m in INPUT_MODALITIES if rule(MODALITIES[m])), {})
+
+    dem = block_of(lambda mod: mod.elevation)
+    s2 = block_of(lambda mod: mod.mask)  # the series with a cloud mask
+    averages: dict[str, Any] = {}  # the reference has one switch for both S1 orbits: either turns it on
+    for m in TIME_SERIES_INPUTS:
+        block, key = mods.get(m) or {}, MODALITIES[m].temporal_average_key
+        averages[key] = averages.get(key) or (
+            block.get("average_period", "monthly") if block.get("temporal_average") else False)
 
     return {
         "modalities": {
@@ -349,8 +353,7 @@ def to_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 "calc_elevation": bool(dem.get("calc_elevation", False)),
                 "calc_elevation_stack_dsm": bool(dem.get("calc_elevation_stack_dsm", False)),
                 "filter_sentinel2": bool(s2.get("filter_clouds", False)),
-                "temporal_average_sentinel2": _ta(s2),
-                "temporal_average_sentinel1": _ta(s1a) or _ta(s1d),
+                **averages,
                 "use_augmentation": False,
             },
         },

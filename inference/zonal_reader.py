@@ -32,8 +32,7 @@ from packer.read import read_all_bands
 from packer.schema import MODALITIES, SENTINEL2_MASK_OF
 from trainer.data.preprocess import parse_dates
 
-S2 = "SENTINEL2_TS"
-S2_MASK = next(iter(SENTINEL2_MASK_OF))  # "SENTINEL2_MSK-SC"
+S2 = next(iter(SENTINEL2_MASK_OF.values()))  # the series with a cloud mask (`Modality.mask_of`)
 BOUNDS_ATOL = 1e-2
 """Map units; the reference's tolerance when it checks that all rasters cover the same area."""
 
@@ -103,9 +102,10 @@ class AreaRasters:
         self.inputs = active_modalities(cfg)
         self.infos: dict[str, RasterInfo] = {m: _info(m, mods[m]["input_img_path"]) for m in self.inputs}
         self.dates: dict[str, list[str]] = {}
-        s2 = mods.get(S2) or {}
-        if S2 in self.inputs and s2.get("filter_clouds"):
-            self.infos[S2_MASK] = _info(S2_MASK, s2["filter_clouds_img_path"])
+        for m in self.inputs:
+            mask = MODALITIES[m].mask
+            if mask and (mods.get(m) or {}).get("filter_clouds"):
+                self.infos[mask] = _info(mask, mods[m]["filter_clouds_img_path"])
         self._check_same_area()
         for m in self.inputs:
             if MODALITIES[m].time_series:
@@ -145,12 +145,16 @@ class AreaRasters:
             if info.count != expected:
                 extra = f" ({len(self.dates[m])} dates x {mod.bands_per_date} bands)" if mod.time_series else ""
                 raise ZonalInputError(f"modalities.{m}: {info.path} has {info.count} bands, expected {expected}{extra}")
-        if S2_MASK in self.infos:
-            expected = MODALITIES[S2_MASK].n_bands(len(self.dates[S2]))
-            if self.infos[S2_MASK].count != expected:
+        for name, info in self.infos.items():
+            mask = MODALITIES[name]
+            if mask.mask_of is None:
+                continue
+            series = mask.mask_of
+            expected = mask.n_bands(len(self.dates[series]))
+            if info.count != expected:
                 raise ZonalInputError(
-                    f"modalities.{S2}.filter_clouds_img_path: {self.infos[S2_MASK].path} has "
-                    f"{self.infos[S2_MASK].count} bands, expected {expected} (2 per date of {S2})"
+                    f"modalities.{series}.filter_clouds_img_path: {info.path} has "
+                    f"{info.count} bands, expected {expected} ({mask.bands_per_date} per date of {series})"
                 )
 
     # -- reading ----------------------------------------------------------------------------
@@ -175,7 +179,7 @@ class AreaRasters:
         bounds = tile_bounds(tile, self.area_transform)
         out = {}
         for name in self.infos:
-            resampling = Resampling.nearest if name == S2_MASK else Resampling.bilinear
+            resampling = Resampling.nearest if MODALITIES[name].mask_of else Resampling.bilinear
             out[name] = read_window(self._reader(name), self.infos[name], bounds, self.tile_sizes[name], resampling)
         return out
 

@@ -109,7 +109,7 @@ def read_series_dates(mtd_dir: "str | os.PathLike | MetadataFiles", modality_nam
     tuple shared, which keeps 241 k patches x ~90 dates x 3 series at a few MB instead of GBs.
     """
     mtd = _as_files(mtd_dir)
-    name = schema.SENTINEL_DATES_FILES[schema.dates_key(modality_name)]
+    name = schema.modality(modality_name).dates_file  # the S2 mask's is S2's
     path = mtd.where(name)
     if not mtd.has(name):
         raise PackError(path, f"metadata file missing: it holds the dates of {modality_name} "
@@ -128,7 +128,7 @@ def read_series_dates(mtd_dir: "str | os.PathLike | MetadataFiles", modality_nam
 def read_single_dates(mtd_dir: "str | os.PathLike | MetadataFiles", modality_name: str) -> dict[str, str]:
     """patch_id -> acquisition date of a mono-temporal image; {} when the optional file is absent."""
     mtd = _as_files(mtd_dir)
-    name = schema.SINGLE_DATE_FILES[modality_name]
+    name = schema.modality(modality_name).dates_file
     if not mtd.has(name):
         return {}
     cols = _read_columns(mtd, name, ["patch_id", schema.SINGLE_DATE_COLUMN])

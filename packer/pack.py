@@ -264,7 +264,6 @@ class SplitWriter:
         self.rows: list[dict] = []
         self.consumed: list[str] = []
         self.skipped: list[dict] = []
-        self.shards_written = 0
 
     @property
     def rel_path(self) -> str:
@@ -311,7 +310,6 @@ class SplitWriter:
                   "consumed": self.consumed, "skipped": self.skipped, "rows": self.rows}
         self.io.submit(self._finish_shard, self.file, end, self.rel_path, sidecar_rel(self.split, self.number), record)
         self.number += 1
-        self.shards_written += 1
         self.file = self.layout = None
         self.rows, self.consumed, self.skipped = [], [], []
 

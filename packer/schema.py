@@ -2,9 +2,13 @@
 
 Everything that knows a modality name, a dtype, a band layout, a class table, a metadata file
 name, the patch-id grammar or a shard-member name imports it from here: the synthetic generator
-(`tools.flair_toy`), the packer, the loader, the model and inference. Facts and their sources are
-in `shared/docs/FLAIR-HUB-FORMAT.md`; where that note marks a fact UNCONFIRMED (SPOT/S2 uint16,
-mask uint8, S1 float32, historical 256 px) we follow its recommended best estimate.
+(`tools.flair_toy`), the packer, the loader, the model and inference. The facts come from the
+FLAIR-HUB dataset card (Hugging Face Hub, `IGNF/FLAIR-HUB`) and the reference code's README; where
+they do not say (SPOT/S2 uint16, mask uint8, S1 float32, historical 256 px) we follow the files.
+
+Each `Modality` also carries the rules the loader, the model and inference apply to it (a series
+or not, its mask, its dates file, the channels it yields after preprocessing), so that adding a
+modality is one entry here: see "Adding a modality" in docs/packing.md.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -52,6 +56,18 @@ class Modality:
     dates_file: str | None = None  # GLOBAL_ALL_MTD file holding this modality's dates
     value_range: tuple[float, float] | None = None  # documented range, for generators/checks
     description: str = ""
+    # How the reference's loader and model treat it (the rules every stage asks about):
+    mask_of: str | None = None
+    """The series this modality masks (the S2 snow/cloud mask): it shares that series' dates and
+    is read only to filter it, never fed to the model."""
+    channels_required: bool = False
+    """The reference sizes this input's encoder with `len(inputs_channels[name])`, so a config
+    enabling it must list its 1-based channels (PAN and DEM have fixed channel counts)."""
+    elevation: bool = False
+    """DEM rule: `inputs_channels` is ignored (both bands are read); `calc_elevation` turns DSM/DTM
+    into a height band, stacked on the DSM with `calc_elevation_stack_dsm` (see `output_channels`)."""
+    temporal_average_key: str | None = None
+    """The reference's `pre_processings` key that sets this series' temporal averaging."""
 
     @property
     def year_token_rule(self) -> str:
@@ -80,6 +96,37 @@ class Modality:
     @property
     def mono_temporal_input(self) -> bool:
         return not self.time_series and not self.label
+
+    @property
+    def series_input(self) -> bool:
+        """A time series fed to a U-TAE branch (a series mask is auxiliary, not an input)."""
+        return self.time_series and not self.label and self.mask_of is None
+
+    @property
+    def dates_from(self) -> str:
+        """The modality whose acquisition dates apply to this one (its own, or its series')."""
+        return self.mask_of or self.name
+
+    @property
+    def mask(self) -> str | None:
+        """The modality that masks this series (SENTINEL2_TS -> SENTINEL2_MSK-SC), if any."""
+        return next((m.name for m in MODALITY_LIST if m.mask_of == self.name), None)
+
+    @property
+    def selects_channels(self) -> bool:
+        """Whether `inputs_channels` (zonal: `channels`) picks this input's bands."""
+        return not self.elevation
+
+    def output_channels(self, channels: Sequence[int] | None = None, *, calc_elevation: bool = False,
+                        stack_dsm: bool = False) -> int:
+        """Channels (per date for a series) of the preprocessed tensor the model's encoder sees.
+
+        `channels` are the selected 1-based bands (None or empty: all of them); for the DEM the
+        count follows the elevation switches instead.
+        """
+        if self.elevation:
+            return 1 if calc_elevation and not stack_dsm else 2
+        return len(channels) if channels else self.bands_per_date
 
     def layout_problems(self, shape: tuple[int, ...], dtype: object, n_dates: int | None = None) -> list[str]:
         """How an array read for this modality differs from the schema (`layout_problems`)."""
@@ -120,7 +167,7 @@ def layout_problems(shape: tuple[int, ...], dtype: object, *, name: str, dtype_e
 MODALITY_LIST: tuple[Modality, ...] = (
     Modality(
         "AERIAL_RGBI", 512, 0.2, "uint8", 4, ("R", "G", "B", "NIR"),
-        dates_file="GLOBAL_AERIAL_MTD_DATES.gpkg", value_range=(0, 255),
+        dates_file="GLOBAL_AERIAL_MTD_DATES.gpkg", value_range=(0, 255), channels_required=True,
         description="BD ORTHO aerial imagery, 20 cm",
     ),
     Modality(
@@ -129,33 +176,36 @@ MODALITY_LIST: tuple[Modality, ...] = (
         description="BD ORTHO Historique panchromatic (1947-1965), resampled to 40 cm",
     ),
     Modality(
-        "DEM_ELEV", 512, 0.2, "float32", 2, ("DSM", "DTM"), value_range=(-100.0, 4900.0),
+        "DEM_ELEV", 512, 0.2, "float32", 2, ("DSM", "DTM"), value_range=(-100.0, 4900.0), elevation=True,
         description="elevation: surface and terrain models in metres",
     ),
     Modality(
         "SPOT_RGBI", 64, 1.6, "uint16", 4, ("R", "G", "B", "NIR"),
-        dates_file="GLOBAL_SPOT_MTD_DATES.gpkg", value_range=(0, 10000),
+        dates_file="GLOBAL_SPOT_MTD_DATES.gpkg", value_range=(0, 10000), channels_required=True,
         description="SPOT 6-7 calibrated reflectance, resampled to 1.6 m",
     ),
     Modality(
         "SENTINEL2_TS", 10, 10.24, "uint16", 10,
         ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"),
         time_series=True, dates_file="GLOBAL_SENTINEL2_MTD_DATES.gpkg", value_range=(0, 10000),
+        channels_required=True, temporal_average_key="temporal_average_sentinel2",
         description="Sentinel-2 L2A yearly series, reflectance x 1e4, date-major",
     ),
     Modality(
         "SENTINEL2_MSK-SC", 10, 10.24, "uint8", 2, ("snow", "cloud"), time_series=True,
-        dates_file="GLOBAL_SENTINEL2_MTD_DATES.gpkg", value_range=(0, 100),
+        dates_file="GLOBAL_SENTINEL2_MTD_DATES.gpkg", value_range=(0, 100), mask_of="SENTINEL2_TS",
         description="Sentinel-2 snow and cloud probabilities (0-100), same dates as SENTINEL2_TS",
     ),
     Modality(
         "SENTINEL1-ASC_TS", 10, 10.24, "float32", 2, ("VV", "VH"), time_series=True,
         dates_file="GLOBAL_SENTINEL1-ASC_MTD_DATES.gpkg", value_range=(0.0, 1.0),
+        channels_required=True, temporal_average_key="temporal_average_sentinel1",
         description="Sentinel-1 ascending orbit, linear sigma0 backscatter, date-major",
     ),
     Modality(
         "SENTINEL1-DESC_TS", 10, 10.24, "float32", 2, ("VV", "VH"), time_series=True,
         dates_file="GLOBAL_SENTINEL1-DESC_MTD_DATES.gpkg", value_range=(0.0, 1.0),
+        channels_required=True, temporal_average_key="temporal_average_sentinel1",
         description="Sentinel-1 descending orbit, linear sigma0 backscatter, date-major",
     ),
     Modality(
@@ -173,11 +223,11 @@ MODALITIES: dict[str, Modality] = {m.name: m for m in MODALITY_LIST}
 MODALITY_NAMES: tuple[str, ...] = tuple(MODALITIES)
 INPUT_MODALITIES = tuple(m.name for m in MODALITY_LIST if not m.label)
 MONO_TEMPORAL_INPUTS = tuple(m.name for m in MODALITY_LIST if m.mono_temporal_input)
-TIME_SERIES_INPUTS = ("SENTINEL2_TS", "SENTINEL1-ASC_TS", "SENTINEL1-DESC_TS")
+TIME_SERIES_INPUTS = tuple(m.name for m in MODALITY_LIST if m.series_input)
 """Series fed to a U-TAE branch (the S2 mask is an auxiliary of SENTINEL2_TS, not an input)."""
 TIME_SERIES_MODALITIES = tuple(m.name for m in MODALITY_LIST if m.time_series)
 LABEL_MODALITIES = tuple(m.name for m in MODALITY_LIST if m.label)
-SENTINEL2_MASK_OF = {"SENTINEL2_MSK-SC": "SENTINEL2_TS"}
+SENTINEL2_MASK_OF = {m.name: m.mask_of for m in MODALITY_LIST if m.mask_of}
 """Series that share another series' dates."""
 
 
@@ -191,7 +241,21 @@ def modality(name: str) -> Modality:
 
 def dates_key(name: str) -> str:
     """The series whose acquisition dates apply to `name` (the S2 mask uses SENTINEL2_TS's)."""
-    return SENTINEL2_MASK_OF.get(name, name)
+    return MODALITIES[name].dates_from if name in MODALITIES else name
+
+
+SERIES_SUFFIX = "_TS"
+"""The name suffix of a series; the reference's batch keys swap it (`SENTINEL2_TS` -> `SENTINEL2_DATES`)."""
+
+
+def batch_dates_key(series: str) -> str:
+    """Batch key of a series' day offsets, the reference's name: `SENTINEL2_TS` -> `SENTINEL2_DATES`."""
+    return series.replace(SERIES_SUFFIX, "_DATES")
+
+
+def batch_pad_mask_key(series: str) -> str:
+    """Batch key of a series' padding mask (True where a date is padding, U-TAE's convention)."""
+    return series.replace(SERIES_SUFFIX, "_PAD_MASK")
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,23 +305,16 @@ CLASS_TABLES: dict[str, tuple[ClassInfo, ...]] = {
     "ALL_LABEL-LPIS": LPIS_L1_CLASSES,
 }
 N_CLASSES = {name: len(table) for name, table in CLASS_TABLES.items()}
-COSIA_UNWEIGHTED_CLASSES = (15, 16, 17, 18)
-"""CoSIA classes the reference gives weight 0 (so metrics are 15-class mIoU)."""
 
 # --------------------------------------------------------------------------------------------
 # GLOBAL_ALL_MTD
 # --------------------------------------------------------------------------------------------
 GLOBAL_MTD_FOLDER = "GLOBAL_ALL_MTD"
-SENTINEL_DATES_FILES = {
-    "SENTINEL2_TS": "GLOBAL_SENTINEL2_MTD_DATES.gpkg",
-    "SENTINEL1-ASC_TS": "GLOBAL_SENTINEL1-ASC_MTD_DATES.gpkg",
-    "SENTINEL1-DESC_TS": "GLOBAL_SENTINEL1-DESC_MTD_DATES.gpkg",
-}
-SINGLE_DATE_FILES = {
-    "AERIAL_RGBI": "GLOBAL_AERIAL_MTD_DATES.gpkg",
-    "AERIAL-RLT_PAN": "GLOBAL_AERIAL-RLT_MTD_DATES.gpkg",
-    "SPOT_RGBI": "GLOBAL_SPOT_MTD_DATES.gpkg",
-}
+SENTINEL_DATES_FILES = {m.name: m.dates_file for m in MODALITY_LIST
+                        if m.time_series and m.dates_file and m.dates_from == m.name}
+"""Series -> its `acquisition_dates` GeoPackage (a mask uses its series' file: `dates_key`)."""
+SINGLE_DATE_FILES = {m.name: m.dates_file for m in MODALITY_LIST if not m.time_series and m.dates_file}
+"""Mono-temporal modality -> its single-`date` GeoPackage."""
 SPLIT_FILE = "GLOBAL_ALL_MTD_SPLIT.gpkg"
 GEOM_FILE = "GLOBAL_ALL_MTD_GEOM.gpkg"
 SPLIT_COLUMNS = ("split_1", "split_2", "split_3", "split_4", "split_5", "split_flairchallenge", "split_toy")
@@ -378,7 +435,7 @@ def parse_folder_name(name: str) -> tuple[str, int | None, str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Shard format contract (DESIGN.md sections 2-3)
+# Shard format contract (docs/packing.md, "Output layout")
 # --------------------------------------------------------------------------------------------
 FORMAT_VERSION = 1
 ARRAY_SUFFIX = ".npy.zst"
@@ -409,7 +466,7 @@ def shard_name(split: str, number: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Domains (FLAIR-HUB-FORMAT.md section 1.2 and 1.5)
+# Domains (the dataset card's domain table and official split 1)
 # --------------------------------------------------------------------------------------------
 DOMAIN_YEARS: dict[str, tuple[int, ...]] = {
     "D004": (2021,), "D005": (2018,), "D006": (2020,), "D007": (2020,), "D008": (2019,),

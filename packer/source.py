@@ -186,7 +186,7 @@ def discover(src: "str | os.PathLike | SourceTree", modalities: tuple[str, ...] 
         for m in files:
             if m in series:
                 if pid not in series[m]:
-                    dates_file = mtd.where(schema.SENTINEL_DATES_FILES[schema.dates_key(m)])
+                    dates_file = mtd.where(schema.modality(m).dates_file)
                     errors.append(PatchError(pid, dates_file, f"no acquisition dates for this patch ({m} needs them)"))
                     bad.add(pid)
                     break

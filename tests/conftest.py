@@ -1,5 +1,6 @@
-"""Shared fixtures: small synthetic FLAIR-HUB trees written by `tools.flair_toy`.
+"""Shared fixtures.
 
+Synthetic FLAIR-HUB trees written by `tools.flair_toy`:
 - `toy_tree` (session): 12 patches, 2 domain-years (one test-only), 4 ROIs of 3 patches, every
   modality present, T in [4, 9] per sensor. Returns `ToyTree(root, result)`.
 - `toy_tree_missing` (session): the same shape with a different seed and half of the patches
@@ -7,9 +8,13 @@
 - `make_toy_tree(**cfg)` (function): a factory for tests that need their own tree; keyword
   arguments are `ToyConfig` fields (defaults: the small shape above). Each call gets a fresh
   pytest tmp dir.
+- `toy_shards` (session): `toy_tree` packed; `toy_zips` (session): `toy_tree` as the Hub's zips.
 
 Trees live under pytest's tmp dirs; treat the session ones as read-only.
-Append new shared fixtures at the end of this file; do not edit existing ones.
+
+Local servers and failure injection: `s3_server` (moto), `no_s3_server`, `s3_proxy` (an S3 that
+goes down on demand), `s3_upload`, `fake_hub` and `http_server` (the Hub's HTTP scheme on
+127.0.0.1), `one_error_line` (the CLI error style). `no_network` keeps every test off the network.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ def make_toy_tree(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Toy
     return factory
 
 
-# --- appended by the loader engineer (trainer/data) -----------------------------------------
+# --- packed shards, torch threads -----------------------------------------------------------------
 class ToyShards(NamedTuple):
     out: Path
     tree: ToyTree
@@ -88,7 +93,7 @@ def single_torch_thread():
     torch.set_num_threads(before)
 
 
-# --- appended with the packer's s3:// output (shared by packer and loader tests) ------------
+# --- S3 (a local moto server) ---------------------------------------------------------------------
 @pytest.fixture
 def s3_server(monkeypatch):
     """A local S3 endpoint (moto) with test credentials; yields its URL (`http://127.0.0.1:PORT`)."""
@@ -109,7 +114,7 @@ def s3_server(monkeypatch):
     server.stop()
 
 
-# --- appended for the reliability matrix (docs/reliability.md) ------------------------------
+# --- failure injection: CLI error lines, endpoints that are down (docs/reliability.md) ------------
 def _free_port() -> int:
     import socket
 
@@ -244,7 +249,7 @@ def s3_proxy(s3_server):
     proxy.stop()
 
 
-# --- appended with packing from the Hub's zips (shared by packer and loader tests) -------------
+# --- the Hub: its HTTP scheme on 127.0.0.1 and its zip layout -------------------------------------
 @pytest.fixture
 def fake_hub(monkeypatch):
     """`fake_hub(root, **knobs)`: a started `tools.fake_hub.FakeHub` serving `root` on 127.0.0.1, with
@@ -285,7 +290,7 @@ def toy_zips(toy_tree: ToyTree, tmp_path_factory: pytest.TempPathFactory) -> Toy
     return ToyZips(root, toy_tree)
 
 
-# --- shared by the loader and API tests -------------------------------------------------------
+# --- a packed dataset served over HTTP and S3 -----------------------------------------------------
 @pytest.fixture
 def http_server(toy_shards, fake_hub):
     """`toy_shards` served by the fake Hub (tools/fake_hub.py): (base URL, server with its knobs and log);
@@ -307,7 +312,9 @@ def s3_upload(s3_server):
                 s3.upload_file(str(f), bucket, f"{prefix}/{f.relative_to(root).as_posix()}")
 
     return upload
-# --- appended with pretrained encoder weights (trainer/model/pretrained.py) -----------------
+
+
+# --- no network -----------------------------------------------------------------------------------
 _LOOPBACK = ("127.0.0.1", "::1", "localhost", "0.0.0.0", "")
 
 

@@ -1,7 +1,7 @@
 """`flair-toy`: write a synthetic FLAIR-HUB tree whose structure matches the real dataset.
 
 Layout, sizes, dtypes, georeferencing, GLOBAL_ALL_MTD GeoPackages and split CSVs follow
-`packer.schema` (see FLAIR-HUB-FORMAT.md). The content is learnable: smooth land-cover maps, and
+`packer.schema`. The content is learnable: smooth land-cover maps, and
 every modality is rendered from them (see `tools.toy.scene`). Same config -> byte-identical tree,
 whatever `workers` is, because each patch is rendered from its own seed.
 

@@ -1,4 +1,4 @@
-"""Parameter parity with the FLAIR-HUB results table (seed README, FLAIR-HUB-FORMAT.md §6.3).
+"""Parameter parity with the FLAIR-HUB results table (the reference README).
 
 For each of the 24 published configurations (Swin-Base/UPerNet, the reference's default model
 config, CoSIA 19 / LPIS 23 classes, inputs 512/256/64/10 px, an auxiliary loss on every input of

@@ -7,13 +7,13 @@ What `flair-pack` would write for the whole of FLAIR-HUB, so that opening the ca
 and planning epochs (`tools/bench_index.py`) and the simulator (`flair-simulate`) can be measured
 at full scale on a laptop. Only the shards themselves are missing.
 
-Where the figures come from (`shared/docs/FLAIR-HUB-FORMAT.md`):
-- split 1 sizes: train 152,225 / valid 38,175 / test 50,700 (§1.5); test = the 16 official test
+Where the figures come from (the FLAIR-HUB dataset card and its split and metadata files):
+- split 1 sizes: train 152,225 / valid 38,175 / test 50,700; test = the 16 official test
   domains, train/valid at random among the other domain-years (`packer.schema.DOMAIN_YEARS`);
-- 2,822 ROIs (§1.2), ROI names of the official grammar (`tools.toy.plan.roi_names`), patches of an
+- 2,822 ROIs, ROI names of the official grammar (`tools.toy.plan.roi_names`), patches of an
   ROI on a contiguous R-C grid, patch ids built and checked by `packer.schema.PatchId`;
 - T per ROI: S2 uniform in [32, 150] (mean 91, the published 256,221 acquisitions / 2,822 ROIs),
-  S1 per orbit uniform in [38, 150] (mean 94) (§2.10);
+  S1 per orbit uniform in [38, 150] (mean 94);
 - member sizes: the raw `.npy` size of each modality from the schema (bands x T x px^2 x dtype) times
   a compression ratio per modality, with +-10 % log-normal spread. The built-in ratios were measured
   on a `flair-toy` pack (48 patches, byte-shuffle + zstd 3, the packer's defaults); `--calibrate-from`
@@ -48,7 +48,7 @@ from packer.tarwriter import BLOCK, END_OF_ARCHIVE, member_header
 from tools.toy.plan import roi_names
 
 SPLIT_SIZES = {"train": 152_225, "valid": 38_175, "test": 50_700}
-"""Official split 1 (FLAIR-HUB-FORMAT.md §1.5)."""
+"""Official split 1 (`split_1` of GLOBAL_ALL_MTD_SPLIT.gpkg)."""
 N_ROIS = 2_822
 T_RANGES = {"SENTINEL2_TS": (32, 150), "SENTINEL1-ASC_TS": (38, 150), "SENTINEL1-DESC_TS": (38, 150)}
 PIXEL_COUNT = 512 * 512

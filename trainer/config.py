@@ -22,15 +22,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import yaml
 
 from packer.retry import DEFAULT_ATTEMPTS
-from packer.schema import INPUT_MODALITIES, LABEL_MODALITIES, LPIS_LEVEL_CLASS_COUNTS, MODALITIES
+from packer.schema import (
+    INPUT_MODALITIES, LABEL_MODALITIES, LPIS_LEVEL_CLASS_COUNTS, MODALITIES, MONO_TEMPORAL_INPUTS, TIME_SERIES_INPUTS,
+)
 from trainer.builtin_configs import builtin_configs
 
-REFERENCE_FILES = ("config_task.yaml", "config_modalities.yaml", "config_models.yaml", "config_supervision.yaml")
 NORM_TYPES = ("custom", "scaling", "without")
 AVERAGE_PERIODS = ("monthly", "semi-monthly")
 UNEVEN_MODES = ("pad", "drop")
-CHANNELS_REQUIRED = ("AERIAL_RGBI", "SPOT_RGBI", "SENTINEL2_TS", "SENTINEL1-ASC_TS", "SENTINEL1-DESC_TS")
-"""Inputs whose `inputs_channels` list the reference needs (PAN and DEM have fixed channel counts)."""
 
 
 class ConfigError(ValueError):
@@ -313,8 +312,11 @@ TASK_SCHEMA: dict[str, Any] = {
     }),
 }
 
+_AVERAGE_KEYS = tuple(dict.fromkeys(MODALITIES[m].temporal_average_key for m in TIME_SERIES_INPUTS))
+"""`pre_processings` switches of temporal averaging (one for S2, one shared by both S1 orbits)."""
+
 _NORM_KEYS: dict[str, Validator] = {"norm_type": one_of(*NORM_TYPES)}
-for _m in ("AERIAL_RGBI", "AERIAL-RLT_PAN", "SPOT_RGBI", "DEM_ELEV"):
+for _m in MONO_TEMPORAL_INPUTS:  # the series are never normalised (the reference)
     _NORM_KEYS[f"{_m}_means"] = list_of(is_number(), min_len=1)
     _NORM_KEYS[f"{_m}_stds"] = list_of(is_number(), min_len=1)
 
@@ -330,13 +332,12 @@ MODALITIES_SCHEMA: dict[str, Any] = {
             "filter_sentinel2_max_cloud": is_number(0, 100),
             "filter_sentinel2_max_snow": is_number(0, 100),
             "filter_sentinel2_max_frac_cover": is_number(0, 1),
-            "temporal_average_sentinel2": _period,
-            "temporal_average_sentinel1": _period,
+            **{key: _period for key in _AVERAGE_KEYS},
             "calc_elevation": is_bool,
             "calc_elevation_stack_dsm": is_bool,
             "use_augmentation": is_bool,
-        }, required=("filter_sentinel2", "temporal_average_sentinel2", "temporal_average_sentinel1",
-                     "calc_elevation", "calc_elevation_stack_dsm", "use_augmentation")),
+        }, required=("filter_sentinel2", *_AVERAGE_KEYS, "calc_elevation", "calc_elevation_stack_dsm",
+                     "use_augmentation")),
         "normalization": mapping(_NORM_KEYS, required=("norm_type",)),
     }, required=("inputs", "pre_processings", "normalization")),
 }
@@ -468,7 +469,7 @@ def _check_modalities(cfg: dict[str, Any]) -> None:
     for m in active:
         chans = channels.get(m)
         if chans is None:
-            if m in CHANNELS_REQUIRED:
+            if MODALITIES[m].channels_required:
                 # The reference's model sizes this encoder with len(inputs_channels[m]): without the
                 # list it builds a 0-channel input (and its loader selects no band of a series).
                 raise ConfigError(f"modalities.inputs_channels.{m}: required when {m} is enabled (1-based band list)")
@@ -545,7 +546,7 @@ def selected_channels(cfg: Mapping[str, Any], modality_name: str) -> list[int] |
 
     DEM_ELEV ignores `inputs_channels` in the reference (it always reads both bands).
     """
-    if modality_name == "DEM_ELEV":
+    if not MODALITIES[modality_name].selects_channels:
         return None
     chans = (cfg["modalities"].get("inputs_channels") or {}).get(modality_name)
     return list(chans) if chans else None
@@ -553,8 +554,8 @@ def selected_channels(cfg: Mapping[str, Any], modality_name: str) -> list[int] |
 
 def output_channels(cfg: Mapping[str, Any], modality_name: str) -> int:
     """Channels of the preprocessed tensor of `modality_name` (what the model's encoder sees)."""
-    if modality_name == "DEM_ELEV":
+    mod = MODALITIES[modality_name]
+    if mod.elevation:
         pre = cfg["modalities"]["pre_processings"]
-        return 1 if pre["calc_elevation"] and not pre["calc_elevation_stack_dsm"] else 2
-    chans = selected_channels(cfg, modality_name)
-    return len(chans) if chans else MODALITIES[modality_name].bands_per_date
+        return mod.output_channels(calc_elevation=pre["calc_elevation"], stack_dsm=pre["calc_elevation_stack_dsm"])
+    return mod.output_channels(selected_channels(cfg, modality_name))

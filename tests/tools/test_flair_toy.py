@@ -43,9 +43,10 @@ from tools.toy.plan import ROI_NAME_RE
 from tools.toy.scene import L2_PARENT, L3_PARENT
 
 OFFICIAL_ID_RE = re.compile(r"^D\d{3}(\d{3})?-\d{4}_[UAFNV]{2}-S[12]-[UVN]?\d+_\d+-\d+$")
-DOCS = Path("/work/shared/docs")
-OFFICIAL_CSVS = [DOCS / f"FLAIR-HUB_TOY-DATASET_{s}.csv" for s in ("TRAIN", "VALID", "TEST")]
-REFERENCE_FILTER = dict(max_cloud=1, max_snow=1, min_clear_share=0.95)  # FLAIR-HUB-FORMAT.md §2.6
+DATA = Path(__file__).parent / "data"
+OFFICIAL_CSVS = [DATA / f"FLAIR-HUB_TOY-DATASET_{s}.csv" for s in ("TRAIN", "VALID", "TEST")]
+"""The header and first five rows of each official toy-dataset split CSV (FLAIR-HUB on the Hub)."""
+REFERENCE_FILTER = dict(max_cloud=1, max_snow=1, min_clear_share=0.95)  # the reference's S2 filter defaults
 
 
 def read(path: Path) -> np.ndarray:
@@ -303,8 +304,7 @@ def test_split_by_domain(toy_tree):
 
 def test_split_csvs(toy_tree):
     root, res = toy_tree
-    official_header = (OFFICIAL_CSVS[0].read_text().splitlines()[0] if OFFICIAL_CSVS[0].exists()
-                       else ",".join(SPLIT_CSV_COLUMNS))
+    official_header = OFFICIAL_CSVS[0].read_text().splitlines()[0]
     seen = {}
     for split, name in SPLIT_CSV_NAMES.items():
         path = root / name
@@ -323,7 +323,6 @@ def test_split_csvs(toy_tree):
 # --------------------------------------------------------------------------------------------
 # --from-csv
 # --------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not all(p.exists() for p in OFFICIAL_CSVS), reason="official toy CSVs not available")
 def test_from_official_csvs_reproduces_ids(make_toy_tree):
     root, res = make_toy_tree(from_csv=OFFICIAL_CSVS, csv_limit=5, t_s2=(2, 3), t_s1=(2, 3))
     expected = {}

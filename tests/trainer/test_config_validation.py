@@ -48,7 +48,7 @@ def test_our_files_load_with_reference_defaults(base, tmp_path):
 
 
 def test_the_repository_config_dir_loads():
-    """configs/flair-hub as shipped (with the model engineer's config_models.yaml) is valid."""
+    """configs/flair-hub as shipped (with its config_models.yaml) is valid."""
     cfg = load_config(CONFIG_DIR)
     assert set(cfg) >= {"paths", "tasks", "hyperparams", "hardware", "saving", "modalities", "models", "labels",
                         "labels_configs", "data"}

@@ -4,7 +4,7 @@ Everything here is cheap (no pixels) and runs in the parent process, so that the
 patch depends only on its `PatchPlan` and the run seed: that keeps the output byte-identical
 whatever the number of worker processes.
 
-Geometry convention (the real R/C meaning is UNCONFIRMED, FLAIR-HUB-FORMAT.md §1.1): R is the row,
+Geometry convention (the dataset card does not say what R and C mean): R is the row,
 counted north -> south, and C the column, west -> east. The upper-left corner of patch (R, C) is
 `roi.origin + ((C - 1) * 102.4, -(R - 1) * 102.4)` in Lambert-93 metres.
 """
@@ -43,12 +43,12 @@ OPTIONAL_GROUPS: tuple[tuple[str, ...], ...] = (
 
 STRATA_LETTERS = "UAFNV"
 ROI_NAME_RE = re.compile(r"^[UAFNV]{2}-S[12]-[UVN]?\d+$")
-"""The grammar of every ROI name in the official toy CSVs (FLAIR-HUB-FORMAT.md §1.1)."""
+"""The grammar of every ROI name in the official toy CSVs."""
 
 VALID_FRACTION = 0.2
 """Share of the non-test patches drawn into `valid` (the official split 1 has ~20 %)."""
 
-# Rough mainland-France extent in Lambert-93, kept inside the brief's 100-1200 km / 6000-7200 km box.
+# Rough mainland-France extent in Lambert-93 metres (inside 100-1200 km east, 6000-7200 km north).
 _L93_X = (200_000.0, 1_050_000.0)
 _L93_Y = (6_250_000.0, 7_050_000.0)
 _ROI_SCATTER_M = 20_000.0
@@ -198,7 +198,7 @@ def draw_roi(domain: str, year: int, name: str, rows: int, cols: int, centre: tu
     dates = {s: draw_series_dates(year, req.t_ranges[s], rng) for s in SENTINEL_DATES_FILES}
     aerial = _day_string(year, int(rng.integers(110, 260)))  # flights from late April to mid-September
     hist_year, hist_month = int(rng.integers(1947, 1966)), int(rng.integers(4, 10))
-    # Some historical dates only know the month: the real files then carry day 00 (§3).
+    # Some historical dates only know the month: the real files then carry day 00.
     hist_day = 0 if rng.random() < 0.3 else int(rng.integers(1, 29))
     spot_year = year + int(rng.integers(-1, 1))
     spot = _day_string(spot_year, int(rng.integers(90, 280)))

@@ -1,6 +1,6 @@
 """A tree in the Hugging Face Hub's zip layout: `data/<DOMAIN>-<YEAR>_<MODALITY>.zip` per modality
 folder and `data/GLOBAL_ALL_MTD.zip`, members keeping the tree's paths without `data/`
-(FLAIR-HUB-FORMAT.md §1.3).
+(as on the Hub's `IGNF/FLAIR-HUB` dataset).
 
 Zips are deterministic (sorted members, folder entries first as `zip -r` writes them, a fixed
 1980-01-01 timestamp, Unix permissions), so the same tree gives byte-identical zips.

@@ -1,4 +1,4 @@
-"""The trainer's data side: packed shards -> preprocessed, batched model inputs (DESIGN section 4).
+"""The trainer's data side: packed shards -> preprocessed, batched model inputs.
 
 Stages, each its own module: `sources` (local / s3 / https / hf readers) -> `catalog` (manifest,
 index, selection) -> `distribution` (epoch order, rank/worker split) -> `reader` (ranged reads,

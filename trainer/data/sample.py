@@ -15,22 +15,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from packer.schema import MODALITIES, TIME_SERIES_INPUTS
+from packer.schema import MODALITIES, SENTINEL2_MASK_OF, TIME_SERIES_INPUTS
+from packer.schema import batch_dates_key as dates_key
+from packer.schema import batch_pad_mask_key as pad_mask_key
 from trainer.config import active_inputs, selected_channels
 from trainer.data import preprocess as pp
 
-S2 = "SENTINEL2_TS"
-S2_MASK = "SENTINEL2_MSK-SC"
-
-
-def dates_key(series: str) -> str:
-    """Batch key of a series' day offsets (the reference's name: `SENTINEL2_TS` -> `SENTINEL2_DATES`)."""
-    return series.replace("_TS", "_DATES")
-
-
-def pad_mask_key(series: str) -> str:
-    """Batch key of a series' padding mask, True where a date is padding (U-TAE's convention)."""
-    return series.replace("_TS", "_PAD_MASK")
+S2_MASK, S2 = next(iter(SENTINEL2_MASK_OF.items()))  # the S2 mask and its series: `Modality.mask_of`
 
 
 @dataclass(frozen=True)
@@ -65,11 +56,7 @@ class SampleSpec:
         channels = {m: (tuple(c) if (c := selected_channels(cfg, m)) else None) for m in inputs}
         tasks = tuple(cfg["labels"])
         label_channels = {t: int(cfg["labels_configs"][t].get("label_channel_nomenclature", 1)) for t in tasks}
-        average = {
-            "SENTINEL2_TS": pre["temporal_average_sentinel2"],
-            "SENTINEL1-ASC_TS": pre["temporal_average_sentinel1"],
-            "SENTINEL1-DESC_TS": pre["temporal_average_sentinel1"],
-        }
+        average = {m: pre[MODALITIES[m].temporal_average_key] for m in TIME_SERIES_INPUTS}
         return cls(
             inputs=inputs, tasks=tasks, channels=channels, label_channels=label_channels,
             calc_elevation=pre["calc_elevation"], stack_dsm=pre["calc_elevation_stack_dsm"],
@@ -87,7 +74,7 @@ class SampleSpec:
     @property
     def needed_modalities(self) -> tuple[str, ...]:
         """Stored modalities a sample must be read with (the S2 mask only when filtering)."""
-        extra = (S2_MASK,) if S2 in self.inputs and self.filter_s2 else ()
+        extra = tuple(mask for m in self.inputs if (mask := MODALITIES[m].mask)) if self.filter_s2 else ()
         return (*self.inputs, *extra, *self.tasks)
 
     @property
@@ -112,12 +99,13 @@ def preprocess_series(
     when = pp.parse_dates(dates)
     if len(when) != series.shape[0]:
         raise ValueError(f"{name}: {series.shape[0]} dates in the array but {len(when)} acquisition dates")
-    if name == S2 and spec.filter_s2:
+    mask_name = MODALITIES[name].mask
+    if mask_name and spec.filter_s2:
         if mask is None:
-            raise ValueError(f"{name}: filter_sentinel2 is on but the sample has no {S2_MASK}")
+            raise ValueError(f"{name}: filter_sentinel2 is on but the sample has no {mask_name}")
         keep = pp.filter_sentinel2_dates(
-            pp.split_dates(mask, MODALITIES[S2_MASK].bands_per_date), spec.max_cloud, spec.max_snow, spec.max_frac_cover
-        )
+            pp.split_dates(mask, MODALITIES[mask_name].bands_per_date), spec.max_cloud, spec.max_snow,
+            spec.max_frac_cover)
         idx = np.flatnonzero(keep)
         series = series[idx]
         when = [when[i] for i in idx]
@@ -143,14 +131,15 @@ def preprocess_sample(raw: Mapping[str, Any], spec: SampleSpec, seed: int = 0, e
     out: dict[str, Any] = {"patch_id": raw["patch_id"]}
     for name in spec.inputs:
         arr = arrays[name]
-        if name == "DEM_ELEV":
+        mod = MODALITIES[name]
+        if mod.elevation:
             out[name] = pp.calc_elevation(arr, spec.stack_dsm) if spec.calc_elevation else arr
-        elif name in TIME_SERIES_INPUTS:
+        elif mod.series_input:
             dates = meta_mods.get(name, {}).get("dates")
             if dates is None:
                 raise ValueError(f"{raw['patch_id']}: no acquisition dates for {name} in its metadata")
             try:
-                out[name], out[dates_key(name)] = preprocess_series(name, arr, dates, spec, arrays.get(S2_MASK))
+                out[name], out[dates_key(name)] = preprocess_series(name, arr, dates, spec, arrays.get(mod.mask))
             except ValueError as exc:
                 raise ValueError(f"{raw['patch_id']}: {exc}") from None
             out[pad_mask_key(name)] = pp.empty_dates(out[name], spec.pad_value)

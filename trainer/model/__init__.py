@@ -1,4 +1,4 @@
-"""FLAIR-UPerFuse (DESIGN §5): built from the merged FLAIR-HUB config, loads the reference's checkpoints.
+"""FLAIR-UPerFuse: built from the merged FLAIR-HUB config, loads the reference's checkpoints.
 
 `build_model(config)` -> `FlairUPerFuse`; see `flair_uperfuse` for the forward contract and
 `checkpoint` for loading reference weights and saving our own (safetensors + config JSON).

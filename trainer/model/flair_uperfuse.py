@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from packer.schema import MODALITIES, MONO_TEMPORAL_INPUTS, TIME_SERIES_INPUTS
+from packer.schema import batch_dates_key as reference_dates_key
 
 from .fusion import FusionHandler
 from .ltae import MaskedGroupNorm
@@ -61,11 +62,6 @@ class ModelOutput(NamedTuple):
 
 def aux_key(modality: str, task: str) -> str:
     return f"{modality}__{task}"
-
-
-def reference_dates_key(series: str) -> str:
-    """Where the reference's loader puts a series' day offsets in the batch (`SENTINEL2_DATES`)."""
-    return series.replace("_TS", "_DATES")
 
 
 class FlairUPerFuse(nn.Module):

@@ -38,7 +38,6 @@ from torch import Tensor, nn
 from trainer.config import ConfigError as TrainerConfigError
 
 from .spec import ConfigError
-from .weights_io import read_state_dict
 
 log = logging.getLogger("flair.model")
 
@@ -255,7 +254,3 @@ class _TimmMissingKeys(logging.Handler):
         logger = logging.getLogger(self.LOGGER)
         logger.removeHandler(self)
         logger.setLevel(self._level)
-
-
-def read_weights(path: Path) -> dict[str, Tensor]:
-    return read_state_dict(path)

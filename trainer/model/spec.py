@@ -245,15 +245,16 @@ def _utae_spec(config: Mapping[str, Any], total_classes: int) -> UTAESpec:
 
 def _input_channels(config: Mapping[str, Any], name: str) -> int:
     """Input channels of one branch, as the reference derives them."""
-    if name == "AERIAL-RLT_PAN":
-        return 1
-    if name == "DEM_ELEV":
+    mod = MODALITIES[name]
+    if mod.elevation:
         calc = _bool(_get(config, "modalities.pre_processings.calc_elevation"), "modalities.pre_processings.calc_elevation")
         stack = _bool(
             _get(config, "modalities.pre_processings.calc_elevation_stack_dsm"),
             "modalities.pre_processings.calc_elevation_stack_dsm",
         )
-        return 1 if calc and not stack else 2
+        return mod.output_channels(calc_elevation=calc, stack_dsm=stack)
+    if not mod.channels_required:
+        return mod.bands_per_date  # PAN: its one band, whatever `inputs_channels` says
     key = f"modalities.inputs_channels.{name}"
     channels = _int_list(_get(config, key), key, 1)
     bands = MODALITIES[name].bands_per_date
