@@ -13,7 +13,6 @@ import re
 import sys
 
 from packer import schema
-from packer.codec import DEFAULT_FILTER, DEFAULT_LEVEL, FILTERS
 from packer.errors import PackError
 
 COMMANDS = ("pack", "verify", "inspect", "merge")
@@ -63,8 +62,8 @@ def pack_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     p.add_argument("--keep-order", action="store_true", help="keep source order instead of shuffling")
     p.add_argument("--workers", type=int, default=None, help="reader/encoder processes (default: all cores)")
-    p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level (default {DEFAULT_LEVEL})")
-    p.add_argument("--filter", choices=FILTERS, default=DEFAULT_FILTER, help=f"codec filter (default {DEFAULT_FILTER})")
+    p.add_argument("--level", type=int, default=None,
+                   help="one zstd level (1-22) for every modality (default: per-modality settings, docs/packing.md)")
     p.add_argument("--num-parts", type=int, default=1, help="split the patches into N parts (job arrays)")
     p.add_argument("--part", type=int, default=0, help="which part (0..N-1) this run packs")
     p.add_argument("--on-error", choices=ON_ERROR, default="fail",
@@ -80,7 +79,7 @@ def run_pack(argv: list[str]) -> int:
     summary = pack_dataset(
         a.src, a.out, staging=a.staging, modalities=a.modalities, splits_csv=a.splits_csv, split_column=a.split_column,
         shard_size=a.shard_size, seed=a.seed, keep_order=a.keep_order, workers=a.workers, level=a.level,
-        filter=a.filter, num_parts=a.num_parts, part=a.part, on_error=a.on_error, progress=not a.no_progress,
+        num_parts=a.num_parts, part=a.part, on_error=a.on_error, progress=not a.no_progress,
     )
     print(summary)
     return 0
