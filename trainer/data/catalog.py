@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -18,8 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from packer.schema import INDEX_FILE, MANIFEST_FILE, N_CLASSES
+from packer.index import checksum_column
+from packer.schema import FORMAT_VERSION, INDEX_FILE, MANIFEST_FILE, N_CLASSES, TIME_SERIES_MODALITIES
 from trainer.data.sources import Source
+
+log = logging.getLogger(__name__)
 
 COUNT_COLUMNS = {"AERIAL_LABEL-COSIA": "cosia_counts", "ALL_LABEL-LPIS": "lpis_l1_counts"}
 """Per-class pixel counts in the index (LPIS: level 1 only)."""
@@ -46,6 +50,10 @@ class Selection:
     members: dict[str, tuple[np.ndarray, np.ndarray]]  # member -> (offsets, sizes); "json" included
     shards: list[ShardInfo]
     class_counts: dict[str, np.ndarray]  # task -> (N, n_classes) pixel counts, where the index has them
+    checksums: dict[str, np.ndarray] = field(default_factory=dict)  # member -> (N,) uint64 xxh3_64 (format 2)
+    max_dates: dict[str, int] = field(default_factory=dict)  # series -> most dates of a selected sample
+    format_version: int = FORMAT_VERSION  # the pack's shard format (packer.codec reads 1 and 2)
+    modality_table: dict[str, dict] = field(default_factory=dict)  # the manifest's modality facts (dtype, sizes)
 
     def __len__(self) -> int:
         return len(self.patch_ids)
@@ -65,7 +73,15 @@ class Catalog:
         self.shards = {
             s["path"]: ShardInfo(s["path"], int(s["bytes"]), s.get("sha256")) for s in self.manifest.get("shards", [])
         }
+        self.format_version = int(self.manifest.get("format_version", 1))
+        if not 1 <= self.format_version <= FORMAT_VERSION:
+            raise SelectionError(f"{source.url(MANIFEST_FILE)}: shard format {self.format_version} is newer than this "
+                                 f"reader (1 to {FORMAT_VERSION}); update flair-stream")
         self.table: pa.Table = pq.read_table(io.BytesIO(source.read_all(INDEX_FILE)))
+        if checksum_column("json") not in self.table.column_names:
+            log.warning("%s: the index has no member checksums (shard format %d): members are read without "
+                        "verification; re-pack with this version to check every member on read",
+                        source.url(INDEX_FILE), self.format_version)
         missing = [s for s in set(self.table.column("shard").to_pylist()) if s not in self.shards]
         if missing:
             raise SelectionError(f"{source.url(INDEX_FILE)}: rows point to shards absent from the manifest: {missing[:3]}")
@@ -132,6 +148,11 @@ class Catalog:
         members = {"json": (_ints(sub, "json_offset"), _ints(sub, "json_size"))}
         for name in required:
             members[name] = (_ints(sub, f"{name}_offset"), _ints(sub, f"{name}_size"))
+        checksums = {}
+        if checksum_column("json") in sub.column_names:
+            checksums = {name: _uints(sub, checksum_column(name)) for name in members}
+        max_dates = {name: int(_ints(sub, f"T_{name}").max(initial=0)) for name in required
+                     if name in TIME_SERIES_MODALITIES}
         return Selection(
             patch_ids=sub.column("patch_id").to_pylist(),
             shard=np.array([number[p] for p in shard_paths], dtype=np.int64),
@@ -139,6 +160,10 @@ class Catalog:
             members=members,
             shards=[self.shards[p] for p in uniq],
             class_counts={k: v[rows] for k, v in counts.items()},
+            checksums=checksums,
+            max_dates=max_dates,
+            format_version=self.format_version,
+            modality_table=dict(self.manifest.get("modalities", {})),
         )
 
     def _counts(self, task: str) -> np.ndarray:
@@ -158,6 +183,13 @@ def _ints(table: pa.Table, column: str) -> np.ndarray:
     if np.any(values is None) or (values.dtype == object):
         raise SelectionError(f"index column {column} has missing values for selected rows")
     return values.astype(np.int64)
+
+
+def _uints(table: pa.Table, column: str) -> np.ndarray:
+    values = table.column(column).to_numpy(zero_copy_only=False)
+    if values.dtype == object:
+        raise SelectionError(f"index column {column} has missing values for selected rows")
+    return values.astype(np.uint64)
 
 
 def class_balanced_weights(counts: np.ndarray) -> np.ndarray:
