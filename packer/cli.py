@@ -40,6 +40,24 @@ def _modalities(text: str) -> tuple[str, ...]:
     return names
 
 
+def _levels(text: str) -> int | dict[str, int]:
+    """`--level 9` (every modality) or `--level DEM_ELEV=9,AERIAL_RGBI=3` (those modalities only)."""
+    if "=" not in text:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a zstd level: {text!r} (N, or MODALITY=N,...)") from None
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        _modalities(name)
+        try:
+            out[name.strip()] = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a zstd level for {name}: {value!r}") from None
+    return out
+
+
 def pack_parser() -> argparse.ArgumentParser:
     # Imported here: spawned pack workers re-import the console script, and should stay light.
     from packer.pack import DEFAULT_SHARD_SIZE, ON_ERROR
@@ -62,8 +80,9 @@ def pack_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     p.add_argument("--keep-order", action="store_true", help="keep source order instead of shuffling")
     p.add_argument("--workers", type=int, default=None, help="reader/encoder processes (default: all cores)")
-    p.add_argument("--level", type=int, default=None,
-                   help="one zstd level (1-22) for every modality (default: per-modality settings, docs/packing.md)")
+    p.add_argument("--level", type=_levels, default=None, metavar="N | MODALITY=N,...",
+                   help="zstd level (1-22) for every modality, or for the listed ones "
+                        "(default: per-modality settings, docs/packing.md)")
     p.add_argument("--num-parts", type=int, default=1, help="split the patches into N parts (job arrays)")
     p.add_argument("--part", type=int, default=0, help="which part (0..N-1) this run packs")
     p.add_argument("--on-error", choices=ON_ERROR, default="fail",

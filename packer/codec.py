@@ -89,10 +89,13 @@ def member_checksum(data: bytes | memoryview) -> int:
     return xxhash.xxh3_64_intdigest(data)
 
 
-def compression_settings(level: int | None = None) -> dict[str, dict[str, int]]:
-    """The settings a pack uses: the per-modality defaults, or one zstd level for every modality."""
-    if level is None:
-        return {name: dict(s) for name, s in DEFAULT_SETTINGS.items()}
+def compression_settings(level: int | Mapping[str, int] | None = None) -> dict[str, dict[str, int]]:
+    """The settings a pack uses: the per-modality defaults, one zstd level for every modality, or
+    the defaults with some modalities set to a level (`{"DEM_ELEV": 9}`)."""
+    if level is None or isinstance(level, Mapping):
+        out = {name: dict(s) for name, s in DEFAULT_SETTINGS.items()}
+        out.update({name: {"level": int(v)} for name, v in (level or {}).items()})
+        return out
     return {name: {"level": int(level)} for name in schema.MODALITY_NAMES}
 
 

@@ -61,7 +61,7 @@ class PackOptions:
     seed: int = 0
     keep_order: bool = False
     workers: int | None = None  # None: all cores
-    level: int | None = None  # None: per-modality settings (packer.codec.DEFAULT_SETTINGS)
+    level: int | dict[str, int] | None = None  # None: per-modality settings (packer.codec.DEFAULT_SETTINGS)
     num_parts: int = 1
     part: int = 0
     on_error: str = "fail"
@@ -79,8 +79,12 @@ class PackOptions:
             raise PackError("--shard-size", f"must be positive, got {self.shard_size}")
         if self.workers is not None and self.workers < 1:
             raise PackError("--workers", f"must be >= 1, got {self.workers}")
-        if self.level is not None and not 1 <= self.level <= 22:
-            raise PackError("--level", f"zstd level must be 1..22, got {self.level}")
+        levels = self.level.items() if isinstance(self.level, dict) else [("", self.level)]
+        for name, level in levels:
+            if name and name not in schema.MODALITIES:
+                raise PackError("--level", f"unknown modality {name!r}")
+            if level is not None and not 1 <= level <= 22:
+                raise PackError("--level", f"zstd level must be 1..22, got {level}" + (f" for {name}" if name else ""))
         if self.num_parts < 1 or not 0 <= self.part < self.num_parts:
             raise PackError("--part", f"need 0 <= part < num-parts, got part {self.part} of {self.num_parts}")
         if self.on_error not in ON_ERROR:

@@ -48,6 +48,8 @@ def test_encoding_is_deterministic_and_settings_cover_every_modality():
     assert encode_array(arr, DEFAULT_SETTINGS["DEM_ELEV"]) == encode_array(arr, DEFAULT_SETTINGS["DEM_ELEV"])
     assert set(compression_settings()) == set(schema.MODALITY_NAMES)
     assert compression_settings(5) == {m: {"level": 5} for m in schema.MODALITY_NAMES}
+    some = compression_settings({"DEM_ELEV": 9})  # `--level DEM_ELEV=9`: that modality only
+    assert some["DEM_ELEV"] == {"level": 9} and some["AERIAL_RGBI"] == DEFAULT_SETTINGS["AERIAL_RGBI"]
 
 
 def test_edge_shapes_and_layouts():
