@@ -1,10 +1,14 @@
-"""Benchmark of the streaming loader against a per-file baseline shaped like the reference loader.
+"""Benchmark of the streaming loader against a per-file baseline shaped like the reference loader,
+and against the loader of an earlier revision ("today"), measured in the same run.
 
-    python -m tools.bench_loader --patches 48 --work /tmp/bench_loader
+    python -m tools.bench_loader --patches 48 --work /tmp/bench_loader [--configs all,aerial,s2]
 
-1. Generates a toy tree (`tools.flair_toy`) and packs it (`packer.pack`), unless already in --work.
-2. One config for every setting: all seven input modalities and both label tasks, the reference's
-   default preprocessing (S2 cloud/snow filter, DSM + height, custom normalisation).
+1. Generates a toy tree (`tools.flair_toy`) and packs it (`packer.pack`), unless already in --work;
+   with `--today REV` (default: the revision before shard format 2) also checks that revision's
+   code out into --work (`git archive`) and packs the same tree with its packer.
+2. Configs: `all` (all seven input modalities and both label tasks), `aerial` (AERIAL_RGBI +
+   CoSIA) and `s2` (SENTINEL2_TS + CoSIA), each with the reference's default preprocessing (S2
+   cloud/snow filter, DSM + height, custom normalisation).
 3. Settings, each in a fresh subprocess (own start-up, own peak RSS), each after an untimed
    warm-up pass so all see the same warm page cache, interleaved over `--rounds` rounds (the
    best round is kept) so that load from other users of the host hits every setting alike;
@@ -14,15 +18,16 @@
        preprocessing per sample like the reference's `flair_dataset` (float64 normalisation,
        one-hot float labels, float32 tensors), padded collate; 0 and 2 DataLoader workers.
        (a') the same with class-index labels (our label format), for a like-for-like view.
+   (today) the loader of revision --today on its own pack of the same tree.
    (b) this loader on the shards: local files and through a local S3 server (moto), 0 and 2
-       worker processes x 1 or 2 decode threads (and torch's file_system sharing strategy);
-       normalisation batched in the main process. One more run on half of the samples shows
-       that the per-worker peak RSS does not depend on the dataset size.
-4. Where the time goes (one thread, per sample): read, decompress, decode, preprocess, collate
-   (into shared memory, as in a worker), hand-over (pickling the shared tensors and rebuilding
-   them, as the DataLoader does), and the batched normalisation; and for the baseline:
-   rasterio read vs preprocessing.
-Prints markdown tables; the last line is `ratio: <best b / best a>`.
+       worker processes x 1 or 2 decode threads; normalisation batched in the main process.
+       One more run without the per-member checksums gives their cost, and one on half of the
+       samples shows that the per-worker peak RSS does not depend on the dataset size.
+4. Where the time goes (one thread, per sample): read (ranged reads + member checksums),
+   decode (zstd into the reused arena, .npy header), preprocess, collate (into a ring slot),
+   hand-over (what crosses to the training process and its tensors), normalise; and for the
+   baseline: rasterio read vs preprocessing.
+Prints markdown tables; the last line of each config is `ratio: <best b / best a>`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +49,14 @@ REPO = Path(__file__).resolve().parents[1]
 ALL_INPUTS = ["AERIAL_RGBI", "AERIAL-RLT_PAN", "DEM_ELEV", "SPOT_RGBI", "SENTINEL2_TS", "SENTINEL1-ASC_TS",
               "SENTINEL1-DESC_TS"]
 TASKS = ["AERIAL_LABEL-COSIA", "ALL_LABEL-LPIS"]
+CONFIGS = {
+    "all": (ALL_INPUTS, TASKS),
+    "aerial": (["AERIAL_RGBI"], ["AERIAL_LABEL-COSIA"]),
+    "s2": (["SENTINEL2_TS"], ["AERIAL_LABEL-COSIA"]),
+}
+"""Benchmark configs: (inputs, tasks)."""
+TODAY_REV = "28fc08b"
+"""The last revision before shard format 2 and the shared-memory hand-over (its loader is "today")."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,18 +70,47 @@ def prepare(work: Path, patches: int) -> tuple[Path, Path]:
     if not (tree / "GLOBAL_ALL_MTD").is_dir():
         generate(tree, ToyConfig(patches=patches, domains=2, rois_per_domain=4, seed=0, t_s2=(20, 60),
                                  t_s1=(20, 60), progress=True, overwrite=True))
-    if not (shards / "manifest.json").is_file():
+    if not (shards / "manifest.json").is_file() or json.loads((shards / "manifest.json").read_text()).get(
+            "format_version") != _format_version():
+        shutil.rmtree(shards, ignore_errors=True)
         pack_dataset(tree, shards, shard_size=64_000_000, progress=True)
     return tree, shards
 
 
-def bench_config(shards: Path) -> dict[str, Any]:
+def _format_version() -> int:
+    from packer.schema import FORMAT_VERSION
+
+    return FORMAT_VERSION
+
+
+def prepare_today(work: Path, tree: Path, rev: str) -> tuple[Path, Path] | None:
+    """Revision `rev`'s code (git archive) and its own pack of `tree`, or None if git cannot provide it."""
+    src, shards = work / f"today-{rev}", work / f"shards-{rev}"
+    if not (src / "trainer").is_dir():
+        shutil.rmtree(src, ignore_errors=True)
+        src.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True)
+        if archive.returncode:
+            print(f"bench_loader: cannot check out {rev} ({archive.stderr.decode().strip()}); no 'today' rows",
+                  file=sys.stderr)
+            return None
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    if not (shards / "manifest.json").is_file():
+        code = ("import sys; from packer.pack import pack_dataset; "
+                "pack_dataset(sys.argv[1], sys.argv[2], shard_size=64_000_000, progress=False)")
+        subprocess.run([sys.executable, "-c", code, str(tree), str(shards)], cwd=src,
+                       env=dict(os.environ, PYTHONPATH=str(src)), check=True)
+    return src, shards
+
+
+def bench_config(shards: Path, config: str = "all") -> dict[str, Any]:
     from trainer.config import load_config
 
+    inputs, tasks = CONFIGS[config]
     cfg = load_config(REPO / "configs" / "flair-hub")
     for m in cfg["modalities"]["inputs"]:
-        cfg["modalities"]["inputs"][m] = m in ALL_INPUTS
-    cfg["labels"] = list(TASKS)
+        cfg["modalities"]["inputs"][m] = m in inputs
+    cfg["labels"] = list(tasks)
     cfg["data"]["source"] = str(shards)
     cfg["hyperparams"]["batch_size"] = 4
     from trainer.config import validate_config
@@ -89,7 +132,7 @@ class TreeDataset:
         self.spec = SampleSpec.from_config(cfg, augment=False)
         mtd = tree / "GLOBAL_ALL_MTD"
         self.dates = {m: read_series_dates(mtd, m) for m in self.spec.series}
-        self.n_classes = {t: len(cfg["labels_configs"][t]["value_name"]) for t in TASKS}
+        self.n_classes = {t: len(cfg["labels_configs"][t]["value_name"]) for t in self.spec.tasks}
         self.timing = {"read": 0.0, "preprocess": 0.0}
 
     def __len__(self) -> int:
@@ -110,13 +153,13 @@ class TreeDataset:
         from trainer.data.sample import S2_MASK, dates_key, preprocess_series
 
         pid, spec = self.ids[i], self.spec
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         raw = {m: self._read(pid, m, list(spec.channels.get(m) or []) or None if m in spec.mono else None)
                for m in spec.inputs}
         if spec.filter_s2:
             raw[S2_MASK] = self._read(pid, S2_MASK)
         labels = {t: self._read(pid, t, [spec.label_channels[t]])[0] for t in spec.tasks}
-        t1 = time.perf_counter()
+        t1 = time.thread_time()
         out: dict[str, Any] = {}
         for m in spec.inputs:
             if m == "DEM_ELEV":
@@ -130,11 +173,11 @@ class TreeDataset:
             out[m] = arr
         for t, lab in labels.items():
             out[t] = np.stack([lab == c for c in range(self.n_classes[t])]) if self.one_hot else lab.astype(np.int64)
-        res = {k: torch.tensor(v, dtype=torch.float32 if (k not in TASKS or self.one_hot) else torch.int64)
+        res = {k: torch.tensor(v, dtype=torch.float32 if (k not in self.spec.tasks or self.one_hot) else torch.int64)
                for k, v in out.items()}
         res["patch_id"] = pid
         self.timing["read"] += t1 - t0
-        self.timing["preprocess"] += time.perf_counter() - t1
+        self.timing["preprocess"] += time.thread_time() - t1
         return res
 
 
@@ -169,7 +212,7 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
     if args.sharing:  # how worker tensors reach the main process: file_descriptor (default) or file_system
         torch.multiprocessing.set_sharing_strategy(args.sharing)
     tree, shards = Path(args.tree), Path(args.shards)
-    cfg = bench_config(shards)
+    cfg = bench_config(shards, args.config)
     if args.kind == "baseline":
         from trainer.data.catalog import Catalog
         from trainer.data.sources import open_source
@@ -195,6 +238,8 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
             cfg["data"]["s3_endpoint_url"] = args.s3_endpoint
         loader = StreamingLoader.from_config(cfg, None, rank=0, world_size=1, num_workers=args.workers,
                                              batch_size=4, shuffle=True, augment=False)
+        if args.no_member_checks:
+            loader.dataset.reader.check_members = False
         make = lambda: loader  # noqa: E731
         finish = lambda b: loader.to_model_inputs(b, "cpu")  # noqa: E731
     n_samples, best = 0, 0.0
@@ -214,9 +259,19 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
 
 def spawn(tree: Path, shards: Path, kind: str, workers: int, threads: int = 1, one_hot: bool = True,
           epochs: int = 1, s3: tuple[str, str] | None = None, half: bool = False,
-          sharing: str | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "tools.bench_loader", "--run-one", "--tree", str(tree), "--shards", str(shards),
-           "--kind", kind, "--workers", str(workers), "--threads", str(threads), "--epochs", str(epochs)]
+          sharing: str | None = None, config: str = "all", today: tuple[Path, Path] | None = None,
+          no_member_checks: bool = False) -> dict[str, Any]:
+    # This file runs as a script so that, for "today", the packages come from that checkout.
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--run-one", "--tree", str(tree), "--shards", str(shards),
+           "--kind", kind, "--workers", str(workers), "--threads", str(threads), "--epochs", str(epochs),
+           "--config", config]
+    root = REPO
+    if kind == "today":
+        root, shards_today = today
+        cmd[cmd.index("--shards") + 1] = str(shards_today)
+        cmd[cmd.index("--kind") + 1] = "local"
+    if no_member_checks:
+        cmd.append("--no-member-checks")
     if one_hot:
         cmd.append("--one-hot")
     if half:
@@ -225,8 +280,8 @@ def spawn(tree: Path, shards: Path, kind: str, workers: int, threads: int = 1, o
         cmd += ["--sharing", sharing]
     if s3:
         cmd += ["--s3-url", s3[0], "--s3-endpoint", s3[1]]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=str(root))
+    out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"setting {kind}/{workers}w/{threads}t failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -235,58 +290,65 @@ def spawn(tree: Path, shards: Path, kind: str, workers: int, threads: int = 1, o
 # --------------------------------------------------------------------------------------------
 # Where the time goes
 # --------------------------------------------------------------------------------------------
-def breakdown(tree: Path, shards: Path) -> tuple[dict[str, float], dict[str, float], float]:
-    """Per-sample milliseconds of each stage, one thread, warm cache."""
+def breakdown(tree: Path, shards: Path, config: str = "all") -> tuple[dict[str, float], dict[str, float], float]:
+    """Per-sample milliseconds of each stage of this loader, one thread, warm cache (CPU time)."""
     import pickle
 
     from multiprocessing.reduction import ForkingPickler
 
     import torch
-    import torch.multiprocessing  # noqa: F401  (registers the shared-memory tensor reductions)
 
+    from packer.codec import Arena
     from trainer.data import StreamingLoader
-    from trainer.data.collate import collate
-    from trainer.data.reader import array_from_npy, decompress_member
+    from trainer.data.collate import BatchBuilder, batch_from_buffer, batch_keys
     from trainer.data.sample import preprocess_sample
 
     torch.set_num_threads(1)
-    cfg = bench_config(shards)
+    cfg = bench_config(shards, config)
     loader = StreamingLoader.from_config(cfg, None, rank=0, world_size=1, num_workers=0, batch_size=4,
                                          shuffle=False, augment=False)
-    reader = loader.dataset.reader
-    rows = list(range(len(loader.selection)))
+    loader._prepare_ring()
+    ds, ring, reader = loader.dataset, loader._ring, loader.dataset.reader
+    rows = list(range(len(loader.selection) // 4 * 4))
     for r in rows:  # warm-up
         reader.read_members(r)
-    t = dict.fromkeys(["read", "decompress", "decode", "preprocess", "collate", "hand-over", "normalise"], 0.0)
-    samples, raw_bytes = [], 0
-    for r in rows:
-        t0 = time.perf_counter()
-        members = reader.read_members(r)
-        t1 = time.perf_counter()
-        raw = {k: decompress_member(v) for k, v in members.items() if k != "json"}
-        t2 = time.perf_counter()
-        arrays = {k: array_from_npy(v) for k, v in raw.items()}
-        meta = json.loads(bytes(members["json"]))
-        t3 = time.perf_counter()
-        samples.append(preprocess_sample({"patch_id": loader.selection.patch_ids[r], "meta": meta, "arrays": arrays},
-                                         loader.spec))
-        t4 = time.perf_counter()
-        raw_bytes += sum(a.nbytes for a in arrays.values())
-        t["read"] += t1 - t0
-        t["decompress"] += t2 - t1
-        t["decode"] += t3 - t2
-        t["preprocess"] += t4 - t3
-    for i in range(0, len(samples), 4):
-        t0 = time.perf_counter()
-        batch = collate(samples[i : i + 4], loader.spec, shared=True)  # as in a worker: into shared memory
-        t1 = time.perf_counter()
-        # What the DataLoader then does: pickle the shared-memory handles, rebuild them in the main process.
+    clock = time.thread_time
+    t = dict.fromkeys(["read", "decode", "preprocess", "collate", "hand-over", "normalise"], 0.0)
+    arena, raw_bytes = Arena(), 0
+    for start in range(0, len(rows), 4):
+        slot = ring.acquire(0)
+        builder = BatchBuilder(ds.layout, ring.slot(slot), [], np.ones(4, bool))
+        for i, r in enumerate(rows[start:start + 4]):
+            arena.reset()
+            t0 = clock()
+            members = reader.read_members(r)
+            t1 = clock()
+            meta = reader._meta(r, members.pop("json"))
+            arrays = {k: reader._array(r, k, v, arena) for k, v in members.items()}
+            t2 = clock()
+            sample = preprocess_sample({"patch_id": loader.selection.patch_ids[r], "meta": meta, "arrays": arrays},
+                                       loader.spec)
+            t3 = clock()
+            builder.put(i, sample)
+            t4 = clock()
+            raw_bytes += sum(a.nbytes for a in arrays.values())
+            t["read"] += t1 - t0
+            t["decode"] += t2 - t1
+            t["preprocess"] += t3 - t2
+            t["collate"] += t4 - t3
+        t0 = clock()
+        parts = builder.finish()
+        t1 = clock()
+        # What crosses from a worker (the pickled description), and the trainer's views of the slot.
         buf = io.BytesIO()
-        ForkingPickler(buf, pickle.HIGHEST_PROTOCOL).dump(batch)
+        ForkingPickler(buf, pickle.HIGHEST_PROTOCOL).dump(parts)
         got = pickle.loads(buf.getvalue())
-        t2 = time.perf_counter()
-        loader.to_model_inputs(got, "cpu")
-        t3 = time.perf_counter()
+        view, _ = ring.lend(slot)
+        batch = batch_from_buffer(got, view, batch_keys(loader.spec))
+        t2 = clock()
+        loader.to_model_inputs(batch, "cpu")
+        t3 = clock()
+        del batch, view
         t["collate"] += t1 - t0
         t["hand-over"] += t2 - t1
         t["normalise"] += t3 - t2
@@ -299,6 +361,7 @@ def breakdown(tree: Path, shards: Path) -> tuple[dict[str, float], dict[str, flo
     for i in range(len(base_ds)):
         base_ds[i]
     base = {k: 1000 * v / len(base_ds) for k, v in base_ds.timing.items()}
+    loader.close()
     return ours, base, raw_bytes / n / 1e6
 
 
@@ -329,22 +392,106 @@ def start_s3(shards: Path):
 
 
 # --------------------------------------------------------------------------------------------
+def settings_for(config: str, today: tuple[Path, Path] | None, s3: tuple[str, str] | None) -> list[tuple[str, str, dict]]:
+    """(group, label, spawn keywords) of every setting of one config."""
+    full = config == "all"
+    out: list[tuple[str, str, dict]] = [
+        ("a", "per-file rasterio, reference preprocessing, one-hot labels, 0 workers", dict(kind="baseline", workers=0)),
+        ("a", "per-file rasterio, reference preprocessing, one-hot labels, 2 workers", dict(kind="baseline", workers=2)),
+    ]
+    if full:
+        out.append(("a'", "per-file rasterio, reference preprocessing, class-index labels, 2 workers",
+                     dict(kind="baseline", workers=2, one_hot=False)))
+    if today is not None:
+        out += [(f"today", f"loader at {today[0].name.split('-', 1)[1]}, its own pack, 0 workers, {t}",
+                 dict(kind="today", workers=0, threads=n, today=today))
+                for n, t in ((1, "1 thread"), (2, "2 decode threads"))]
+        out.append(("today", f"loader at {today[0].name.split('-', 1)[1]}, its own pack, 2 workers, 1 thread each",
+                    dict(kind="today", workers=2, threads=1, today=today)))
+    out += [
+        ("b", "shards, local, 0 workers, 1 thread", dict(kind="local", workers=0, threads=1)),
+        ("b", "shards, local, 0 workers, 2 decode threads", dict(kind="local", workers=0, threads=2)),
+        ("b", "shards, local, 2 workers, 1 thread each", dict(kind="local", workers=2, threads=1)),
+    ]
+    if full:
+        out += [
+            ("b", "shards, local, 2 workers, 2 decode threads each", dict(kind="local", workers=2, threads=2)),
+            ("b-", "shards, local, 0 workers, 2 decode threads, member checksums off",
+             dict(kind="local", workers=0, threads=2, no_member_checks=True)),
+            ("b-", "shards, local, 2 workers, 1 thread each, member checksums off",
+             dict(kind="local", workers=2, threads=1, no_member_checks=True)),
+        ]
+        if s3 is not None:
+            out += [("b", "shards, S3 (local moto server), 0 workers, 2 decode threads",
+                     dict(kind="s3", workers=0, threads=2, s3=s3)),
+                    ("b", "shards, S3 (local moto server), 2 workers, 2 decode threads each",
+                     dict(kind="s3", workers=2, threads=2, s3=s3))]
+        out.append(("b", "shards, local, 2 workers, 2 decode threads each, half of the samples (RSS check)",
+                    dict(kind="local", workers=2, threads=2, half=True)))
+    return [(g, label, dict(kw, config=config)) for g, label, kw in out]
+
+
+def print_config(config: str, results: list[tuple[str, str, dict]], n_samples: int, mb: float,
+                 ours: dict[str, float], base: dict[str, float]) -> None:
+    inputs, tasks = CONFIGS[config]
+    print(f"\n### config `{config}`: {', '.join(inputs)} + {', '.join(tasks)}; {n_samples} samples, "
+          f"{mb:.2f} MB of decoded arrays per sample, batch 4, {os.cpu_count()} CPUs\n")
+    print("| | setting | samples/s | peak RSS main (MB) | peak RSS per worker (MB) |")
+    print("|---|---|---:|---:|---:|")
+    for group, label, r in results:
+        worker = f"{r['rss_worker_mb']:.0f}" if r["rss_worker_mb"] is not None else "-"
+        print(f"| {group} | {label} | {r['samples_per_s']:.1f} | {r['rss_main_mb']:.0f} | {worker} |")
+    print("\nWhere the time goes, ms of CPU per sample, one thread (this loader):\n")
+    print("| " + " | ".join(ours) + " | total |")
+    print("|" + "---:|" * (len(ours) + 1))
+    print("| " + " | ".join(f"{v:.1f}" for v in ours.values()) + f" | {sum(ours.values()):.1f} |")
+    print("\nBaseline (reference-like), ms of CPU per sample, one process:\n")
+    print("| rasterio read | preprocessing + one-hot + float32 tensors | total |")
+    print("|---:|---:|---:|")
+    print(f"| {base['read']:.1f} | {base['preprocess']:.1f} | {base['read'] + base['preprocess']:.1f} |")
+    rate = {label: r["samples_per_s"] for _, label, r in results}
+    best = lambda g: max((r["samples_per_s"] for grp, _, r in results if grp == g), default=float("nan"))  # noqa: E731
+    local = [(label, r["samples_per_s"]) for g, label, r in results if g == "b" and "local" in label and "half" not in label]
+    zero = max(v for label, v in local if "0 workers" in label)
+    two = max(v for label, v in local if "2 workers" in label)
+    print(f"\nworkers: best with 2 workers / best with 0 workers = {two / zero:.2f}")
+    if "today" in {g for g, _, _ in results}:
+        print(f"against today's loader: best b / best today = {best('b') / best('today'):.2f}")
+    on = rate.get("shards, local, 0 workers, 2 decode threads")
+    off = rate.get("shards, local, 0 workers, 2 decode threads, member checksums off")
+    if on and off:
+        print(f"member checksums: {on:.1f} samples/s with, {off:.1f} without (0 workers, 2 threads): "
+              f"cost {100 * (1 - on / off):+.1f} %")
+        on2 = rate.get("shards, local, 2 workers, 1 thread each")
+        off2 = rate.get("shards, local, 2 workers, 1 thread each, member checksums off")
+        if on2 and off2:
+            print(f"member checksums: {on2:.1f} samples/s with, {off2:.1f} without (2 workers): cost "
+                  f"{100 * (1 - on2 / off2):+.1f} %")
+    if config == "all":
+        print(f"ratio vs class-index baseline (a'): {best('b') / best(chr(97) + chr(39)):.1f}")
+    print(f"ratio: {best('b') / best('a'):.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--patches", type=int, default=48)
     ap.add_argument("--work", default="/tmp/bench_loader")
     ap.add_argument("--epochs", type=int, default=1, help="timed epochs per run of a setting (best is kept)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all settings (best is kept)")
+    ap.add_argument("--configs", default="all,aerial,s2", help=f"subset of {','.join(CONFIGS)}")
+    ap.add_argument("--today", default=TODAY_REV, help="git revision whose loader is measured as 'today' ('' to skip)")
     ap.add_argument("--skip-s3", action="store_true")
     # internal: one setting in a subprocess
     ap.add_argument("--run-one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tree", help=argparse.SUPPRESS)
     ap.add_argument("--shards", help=argparse.SUPPRESS)
     ap.add_argument("--kind", help=argparse.SUPPRESS)
+    ap.add_argument("--config", default="all", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--one-hot", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--half", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-member-checks", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sharing", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--s3-url", help=argparse.SUPPRESS)
     ap.add_argument("--s3-endpoint", help=argparse.SUPPRESS)
@@ -361,70 +508,35 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work)
     tree, shards = prepare(work, args.patches)
+    today = prepare_today(work, tree, args.today) if args.today else None
     manifest = json.loads((shards / "manifest.json").read_text())
-    n_train = sum(v["samples"] for v in manifest["splits"].values())
-    settings: list[tuple[str, str, dict]] = [
-        ("a", "per-file rasterio, reference preprocessing, one-hot labels, 0 workers", dict(kind="baseline", workers=0)),
-        ("a", "per-file rasterio, reference preprocessing, one-hot labels, 2 workers", dict(kind="baseline", workers=2)),
-        ("a'", "per-file rasterio, reference preprocessing, class-index labels, 0 workers",
-         dict(kind="baseline", workers=0, one_hot=False)),
-        ("a'", "per-file rasterio, reference preprocessing, class-index labels, 2 workers",
-         dict(kind="baseline", workers=2, one_hot=False)),
-        ("b", "shards, local, 0 workers, 1 thread", dict(kind="local", workers=0, threads=1)),
-        ("b", "shards, local, 0 workers, 2 decode threads", dict(kind="local", workers=0, threads=2)),
-        ("b", "shards, local, 2 workers, 1 thread each", dict(kind="local", workers=2, threads=1)),
-        ("b", "shards, local, 2 workers, 2 decode threads each", dict(kind="local", workers=2, threads=2)),
-        ("b", "shards, local, 2 workers, 2 decode threads each, file_system sharing",
-         dict(kind="local", workers=2, threads=2, sharing="file_system")),
-    ]
-    server = None
-    if not args.skip_s3:
+    n_samples = sum(v["samples"] for v in manifest["splits"].values())
+    configs = [c for c in args.configs.split(",") if c in CONFIGS]
+    server, s3 = None, None
+    if not args.skip_s3 and "all" in configs:
         server, url, endpoint = start_s3(shards)
-        settings += [
-            ("b", "shards, S3 (local moto server), 0 workers, 2 decode threads",
-             dict(kind="s3", workers=0, threads=2, s3=(url, endpoint))),
-            ("b", "shards, S3 (local moto server), 2 workers, 2 decode threads each",
-             dict(kind="s3", workers=2, threads=2, s3=(url, endpoint))),
-        ]
-    settings.append(("b", "shards, local, 2 workers, 2 decode threads each, half of the samples (RSS check)",
-                     dict(kind="local", workers=2, threads=2, half=True)))
+        s3 = (url, endpoint)
+    settings = [s for c in configs for s in settings_for(c, today, s3)]
     # Rounds interleave the settings so that a change in machine load (this host is shared)
     # hits baseline and loader alike; each setting keeps its best round.
-    results: dict[str, tuple[str, dict]] = {}
+    results: dict[tuple[str, str], tuple[str, dict]] = {}
     try:
         with tqdm(total=args.rounds * len(settings), desc="bench_loader", unit="run") as bar:
             for _ in range(args.rounds):
                 for group, label, kw in settings:
                     res = spawn(tree, shards, epochs=args.epochs, **kw)
-                    old = results.get(label)
+                    old = results.get((kw["config"], label))
                     if old is None or res["samples_per_s"] > old[1]["samples_per_s"]:
-                        results[label] = (group, res)
+                        results[(kw["config"], label)] = (group, res)
                     bar.update(1)
     finally:
         if server is not None:
             server.stop()
-    results = [(group, label, res) for label, (group, res) in results.items()]
-    ours, base, mb_per_sample = breakdown(tree, shards)
-
-    print(f"\n{n_train} samples (all splits), {mb_per_sample:.2f} MB of decoded arrays per sample, batch 4, "
-          f"all 7 input modalities + 2 tasks, {os.cpu_count()} CPUs\n")
-    print("| | setting | samples/s | peak RSS main (MB) | peak RSS per worker (MB) |")
-    print("|---|---|---:|---:|---:|")
-    for group, label, r in results:
-        worker = f"{r['rss_worker_mb']:.0f}" if r["rss_worker_mb"] is not None else "-"
-        print(f"| {group} | {label} | {r['samples_per_s']:.1f} | {r['rss_main_mb']:.0f} | {worker} |")
-    print("\nWhere the time goes, ms per sample, one thread (this loader):\n")
-    print("| " + " | ".join(ours) + " | total |")
-    print("|" + "---:|" * (len(ours) + 1))
-    print("| " + " | ".join(f"{v:.1f}" for v in ours.values()) + f" | {sum(ours.values()):.1f} |")
-    print("\nBaseline (reference-like), ms per sample, one process:\n")
-    print("| rasterio read | preprocessing + one-hot + float32 tensors | total |")
-    print("|---:|---:|---:|")
-    print(f"| {base['read']:.1f} | {base['preprocess']:.1f} | {base['read'] + base['preprocess']:.1f} |")
-    best = lambda g: max(r["samples_per_s"] for grp, _, r in results if grp == g)  # noqa: E731
-    lite = best("a'")
-    print(f"\nratio vs class-index baseline (a'): {best('b') / lite:.1f}")
-    print(f"ratio: {best('b') / best('a'):.1f}")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
+    for config in configs:
+        rows = [(g, label, r) for (c, label), (g, r) in results.items() if c == config]
+        ours, base, mb = breakdown(tree, shards, config)
+        print_config(config, rows, n_samples, mb, ours, base)
     return 0
 
 

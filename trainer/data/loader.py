@@ -35,7 +35,7 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -97,7 +97,8 @@ class ShardStream(IterableDataset):
 
     def __init__(self, reader: SampleReader, spec: SampleSpec, batch_size: int, seed: int, rank: int, world_size: int,
                  shuffle: bool, shuffle_window: int, uneven: str, decode_threads: int,
-                 weights: np.ndarray | None = None, on_error: str = "fail") -> None:
+                 weights: np.ndarray | None = None, on_error: str = "fail",
+                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         super().__init__()
         if on_error not in ON_ERROR:
             raise ValueError(f"data.on_error: must be one of {ON_ERROR}, got {on_error!r}")
@@ -107,6 +108,7 @@ class ShardStream(IterableDataset):
         self.decode_threads = decode_threads
         self.weights = weights
         self.on_error = on_error
+        self.transform = transform  # raw sample -> batch sample; None: the reference's preprocessing
         self.epoch = 0
         self.position = 0
         self.layout: BatchLayout | None = None  # set by the loader before workers start (or on first use)
@@ -131,6 +133,8 @@ class ShardStream(IterableDataset):
         row = int(row)
         raw = self.reader.read(row, arena)
         try:
+            if self.transform is not None:
+                return self.transform(raw)
             return preprocess_sample(raw, self.spec, self.seed, self.epoch)
         except ValueError as exc:
             raise SampleError(self.reader.shard_url(row), self.selection.patch_ids[row],
@@ -267,7 +271,8 @@ class StreamingLoader:
                  decode_threads: int = 4, verify: bool = False, class_balanced_task: str | None = None,
                  pin_memory: bool = False, prefetch_factor: int = 2, on_error: str = "fail",
                  check_members: bool = True, ring: bool = True,
-                 multiprocessing_context: str | None = None) -> None:
+                 multiprocessing_context: str | None = None,
+                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         rank, world_size = _dist_defaults(rank, world_size)
         self.source, self.catalog, self.selection, self.spec = source, catalog, selection, spec
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
@@ -282,7 +287,7 @@ class StreamingLoader:
             weights = class_balanced_weights(selection.class_counts[class_balanced_task])
         reader = SampleReader(source, selection, spec.needed_modalities, verify=verify, check_members=check_members)
         self.dataset = ShardStream(reader, spec, batch_size, seed, rank, world_size, shuffle, shuffle_window, uneven,
-                                   decode_threads, weights, on_error=on_error)
+                                   decode_threads, weights, on_error=on_error, transform=transform)
         self.epoch = 0
         self.position = 0  # global samples (all ranks) consumed in this epoch
         self.skipped: list[str] = []  # samples left out so far (data.on_error: skip), one line each
@@ -296,7 +301,7 @@ class StreamingLoader:
                     pin_memory: bool = False, **options: Any) -> "StreamingLoader":
         """Build from a validated config. `split` is a split name of the index (e.g. train/valid/test),
         or None for every sample whatever its split. `options` go to the constructor as they are
-        (`prefetch_factor`, `multiprocessing_context`, `check_members`, `ring`).
+        (`prefetch_factor`, `multiprocessing_context`, `check_members`, `ring`, `transform`).
 
         Training splits shuffle and augment per the config; pass `shuffle=False, augment=False`
         for evaluation (the defaults do so for any split other than `data.train_split`).
