@@ -25,6 +25,10 @@ missing is reported as such and left out.
    is thus measured (its first pass, which decompresses the shards, is the verification pass).
 4. Prints one table per batch size and the ratios of every cell to per-file, LitData and Mosaic
    in the same column.
+5. The member-encoding table behind `packer.codec.DEFAULT_SETTINGS`: per modality, each candidate
+   zstd setting's size (vs raw `.npy` and vs the source files) and its encode and decode cost (CPU
+   ms per member, median of repeated decodes into a reused arena, as the loader decodes), next to
+   format 1's byte-shuffle (`--codec-only` prints just this table).
 """
 
 from __future__ import annotations
@@ -373,6 +377,65 @@ def print_tables(results: dict[tuple[str, str, int], float], info: dict[str, Any
         print(f"Mosaic's decompressed copies after the first pass: +{copies / 1e6:.1f} MB on disk")
 
 
+CODEC_CANDIDATES = {
+    "L1": {"level": 1}, "L3": {"level": 3}, "L9": {"level": 9},
+    "L19, 3-byte matches, short search": {"level": 19, "window_log": 20, "chain_log": 12, "hash_log": 12,
+                                          "search_log": 1},
+}
+
+
+def codec_table(tree: Path, ids: list[str], per_modality: int = 8, reps: int = 7) -> None:
+    """Per modality and candidate: size vs raw and vs source, encode and decode CPU ms per member."""
+    import io
+    import zstandard
+
+    from packer.codec import DEFAULT_SETTINGS, LEGACY_SHUFFLE_MAGIC, Arena, decode_array, decode_array_into, encode_array
+    from packer.schema import PatchId
+
+    def legacy(arr: np.ndarray) -> bytes:  # format 1's default: byte planes after the .npy header
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        npy = buf.getvalue()
+        if arr.dtype.itemsize > 1:
+            planes = arr.reshape(-1).view(np.uint8).reshape(-1, arr.dtype.itemsize).T
+            npy = LEGACY_SHUFFLE_MAGIC + npy[: len(npy) - arr.nbytes] + planes.tobytes()
+        return zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=True).compress(npy)
+
+    names = [*CODEC_CANDIDATES, "format 1: byte-shuffle + L3"]
+    print("\nmember encoding, per modality: size / raw .npy, size / source file, encode ms, decode ms "
+          f"(CPU, median of {reps}; {per_modality} patches; default marked *)\n")
+    print("| modality | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    arena = Arena()
+    for m in MODALITIES:
+        pids = ids[:: max(1, len(ids) // per_modality)][:per_modality]
+        paths = [tree / PatchId.parse(p).relative_path(m) for p in pids]
+        arrays = [source_arrays(tree, p)[m] for p in pids]
+        raw = sum(a.nbytes for a in arrays)
+        src = sum(p.stat().st_size for p in paths)
+        cells = []
+        for name in names:
+            encode = (lambda a: legacy(a)) if name.startswith("format 1") else \
+                (lambda a, s=CODEC_CANDIDATES[name]: encode_array(a, s))
+            t0 = time.thread_time()
+            blobs = [encode(a) for a in arrays]
+            enc = (time.thread_time() - t0) / len(arrays) * 1e3
+            times = []
+            for _ in range(reps):
+                t0 = time.thread_time()
+                for b in blobs:
+                    if name.startswith("format 1"):
+                        decode_array(b, format_version=1)
+                    else:
+                        arena.reset()
+                        decode_array_into(b, arena)
+                times.append((time.thread_time() - t0) / len(blobs) * 1e3)
+            size = sum(map(len, blobs))
+            star = "*" if not name.startswith("format 1") and DEFAULT_SETTINGS[m] == CODEC_CANDIDATES[name] else ""
+            cells.append(f"{star}{size / raw:.3f} / {size / src:.2f} / {enc:.1f} / {statistics.median(times):.2f}")
+        print(f"| {m} | " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--patches", type=int, default=150)
@@ -382,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--passes", type=int, default=3, help="timed passes per cell (after one verified pass)")
     ap.add_argument("--formats", default=",".join(FORMATS), help=f"subset of {','.join(FORMATS)}")
     ap.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
+    ap.add_argument("--codec-only", action="store_true", help="print only the member-encoding table")
     ap.add_argument("--run-cell", nargs=5, metavar=("FORMAT", "MODE", "BATCH", "PASSES", "INFO"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.run_cell:
@@ -391,6 +455,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.codec_only:
+        from tools.flair_toy import ToyConfig, generate
+
+        tree = args.work / "tree"
+        if not (tree / "GLOBAL_ALL_MTD").is_dir():
+            generate(tree, ToyConfig(patches=args.patches, domains=2, rois_per_domain=4, seed=3,
+                                     t_s2=(args.dates, args.dates), t_s1=(args.dates, args.dates), compress="deflate",
+                                     tiled=True, progress=True, overwrite=True))
+        codec_table(tree, sorted(_patch_ids(tree)))
+        return 0
     info = prepare(args.work, args.patches, args.dates)
     ref = json.loads(Path(info["reference"]).read_text())
     first = next(iter(ref.values()))
@@ -410,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             results[(fmt, mode, b)] = res["samples_per_s"]
     print(f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
     print_tables(results, info, batch_sizes, formats)
+    codec_table(Path(info["tree"]), info["ids"])
     return 0
 
 
