@@ -109,7 +109,7 @@ def run_verify(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="flair-pack verify", description="Check shards against manifest and index.")
     p.add_argument("out", help="packed dataset: a folder or s3://bucket/prefix")
-    p.add_argument("--no-decode", action="store_true", help="skip decoding the members (hashes/offsets only)")
+    p.add_argument("--no-decode", action="store_true", help="skip decoding the members (hashes, member checksums and offsets only)")
     a = p.parse_args(argv)
     report = verify_dataset(a.out, decode=not a.no_decode)
     print(report)
