@@ -18,7 +18,8 @@ missing is reported as such and left out.
    numpy arrays over by pickling ("pickled"); 2 workers with `default_collate` (tensors in torch
    shared memory, "torch shared memory"). The last row is flair-stream's own loader
    (`StreamingLoader` without preprocessing: decode threads, per-member checksums, batches handed
-   over through its shared-memory ring), with 0 and 2 workers.
+   over through its shared-memory ring), with 0 and 2 workers, on the default pack and on one made
+   with `--level DEM_ELEV=9` (the size-for-speed trade of the elevation setting).
 3. Every cell runs in its own process: one verification pass (every array of every sample
    compared, by xxh3_64 of its bytes, with rasterio's read of the source file; every sample
    exactly once), then `--passes` timed passes; samples/s is their median. Mosaic's steady state
@@ -49,7 +50,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ("AERIAL_RGBI", "AERIAL-RLT_PAN", "DEM_ELEV", "SPOT_RGBI", "SENTINEL2_TS", "SENTINEL2_MSK-SC",
               "SENTINEL1-ASC_TS", "SENTINEL1-DESC_TS", "AERIAL_LABEL-COSIA", "ALL_LABEL-LPIS")
-FORMATS = ("per-file", "litdata", "mosaic", "webdataset", "flair-reader", "ceiling", "flair-loader")
+FORMATS = ("per-file", "litdata", "mosaic", "webdataset", "flair-reader", "ceiling", "flair-loader", "flair-loader-dem9")
 LABELS = {
     "per-file": "per-file GeoTIFF (rasterio), the reference's I/O",
     "litdata": "LitData chunks, zstd",
@@ -58,6 +59,7 @@ LABELS = {
     "flair-reader": "flair-pack + SampleReader (map-style, ranged reads)",
     "ceiling": "hand-over ceiling (arrays in memory, DataLoader only)",
     "flair-loader": "flair-pack + StreamingLoader (decode threads, checksums, shared-memory ring)",
+    "flair-loader-dem9": "same, packed with --level DEM_ELEV=9 (faster DEM decode, larger shards)",
 }
 MODES = ("0", "2-pickled", "2-shm", "2-ring")
 
@@ -85,8 +87,14 @@ def prepare(work: Path, patches: int, dates: int) -> dict[str, Any]:
         from packer.pack import pack_dataset
 
         pack_dataset(tree, flair, shard_size=32_000_000, keep_order=True, progress=True)
-    info["flair-pack"] = str(flair)
-    info["sizes"] = {"flair-pack": sum(f.stat().st_size for f in flair.glob("*/*.tar"))}
+    dem9 = work / "flair-pack-dem9"
+    if not (dem9 / "manifest.json").is_file():
+        from packer.pack import pack_dataset
+
+        pack_dataset(tree, dem9, shard_size=32_000_000, keep_order=True, level={"DEM_ELEV": 9}, progress=True)
+    info["flair-pack"], info["flair-pack-dem9"] = str(flair), str(dem9)
+    info["sizes"] = {"flair-pack": sum(f.stat().st_size for f in flair.glob("*/*.tar")),
+                     "flair-pack-dem9": sum(f.stat().st_size for f in dem9.glob("*/*.tar"))}
     for name, writer in (("litdata", write_litdata), ("mosaic", write_mosaic)):
         out = work / name
         done = out / ".complete"
@@ -257,8 +265,8 @@ def batches(fmt: str, mode: str, batch: int, info: dict[str, Any]) -> Callable[[
     """A function that runs one pass and yields batches of {patch_id: [...], modality: (B, ...)}."""
     from torch.utils.data import DataLoader, default_collate
 
-    if fmt == "flair-loader":
-        return _flair_loader(mode, batch, info)
+    if fmt.startswith("flair-loader"):
+        return _flair_loader(mode, batch, info, "flair-pack-dem9" if fmt.endswith("dem9") else "flair-pack")
     workers = 0 if mode == "0" else 2
     collate = numpy_stack if mode in ("0", "2-pickled") else default_collate
     ds = make_dataset(fmt, info, batch)
@@ -269,14 +277,15 @@ def batches(fmt: str, mode: str, batch: int, info: dict[str, Any]) -> Callable[[
     return one_pass
 
 
-def _flair_loader(mode: str, batch: int, info: dict[str, Any]) -> Callable[[], Iterable[dict[str, Any]]]:
+def _flair_loader(mode: str, batch: int, info: dict[str, Any],
+                  pack: str = "flair-pack") -> Callable[[], Iterable[dict[str, Any]]]:
     from types import SimpleNamespace
 
     from trainer.data.catalog import Catalog
     from trainer.data.loader import StreamingLoader
     from trainer.data.sources import open_source
 
-    src = open_source(info["flair-pack"])
+    src = open_source(info[pack])
     catalog = Catalog(src)
     # No preprocessing: every stored array is a fixed-shape batch key (this tree has fixed T).
     spec = SimpleNamespace(mono=MODALITIES, series=(), tasks=(), augment=False, needed_modalities=MODALITIES)
@@ -335,7 +344,7 @@ def spawn_cell(fmt: str, mode: str, batch: int, passes: int, info_path: Path) ->
 # Tables
 # --------------------------------------------------------------------------------------------
 def applicable(fmt: str, mode: str) -> bool:
-    if fmt == "flair-loader":
+    if fmt.startswith("flair-loader"):
         return mode in ("0", "2-ring")
     return mode != "2-ring"
 
@@ -345,7 +354,8 @@ def print_tables(results: dict[tuple[str, str, int], float], info: dict[str, Any
     src = info["source_bytes"]
     ratio = {"per-file": 1.0, "litdata": info["sizes"].get("litdata", 0) / src,
              "mosaic": info["sizes"].get("mosaic", 0) / src, "webdataset": info["sizes"]["flair-pack"] / src,
-             "flair-reader": info["sizes"]["flair-pack"] / src, "flair-loader": info["sizes"]["flair-pack"] / src}
+             "flair-reader": info["sizes"]["flair-pack"] / src, "flair-loader": info["sizes"]["flair-pack"] / src,
+             "flair-loader-dem9": info["sizes"]["flair-pack-dem9"] / src}
     heads = ["0 workers", "2 workers, pickled", "2 workers, torch shared memory", "2 workers, shared-memory ring"]
     for b in batch_sizes:
         print(f"\nbatch {b}: samples/s (median of the timed passes)\n")

@@ -59,6 +59,7 @@ def in_ring(loader, tensor) -> bool:
 
 def test_batches_view_the_ring_and_slots_are_reused(toy_shards):
     loader = make(toy_shards.out, batch_size=1)
+    loader.dataset.decode_threads = 1  # one batch in flight: 3 slots for the whole epoch
     slots = set()
     n = 0
     for batch in loader:

@@ -118,6 +118,14 @@ class ShardStream(IterableDataset):
     def selection(self) -> Selection:
         return self.reader.selection
 
+    @property
+    def depth(self) -> int:
+        """Batches decoding at once: enough samples in flight to keep every decode thread busy
+        while a batch is handed over (two per thread), and at least the next batch."""
+        if self.decode_threads <= 1:
+            return 1
+        return max(2, -(-2 * self.decode_threads // self.batch_size))
+
     def plan(self) -> RankPlan:
         sel = self.selection
         order = epoch_order(sel.shard, sel.sample_index, self.seed, self.epoch, self.shuffle, self.shuffle_window,
@@ -241,11 +249,11 @@ class ShardStream(IterableDataset):
         pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="flair-decode") \
             if self.decode_threads > 1 else None
         try:
-            # Keep the next batch decoding while the current one is handed over.
+            # Keep the next batches decoding while the current one is handed over.
             pending: deque = deque()
             for step in steps:
                 pending.append(self._start(plan, step, worker, in_worker, pool))
-                if pool is None or len(pending) > 1:
+                if len(pending) >= self.depth:
                     yield self._finish_or_error(plan, pending.popleft(), in_worker)
             while pending:
                 yield self._finish_or_error(plan, pending.popleft(), in_worker)
@@ -357,7 +365,8 @@ class StreamingLoader:
             t_max = dict(self.selection.max_dates)
             probe_t = {k: 24 for k, _, _ in ds.layout.series}  # temporal averaging: up to 24 periods
             bound = {k: max(t_max.get(k, 0), probe_t[k]) for k in probe_t}
-            per_group = self.prefetch_factor + 3 if self.num_workers > 0 else 4
+            # Per worker: the batches decoding, the DataLoader's prefetch, and two the loop holds.
+            per_group = ds.depth + 2 + (self.prefetch_factor if self.num_workers > 0 else 0)
             ring = BatchRing(max(1, self.num_workers), per_group, ds.layout.nbytes(bound))
             if self.num_workers > 0 and not ring.shareable(self._start_method()):
                 ring.close()
