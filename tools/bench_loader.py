@@ -1,7 +1,7 @@
 """Benchmark of the streaming loader against a per-file baseline shaped like the reference loader,
 and against the loader of an earlier revision ("today"), measured in the same run.
 
-    python -m tools.bench_loader --patches 48 --work /tmp/bench_loader [--configs all,aerial,s2]
+    python -m tools.bench_loader --patches 48 --work /tmp/bench_loader [--configs all,aerial,s2] [--batch-sizes 1,8,32]
 
 1. Generates a toy tree (`tools.flair_toy`) and packs it (`packer.pack`), unless already in --work;
    with `--today REV` (default: the revision before shard format 2) also checks that revision's
@@ -9,7 +9,9 @@ and against the loader of an earlier revision ("today"), measured in the same ru
 2. Configs: `all` (all seven input modalities and both label tasks), `aerial` (AERIAL_RGBI +
    CoSIA) and `s2` (SENTINEL2_TS + CoSIA), each with the reference's default preprocessing (S2
    cloud/snow filter, DSM + height, custom normalisation).
-3. Settings, each in a fresh subprocess (own start-up, own peak RSS), each after an untimed
+3. Settings, at every batch size of `--batch-sizes` (the rows that answer a side question -- today's
+   loader, checksums off, S3, class-index labels, RSS on half the data -- at the reference batch
+   size only, 8 when listed), each in a fresh subprocess (own start-up, own peak RSS), each after an untimed
    warm-up pass so all see the same warm page cache, interleaved over `--rounds` rounds (the
    best round is kept) so that load from other users of the host hits every setting alike;
    throughput = samples delivered to the training loop ready for the model's forward (float32
@@ -27,7 +29,9 @@ and against the loader of an earlier revision ("today"), measured in the same ru
    decode (zstd into the reused arena, .npy header), preprocess, collate (into a ring slot),
    hand-over (what crosses to the training process and its tensors), normalise; and for the
    baseline: rasterio read vs preprocessing.
-Prints markdown tables; the last line of each config is `ratio: <best b / best a>`.
+Prints markdown tables (one column of samples/s per batch size) and, per batch size, the ratios
+best b / best a (against the per-file baseline) and best with 2 workers / best with 0 workers; the
+last line of each config is `ratio: <best b / best a>` at the reference batch size.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -220,7 +224,7 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
         ids = Catalog(open_source(str(shards))).select(None, ()).patch_ids
         ds = TreeDataset(tree, ids, cfg, one_hot=args.one_hot)
         kw = {"prefetch_factor": 2} if args.workers else {}
-        make = lambda: DataLoader(ds, batch_size=4, shuffle=True, num_workers=args.workers,  # noqa: E731
+        make = lambda: DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,  # noqa: E731
                                   collate_fn=pad_collate, drop_last=False, **kw)
         finish = lambda b: b  # noqa: E731  (already float32 tensors)
     else:
@@ -237,7 +241,7 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
             cfg["data"]["source"] = args.s3_url
             cfg["data"]["s3_endpoint_url"] = args.s3_endpoint
         loader = StreamingLoader.from_config(cfg, None, rank=0, world_size=1, num_workers=args.workers,
-                                             batch_size=4, shuffle=True, augment=False)
+                                             batch_size=args.batch_size, shuffle=True, augment=False)
         if args.no_member_checks:
             loader.dataset.reader.check_members = False
         make = lambda: loader  # noqa: E731
@@ -260,11 +264,11 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
 def spawn(tree: Path, shards: Path, kind: str, workers: int, threads: int = 1, one_hot: bool = True,
           epochs: int = 1, s3: tuple[str, str] | None = None, half: bool = False,
           sharing: str | None = None, config: str = "all", today: tuple[Path, Path] | None = None,
-          no_member_checks: bool = False) -> dict[str, Any]:
+          no_member_checks: bool = False, batch_size: int = 4) -> dict[str, Any]:
     # This file runs as a script so that, for "today", the packages come from that checkout.
     cmd = [sys.executable, str(Path(__file__).resolve()), "--run-one", "--tree", str(tree), "--shards", str(shards),
            "--kind", kind, "--workers", str(workers), "--threads", str(threads), "--epochs", str(epochs),
-           "--config", config]
+           "--config", config, "--batch-size", str(batch_size)]
     root = REPO
     if kind == "today":
         root, shards_today = today
@@ -283,15 +287,17 @@ def spawn(tree: Path, shards: Path, kind: str, workers: int, threads: int = 1, o
     env = dict(os.environ, PYTHONPATH=str(root))
     out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     if out.returncode:
-        raise RuntimeError(f"setting {kind}/{workers}w/{threads}t failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"setting {config}/{kind}/{workers}w/{threads}t/batch {batch_size} failed:\n"
+                           f"{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------------------------
 # Where the time goes
 # --------------------------------------------------------------------------------------------
-def breakdown(tree: Path, shards: Path, config: str = "all") -> tuple[dict[str, float], dict[str, float], float]:
-    """Per-sample milliseconds of each stage of this loader, one thread, warm cache (CPU time)."""
+def breakdown(tree: Path, shards: Path, config: str = "all",
+              bs: int = 4) -> tuple[dict[str, float], dict[str, float], float]:
+    """Per-sample milliseconds of each stage of this loader, one thread, warm cache (CPU time), batch `bs`."""
     import pickle
 
     from multiprocessing.reduction import ForkingPickler
@@ -305,20 +311,20 @@ def breakdown(tree: Path, shards: Path, config: str = "all") -> tuple[dict[str, 
 
     torch.set_num_threads(1)
     cfg = bench_config(shards, config)
-    loader = StreamingLoader.from_config(cfg, None, rank=0, world_size=1, num_workers=0, batch_size=4,
+    loader = StreamingLoader.from_config(cfg, None, rank=0, world_size=1, num_workers=0, batch_size=bs,
                                          shuffle=False, augment=False)
     loader._prepare_ring()
     ds, ring, reader = loader.dataset, loader._ring, loader.dataset.reader
-    rows = list(range(len(loader.selection) // 4 * 4))
+    rows = list(range(len(loader.selection) // bs * bs))
     for r in rows:  # warm-up
         reader.read_members(r)
     clock = time.thread_time
     t = dict.fromkeys(["read", "decode", "preprocess", "collate", "hand-over", "normalise"], 0.0)
     arena, raw_bytes = Arena(), 0
-    for start in range(0, len(rows), 4):
+    for start in range(0, len(rows), bs):
         slot = ring.acquire(0)
-        builder = BatchBuilder(ds.layout, ring.slot(slot), [], np.ones(4, bool))
-        for i, r in enumerate(rows[start:start + 4]):
+        builder = BatchBuilder(ds.layout, ring.slot(slot), [], np.ones(bs, bool))
+        for i, r in enumerate(rows[start:start + bs]):
             arena.reset()
             t0 = clock()
             members = reader.read_members(r)
@@ -392,29 +398,41 @@ def start_s3(shards: Path):
 
 
 # --------------------------------------------------------------------------------------------
-def settings_for(config: str, today: tuple[Path, Path] | None, s3: tuple[str, str] | None) -> list[tuple[str, str, dict]]:
-    """(group, label, spawn keywords) of every setting of one config."""
+def reference_batch_size(batch_sizes: list[int]) -> int:
+    """The batch size of the side-question rows and of the stage breakdown: 8 when measured."""
+    return 8 if 8 in batch_sizes else batch_sizes[len(batch_sizes) // 2]
+
+
+Setting = tuple[str, str, int, dict]
+"""(group, label, batch size, spawn keywords)."""
+
+
+def settings_for(config: str, batch_sizes: list[int], today: tuple[Path, Path] | None,
+                 s3: tuple[str, str] | None) -> list[Setting]:
+    """Every setting of one config: the core rows at every batch size, the side questions at the
+    reference batch size."""
     full = config == "all"
-    out: list[tuple[str, str, dict]] = [
+    ref = reference_batch_size(batch_sizes)
+    core: list[tuple[str, str, dict]] = [
         ("a", "per-file rasterio, reference preprocessing, one-hot labels, 0 workers", dict(kind="baseline", workers=0)),
         ("a", "per-file rasterio, reference preprocessing, one-hot labels, 2 workers", dict(kind="baseline", workers=2)),
-    ]
-    if full:
-        out.append(("a'", "per-file rasterio, reference preprocessing, class-index labels, 2 workers",
-                     dict(kind="baseline", workers=2, one_hot=False)))
-    if today is not None:
-        out += [(f"today", f"loader at {today[0].name.split('-', 1)[1]}, its own pack, 0 workers, {t}",
-                 dict(kind="today", workers=0, threads=n, today=today))
-                for n, t in ((1, "1 thread"), (2, "2 decode threads"))]
-        out.append(("today", f"loader at {today[0].name.split('-', 1)[1]}, its own pack, 2 workers, 1 thread each",
-                    dict(kind="today", workers=2, threads=1, today=today)))
-    out += [
         ("b", "shards, local, 0 workers, 1 thread", dict(kind="local", workers=0, threads=1)),
         ("b", "shards, local, 0 workers, 2 decode threads", dict(kind="local", workers=0, threads=2)),
         ("b", "shards, local, 2 workers, 1 thread each", dict(kind="local", workers=2, threads=1)),
     ]
+    side: list[tuple[str, str, dict]] = []
     if full:
-        out += [
+        side.append(("a'", "per-file rasterio, reference preprocessing, class-index labels, 2 workers",
+                     dict(kind="baseline", workers=2, one_hot=False)))
+    if today is not None:
+        rev = today[0].name.split("-", 1)[1]
+        side += [("today", f"loader at {rev}, its own pack, 0 workers, {t}",
+                  dict(kind="today", workers=0, threads=n, today=today))
+                 for n, t in ((1, "1 thread"), (2, "2 decode threads"))]
+        side.append(("today", f"loader at {rev}, its own pack, 2 workers, 1 thread each",
+                     dict(kind="today", workers=2, threads=1, today=today)))
+    if full:
+        side += [
             ("b", "shards, local, 2 workers, 2 decode threads each", dict(kind="local", workers=2, threads=2)),
             ("b-", "shards, local, 0 workers, 2 decode threads, member checksums off",
              dict(kind="local", workers=0, threads=2, no_member_checks=True)),
@@ -422,26 +440,47 @@ def settings_for(config: str, today: tuple[Path, Path] | None, s3: tuple[str, st
              dict(kind="local", workers=2, threads=1, no_member_checks=True)),
         ]
         if s3 is not None:
-            out += [("b", "shards, S3 (local moto server), 0 workers, 2 decode threads",
-                     dict(kind="s3", workers=0, threads=2, s3=s3)),
-                    ("b", "shards, S3 (local moto server), 2 workers, 2 decode threads each",
-                     dict(kind="s3", workers=2, threads=2, s3=s3))]
-        out.append(("b", "shards, local, 2 workers, 2 decode threads each, half of the samples (RSS check)",
-                    dict(kind="local", workers=2, threads=2, half=True)))
-    return [(g, label, dict(kw, config=config)) for g, label, kw in out]
+            side += [("b", "shards, S3 (local moto server), 0 workers, 2 decode threads",
+                      dict(kind="s3", workers=0, threads=2, s3=s3)),
+                     ("b", "shards, S3 (local moto server), 2 workers, 2 decode threads each",
+                      dict(kind="s3", workers=2, threads=2, s3=s3))]
+        side.append(("b", "shards, local, 2 workers, 2 decode threads each, half of the samples (RSS check)",
+                     dict(kind="local", workers=2, threads=2, half=True)))
+    out = [(g, label, bs, dict(kw, config=config, batch_size=bs)) for bs in batch_sizes for g, label, kw in core]
+    out += [(g, label, ref, dict(kw, config=config, batch_size=ref)) for g, label, kw in side]
+    return out
 
 
-def print_config(config: str, results: list[tuple[str, str, dict]], n_samples: int, mb: float,
+Results = dict[tuple[str, int], tuple[str, dict]]
+"""(label, batch size) -> (group, result) of one config."""
+
+
+def best_of(results: Results, bs: int, keep: Callable[[str, str], bool]) -> float:
+    """Best samples/s at batch `bs` among the rows whose (group, label) `keep` accepts."""
+    return max((r["samples_per_s"] for (label, b), (g, r) in results.items() if b == bs and keep(g, label)),
+               default=float("nan"))
+
+
+def print_config(config: str, results: Results, batch_sizes: list[int], n_samples: int, mb: float,
                  ours: dict[str, float], base: dict[str, float]) -> None:
     inputs, tasks = CONFIGS[config]
+    ref = reference_batch_size(batch_sizes)
     print(f"\n### config `{config}`: {', '.join(inputs)} + {', '.join(tasks)}; {n_samples} samples, "
-          f"{mb:.2f} MB of decoded arrays per sample, batch 4, {os.cpu_count()} CPUs\n")
-    print("| | setting | samples/s | peak RSS main (MB) | peak RSS per worker (MB) |")
-    print("|---|---|---:|---:|---:|")
-    for group, label, r in results:
-        worker = f"{r['rss_worker_mb']:.0f}" if r["rss_worker_mb"] is not None else "-"
-        print(f"| {group} | {label} | {r['samples_per_s']:.1f} | {r['rss_main_mb']:.0f} | {worker} |")
-    print("\nWhere the time goes, ms of CPU per sample, one thread (this loader):\n")
+          f"{mb:.2f} MB of decoded arrays per sample, {os.cpu_count()} CPUs\n")
+    print("samples/s per batch size ('-': not measured at that size); peak RSS: the largest over the measured sizes\n")
+    print("| | setting | " + " | ".join(f"batch {b}" for b in batch_sizes)
+          + " | peak RSS main (MB) | peak RSS per worker (MB) |")
+    print("|---|---|" + "---:|" * (len(batch_sizes) + 2))
+    rows: dict[str, tuple[str, dict[int, dict]]] = {}
+    for (label, b), (g, r) in results.items():
+        rows.setdefault(label, (g, {}))[1][b] = r
+    for label, (g, by_bs) in rows.items():
+        rates = " | ".join(f"{by_bs[b]['samples_per_s']:.1f}" if b in by_bs else "-" for b in batch_sizes)
+        main_rss = max(r["rss_main_mb"] for r in by_bs.values())
+        workers = [r["rss_worker_mb"] for r in by_bs.values() if r["rss_worker_mb"] is not None]
+        print(f"| {g} | {label} | {rates} | {main_rss:.0f} | {max(workers):.0f} |" if workers else
+              f"| {g} | {label} | {rates} | {main_rss:.0f} | - |")
+    print(f"\nWhere the time goes, ms of CPU per sample, one thread, batch {ref} (this loader):\n")
     print("| " + " | ".join(ours) + " | total |")
     print("|" + "---:|" * (len(ours) + 1))
     print("| " + " | ".join(f"{v:.1f}" for v in ours.values()) + f" | {sum(ours.values()):.1f} |")
@@ -449,27 +488,29 @@ def print_config(config: str, results: list[tuple[str, str, dict]], n_samples: i
     print("| rasterio read | preprocessing + one-hot + float32 tensors | total |")
     print("|---:|---:|---:|")
     print(f"| {base['read']:.1f} | {base['preprocess']:.1f} | {base['read'] + base['preprocess']:.1f} |")
-    rate = {label: r["samples_per_s"] for _, label, r in results}
-    best = lambda g: max((r["samples_per_s"] for grp, _, r in results if grp == g), default=float("nan"))  # noqa: E731
-    local = [(label, r["samples_per_s"]) for g, label, r in results if g == "b" and "local" in label and "half" not in label]
-    zero = max(v for label, v in local if "0 workers" in label)
-    two = max(v for label, v in local if "2 workers" in label)
-    print(f"\nworkers: best with 2 workers / best with 0 workers = {two / zero:.2f}")
-    if "today" in {g for g, _, _ in results}:
-        print(f"against today's loader: best b / best today = {best('b') / best('today'):.2f}")
-    on = rate.get("shards, local, 0 workers, 2 decode threads")
-    off = rate.get("shards, local, 0 workers, 2 decode threads, member checksums off")
-    if on and off:
-        print(f"member checksums: {on:.1f} samples/s with, {off:.1f} without (0 workers, 2 threads): "
-              f"cost {100 * (1 - on / off):+.1f} %")
-        on2 = rate.get("shards, local, 2 workers, 1 thread each")
-        off2 = rate.get("shards, local, 2 workers, 1 thread each, member checksums off")
-        if on2 and off2:
-            print(f"member checksums: {on2:.1f} samples/s with, {off2:.1f} without (2 workers): cost "
-                  f"{100 * (1 - on2 / off2):+.1f} %")
+
+    def local(workers: int) -> Callable[[str, str], bool]:
+        prefix = f"shards, local, {workers} workers"
+        return lambda g, label: g == "b" and label.startswith(prefix) and "half" not in label
+
+    print("\n| batch | best b / best a (per-file) | best with 2 workers / best with 0 workers |")
+    print("|---:|---:|---:|")
+    for b in batch_sizes:
+        print(f"| {b} | {best_of(results, b, lambda g, _: g == 'b') / best_of(results, b, lambda g, _: g == 'a'):.2f} "
+              f"| {best_of(results, b, local(2)) / best_of(results, b, local(0)):.2f} |")
+    if any(g == "today" for g, _ in results.values()):
+        print(f"\nagainst today's loader (batch {ref}): best b / best today = "
+              f"{best_of(results, ref, lambda g, _: g == 'b') / best_of(results, ref, lambda g, _: g == 'today'):.2f}")
+    rate = {label: r["samples_per_s"] for (label, b), (_, r) in results.items() if b == ref}
+    for w, on_label in ((0, "shards, local, 0 workers, 2 decode threads"), (2, "shards, local, 2 workers, 1 thread each")):
+        on, off = rate.get(on_label), rate.get(on_label + ", member checksums off")
+        if on and off:
+            print(f"member checksums ({w} workers, batch {ref}): {on:.1f} samples/s with, {off:.1f} without: "
+                  f"cost {100 * (1 - on / off):+.1f} %")
     if config == "all":
-        print(f"ratio vs class-index baseline (a'): {best('b') / best(chr(97) + chr(39)):.1f}")
-    print(f"ratio: {best('b') / best('a'):.1f}")
+        print(f"ratio vs class-index baseline (a', batch {ref}): "
+              f"{best_of(results, ref, lambda g, _: g == 'b') / best_of(results, ref, lambda g, _: g == chr(97) + chr(39)):.1f}")
+    print(f"ratio: {best_of(results, ref, lambda g, _: g == 'b') / best_of(results, ref, lambda g, _: g == 'a'):.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=1, help="timed epochs per run of a setting (best is kept)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all settings (best is kept)")
     ap.add_argument("--configs", default="all,aerial,s2", help=f"subset of {','.join(CONFIGS)}")
+    ap.add_argument("--batch-sizes", default="1,8,32", help="batch sizes of the core rows (comma-separated)")
     ap.add_argument("--today", default=TODAY_REV, help="git revision whose loader is measured as 'today' ('' to skip)")
     ap.add_argument("--skip-s3", action="store_true")
     # internal: one setting in a subprocess
@@ -489,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="all", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--batch-size", type=int, default=4, help=argparse.SUPPRESS)
     ap.add_argument("--one-hot", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--half", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-member-checks", action="store_true", help=argparse.SUPPRESS)
@@ -506,37 +549,45 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
+    configs = [c for c in args.configs.split(",") if c]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown or not configs:
+        ap.error(f"--configs: unknown config(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(CONFIGS)}")
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    except ValueError:
+        batch_sizes = []
+    if not batch_sizes or min(batch_sizes) < 1:
+        ap.error(f"--batch-sizes: expected positive integers separated by commas, got {args.batch_sizes!r}")
     work = Path(args.work)
     tree, shards = prepare(work, args.patches)
     today = prepare_today(work, tree, args.today) if args.today else None
     manifest = json.loads((shards / "manifest.json").read_text())
     n_samples = sum(v["samples"] for v in manifest["splits"].values())
-    configs = [c for c in args.configs.split(",") if c in CONFIGS]
     server, s3 = None, None
     if not args.skip_s3 and "all" in configs:
         server, url, endpoint = start_s3(shards)
         s3 = (url, endpoint)
-    settings = [s for c in configs for s in settings_for(c, today, s3)]
+    settings = [s for c in configs for s in settings_for(c, batch_sizes, today, s3)]
     # Rounds interleave the settings so that a change in machine load (this host is shared)
     # hits baseline and loader alike; each setting keeps its best round.
-    results: dict[tuple[str, str], tuple[str, dict]] = {}
+    results: dict[str, Results] = {c: {} for c in configs}
     try:
         with tqdm(total=args.rounds * len(settings), desc="bench_loader", unit="run") as bar:
             for _ in range(args.rounds):
-                for group, label, kw in settings:
+                for group, label, bs, kw in settings:
                     res = spawn(tree, shards, epochs=args.epochs, **kw)
-                    old = results.get((kw["config"], label))
+                    old = results[kw["config"]].get((label, bs))
                     if old is None or res["samples_per_s"] > old[1]["samples_per_s"]:
-                        results[(kw["config"], label)] = (group, res)
+                        results[kw["config"]][(label, bs)] = (group, res)
                     bar.update(1)
     finally:
         if server is not None:
             server.stop()
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
     for config in configs:
-        rows = [(g, label, r) for (c, label), (g, r) in results.items() if c == config]
-        ours, base, mb = breakdown(tree, shards, config)
-        print_config(config, rows, n_samples, mb, ours, base)
+        ours, base, mb = breakdown(tree, shards, config, reference_batch_size(batch_sizes))
+        print_config(config, results[config], batch_sizes, n_samples, mb, ours, base)
     return 0
 
 
