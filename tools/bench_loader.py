@@ -212,7 +212,7 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.torch_threads)
     if args.sharing:  # how worker tensors reach the main process: file_descriptor (default) or file_system
         torch.multiprocessing.set_sharing_strategy(args.sharing)
     tree, shards = Path(args.tree), Path(args.shards)
@@ -264,11 +264,11 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
 def spawn(tree: Path, shards: Path, kind: str, workers: int, threads: int = 1, one_hot: bool = True,
           epochs: int = 1, s3: tuple[str, str] | None = None, half: bool = False,
           sharing: str | None = None, config: str = "all", today: tuple[Path, Path] | None = None,
-          no_member_checks: bool = False, batch_size: int = 4) -> dict[str, Any]:
+          no_member_checks: bool = False, batch_size: int = 4, torch_threads: int = 1) -> dict[str, Any]:
     # This file runs as a script so that, for "today", the packages come from that checkout.
     cmd = [sys.executable, str(Path(__file__).resolve()), "--run-one", "--tree", str(tree), "--shards", str(shards),
            "--kind", kind, "--workers", str(workers), "--threads", str(threads), "--epochs", str(epochs),
-           "--config", config, "--batch-size", str(batch_size)]
+           "--config", config, "--batch-size", str(batch_size), "--torch-threads", str(torch_threads)]
     root = REPO
     if kind == "today":
         root, shards_today = today
@@ -523,6 +523,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", default="1,8,32", help="batch sizes of the core rows (comma-separated)")
     ap.add_argument("--today", default=TODAY_REV, help="git revision whose loader is measured as 'today' ('' to skip)")
     ap.add_argument("--skip-s3", action="store_true")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch intra-op threads of every setting's training process (the CPU normalisation "
+                         "stands in for the GPU's; on a busy 2-core host 2 threads make each small op wait for "
+                         "a descheduled thread)")
     # internal: one setting in a subprocess
     ap.add_argument("--run-one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tree", help=argparse.SUPPRESS)
@@ -576,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         with tqdm(total=args.rounds * len(settings), desc="bench_loader", unit="run") as bar:
             for _ in range(args.rounds):
                 for group, label, bs, kw in settings:
-                    res = spawn(tree, shards, epochs=args.epochs, **kw)
+                    res = spawn(tree, shards, epochs=args.epochs, torch_threads=args.torch_threads, **kw)
                     old = results[kw["config"]].get((label, bs))
                     if old is None or res["samples_per_s"] > old[1]["samples_per_s"]:
                         results[kw["config"]][(label, bs)] = (group, res)
@@ -584,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
-    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs); "
+          f"torch intra-op threads per training process: {args.torch_threads}")
     for config in configs:
         ours, base, mb = breakdown(tree, shards, config, reference_batch_size(batch_sizes))
         print_config(config, results[config], batch_sizes, n_samples, mb, ours, base)
