@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import yaml
 
 from packer import schema
+from packer.codec import codec_summary
 
 LICENSE = "etalab-2.0"
 HF_SPLIT_NAME = r"^\w+(\.\w+)*$"
@@ -150,21 +151,16 @@ def _class_table(task: str, index: pa.Table) -> list[str]:
 
 
 def _read_howto(manifest: Mapping[str, Any]) -> list[str]:
-    plain = manifest["codec"]["filter"] == "none"
     split = next(iter(manifest["splits"]), "train")
     lines = [
         "## How to read it", "",
         "Every sample is one patch: `<patch_id>.json` (metadata: georeference, dates, source paths) and one "
         "`<patch_id>.<MODALITY>.npy.zst` per modality, the array `rasterio.open(tif).read()` returns "
         "(`(bands, H, W)`, original dtype; series date-major), as `.npy` in a zstd frame.",
+        "Each `.npy.zst` member is exactly one zstd frame of the `.npy` file `np.save` writes (no pickle, no "
+        "filter): any zstd + numpy client decodes it. The index keeps every member's xxh3_64 "
+        "(`<MODALITY>_xxh3`, `json_xxh3`) to check a ranged read.", "",
     ]
-    if plain:
-        lines += ["Members are plain `.npy` in zstd (`codec.filter: none`): any zstd + numpy client decodes them.", ""]
-    else:
-        lines += [
-            f"Members wider than one byte are byte-shuffled before compression (`codec.filter: "
-            f"{manifest['codec']['filter']}`): decode them with `packer.codec.decode_array` from flair-stream (or repack "
-            "with `--filter none` for plain `.npy` members that any client and `datasets` read).", ""]
     lines += [
         "**Plain webdataset**", "", "```python",
         "import io, numpy as np, webdataset as wds, zstandard",
@@ -246,7 +242,7 @@ def dataset_card(manifest: Mapping[str, Any], index: pa.Table) -> str:
     options = {
         "source": _source_label(p.get("src")), "splits from": p.get("split_source"), "seed": p.get("seed"),
         "shuffled": not p.get("keep_order", False), "shard size target": f"{p.get('shard_size', 0) / 1e6:g} MB",
-        "codec": f"zstd level {codec['level']}, filter {codec['filter']}",
+        "codec": codec_summary(codec),
         "modalities": ", ".join(p.get("modalities", [])), "on error": p.get("on_error"),
     }
     if p.get("num_parts", 1) > 1:

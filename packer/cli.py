@@ -15,7 +15,6 @@ import sys
 
 from packer import schema
 from packer.cli_help import HelpFormatter, examples
-from packer.codec import DEFAULT_FILTER, DEFAULT_LEVEL, FILTERS
 from packer.command import EXIT_PROBLEMS_FOUND, report, run_command
 from packer.errors import PackError
 
@@ -42,6 +41,24 @@ def _modalities(text: str) -> tuple[str, ...]:
     if bad:
         raise argparse.ArgumentTypeError(f"unknown modality {bad}; expected some of {', '.join(schema.MODALITY_NAMES)}")
     return names
+
+
+def _levels(text: str) -> int | dict[str, int]:
+    """`--level 9` (every modality) or `--level DEM_ELEV=9,AERIAL_RGBI=3` (those modalities only)."""
+    if "=" not in text:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a zstd level: {text!r} (N, or MODALITY=N,...)") from None
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        _modalities(name)
+        try:
+            out[name.strip()] = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a zstd level for {name}: {value!r}") from None
+    return out
 
 
 def pack_parser() -> argparse.ArgumentParser:
@@ -82,10 +99,9 @@ def pack_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="shuffle seed")
     p.add_argument("--keep-order", action="store_true", help="keep source order instead of shuffling")
     p.add_argument("--workers", type=int, default=None, help="reader/encoder processes (default: all cores)")
-    p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="zstd level (1-22)")
-    p.add_argument("--filter", choices=FILTERS, default=DEFAULT_FILTER,
-                   help="codec filter: none = plain .npy members (any numpy + zstd client, HF datasets); "
-                        "shuffle = byte-shuffled, smaller, decoded by flair-stream")
+    p.add_argument("--level", type=_levels, default=None, metavar="N | MODALITY=N,...",
+                   help="zstd level (1-22) for every modality, or for the listed ones "
+                        "(default: per-modality settings, docs/packing.md)")
     p.add_argument("--num-parts", type=int, default=1, help="split the patches into N parts (job arrays)")
     p.add_argument("--part", type=int, default=0, help="which part (0..N-1) this run packs")
     p.add_argument("--on-error", choices=ON_ERROR, default="fail",
@@ -107,7 +123,7 @@ def run_pack(argv: list[str]) -> int:
     summary = pack_dataset(
         a.src, a.out, staging=a.staging, modalities=a.modalities, splits_csv=a.splits_csv, split_column=a.split_column,
         shard_size=a.shard_size, seed=a.seed, keep_order=a.keep_order, workers=a.workers, level=a.level,
-        filter=a.filter, num_parts=a.num_parts, part=a.part, on_error=a.on_error, progress=not a.no_progress,
+        num_parts=a.num_parts, part=a.part, on_error=a.on_error, progress=not a.no_progress,
         overwrite=a.overwrite, retries=a.retries, src_list=a.src_list,
     )
     print(summary)
@@ -121,7 +137,7 @@ def verify_parser() -> argparse.ArgumentParser:
                     "(unless --no-decode) that every member decodes. Exit status 1 on any mismatch.",
         epilog=examples("flair-pack verify shards/", "flair-pack verify s3://bucket/flair-hub --no-decode"))
     p.add_argument("out", help="packed dataset: a folder or s3://bucket/prefix")
-    p.add_argument("--no-decode", action="store_true", help="skip decoding the members (hashes/offsets only)")
+    p.add_argument("--no-decode", action="store_true", help="skip decoding the members (hashes, member checksums and offsets only)")
     return p
 
 

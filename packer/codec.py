@@ -1,105 +1,338 @@
-"""Array <-> member bytes: `.npy` (never pickled) compressed with zstd, optionally byte-shuffled.
+"""Shard members: the one definition of their encoding, writer and reader side by side.
 
-Filter `none`: the member is a zstd frame of an .npy file, decodable with `zstandard` +
-`np.load(allow_pickle=False)`. Filter `shuffle` (the default, chosen by `tools/bench_pack.py`:
-float32/uint16 members shrink by 15-50 %): for dtypes wider than one byte the payload is
-SHUFFLE_MAGIC + the .npy header + `itemsize` byte planes (plane k = byte k of every element, in the
-array's own byte order), which zstd compresses much better because slowly varying high bytes line
-up. One-byte dtypes are never shuffled (their members stay plain .npy). `decode_array` reads both;
-the manifest's `codec.filter` says which one a dataset uses.
+A member named `<patch_id>.<MODALITY>.npy.zst` is exactly one zstd frame (content size and
+checksum in the frame header) of the `.npy` file that `np.save(f, arr, allow_pickle=False)`
+writes, nothing else: plain webdataset, Hugging Face `datasets` and any zstd + numpy client
+decode it (`np.load(io.BytesIO(zstd.decompress(b)), allow_pickle=False)`). `<patch_id>.json`
+is UTF-8 JSON. That is shard format 2 (`packer.schema.FORMAT_VERSION`, the manifest's
+`format_version`).
+
+Format 1 (packs written before format 2) could also hold, for dtypes wider than one byte, a
+byte-shuffled payload under the same suffix (`FSHUF1\\n` + the `.npy` header + the array bytes
+regrouped into `itemsize` planes). This module still reads those, and only when told that the
+pack is format 1: in a format-2 pack such a payload is a member whose content disagrees with its
+suffix, which is an error like any other, never a guess. The shuffle is no longer written:
+measured by `tools/bench_formats.py`, it saved bytes on float32 elevation but did not pay on
+read (docs/packing.md, "Member encoding").
+
+Compression settings are chosen per modality (`DEFAULT_SETTINGS`, measured by
+`tools/bench_formats.py`): every setting writes a standard zstd frame, so readers never need to
+know which one was used. Encoding is single-threaded and deterministic.
+
+Integrity: each member's stored bytes have an xxh3_64 checksum (`member_checksum`) recorded in
+the index; readers check it on every ranged read (a few bytes of index per member, ~15 us per
+MB), which covers the JSON member too.
+
+Decoding is strict: a frame that is not zstd, a payload that is not `.npy`, an object dtype
+(which would need pickle), or a data length that disagrees with the header raises
+`MemberError`; nothing is ever unpickled. `decode_array` returns an array over freshly
+decompressed bytes (one copy); `decode_array_into` decompresses into caller-owned memory (an
+`Arena`), which the loader reuses from sample to sample so that no page is faulted in twice.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import threading
+from typing import Any, Mapping
 
 import numpy as np
+import xxhash
 import zstandard
 
-DEFAULT_LEVEL = 3
-FILTERS = ("none", "shuffle")
-DEFAULT_FILTER = "shuffle"
-"""Chosen by tools/bench_pack.py: much smaller float32/uint16 members and faster encoding (docs/packing.md)."""
-SHUFFLE_MAGIC = b"FSHUF1\n"
-"""Prefix of a byte-shuffled payload: magic, then a normal .npy header, then the shuffled data."""
+from packer import schema
 
-_NPY_MAGIC = b"\x93NUMPY"
+ARRAY_SUFFIX = schema.ARRAY_SUFFIX
+MEMBER_CHECKSUM = "xxh3_64"
+"""Algorithm of the per-member checksums in the index (`<member>_xxh3` columns)."""
+
+DEFAULT_SETTINGS: dict[str, dict[str, int]] = {
+    # High-entropy uint8 imagery: level 1 gives the same size as level 3 here and decodes fastest.
+    "AERIAL_RGBI": {"level": 1},
+    # The small historical panchromatic compresses better with more effort, at no decoding cost.
+    "AERIAL-RLT_PAN": {"level": 9},
+    # float32 elevation: the largest member. Optimal parsing with 3-byte matches (what levels >= 18
+    # do) is what makes float32 shrink, at a much lower encoding cost with a short search.
+    "DEM_ELEV": {"level": 19, "window_log": 20, "chain_log": 12, "hash_log": 12, "search_log": 1},
+    # Small members (tens of kB): a strong level costs little to encode and nothing to decode.
+    "SPOT_RGBI": {"level": 9},
+    "SENTINEL2_TS": {"level": 9},
+    "SENTINEL2_MSK-SC": {"level": 9},
+    "SENTINEL1-ASC_TS": {"level": 9},
+    "SENTINEL1-DESC_TS": {"level": 9},
+    "AERIAL_LABEL-COSIA": {"level": 9},
+    "ALL_LABEL-LPIS": {"level": 9},
+}
+"""Per-modality zstd parameters (`zstandard.ZstdCompressionParameters.from_level` keywords);
+the measurements behind them are in docs/packing.md. `--level N` replaces them all by level N."""
+FALLBACK_SETTING = {"level": 3}
+
+LEGACY_SHUFFLE_MAGIC = b"FSHUF1\n"
+"""Prefix of a format-1 byte-shuffled payload (read only)."""
+NPY_MAGIC = b"\x93NUMPY"
+MAX_MEMBER_BYTES = 1 << 31
+"""Refuse to decompress a frame that claims more than this (a damaged header must not exhaust memory)."""
+_ALIGN = 64
+
 _local = threading.local()
 
 
-def _npy_header(arr: np.ndarray) -> bytes:
-    """The .npy header `np.save` writes for `arr` (format 1.0: ample for any array of a few dims)."""
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(arr))
-    return buf.getvalue()
+class MemberError(ValueError):
+    """A member's bytes do not hold what its name says (the caller adds shard, patch and member)."""
 
 
-def _npy_header_len(npy: bytes) -> int:
-    """Length of the .npy header (magic + version + header dict), i.e. where the data starts."""
-    major = npy[6]
-    if major == 1:
-        return 10 + int.from_bytes(npy[8:10], "little")
-    return 12 + int.from_bytes(npy[8:12], "little")
+# ------------------------------------------------------------------------------------------------
+# Writer
+# ------------------------------------------------------------------------------------------------
+def member_checksum(data: bytes | memoryview) -> int:
+    """xxh3_64 of a member's stored bytes, as recorded in the index."""
+    return xxhash.xxh3_64_intdigest(data)
 
 
-def encode_array(arr: np.ndarray, level: int = DEFAULT_LEVEL, filter: str = DEFAULT_FILTER) -> bytes:
-    """Serialise `arr` losslessly (dtype, shape, byte order kept) and compress it with zstd."""
+def compression_settings(level: int | Mapping[str, int] | None = None) -> dict[str, dict[str, int]]:
+    """The settings a pack uses: the per-modality defaults, one zstd level for every modality, or
+    the defaults with some modalities set to a level (`{"DEM_ELEV": 9}`)."""
+    if level is None or isinstance(level, Mapping):
+        out = {name: dict(s) for name, s in DEFAULT_SETTINGS.items()}
+        out.update({name: {"level": int(v)} for name, v in (level or {}).items()})
+        return out
+    return {name: {"level": int(level)} for name in schema.MODALITY_NAMES}
+
+
+def encode_array(arr: np.ndarray, setting: Mapping[str, int] | int | None = None) -> bytes:
+    """`arr` -> one zstd frame of exactly the `.npy` file `np.save` writes (dtype, shape, byte order kept).
+
+    `setting` is a zstd level or a `DEFAULT_SETTINGS` entry (default: level 3).
+    """
     if arr.dtype.hasobject:
         raise TypeError("object arrays cannot be stored (they would need pickle)")
-    if filter not in FILTERS:
-        raise ValueError(f"unknown codec filter {filter!r}; expected one of {FILTERS}")
-    arr = np.ascontiguousarray(arr)
-    data = arr.reshape(-1).view(np.uint8)  # the raw element bytes, in the array's byte order
-    if filter == "shuffle" and arr.dtype.itemsize > 1:
-        body = data.reshape(-1, arr.dtype.itemsize)
-        planes = np.empty((arr.dtype.itemsize, body.shape[0]), dtype=np.uint8)
-        for k in range(arr.dtype.itemsize):
-            planes[k] = body[:, k]
-        pieces = [SHUFFLE_MAGIC, _npy_header(arr), planes.reshape(-1)]
-    else:
-        pieces = [_npy_header(arr), data]
-    # Streamed in pieces (no concatenated copy); the pledged size puts the content size in the frame.
-    cobj = _compressor(level).compressobj(size=sum(len(p) for p in pieces))
-    return b"".join([*(cobj.compress(p) for p in pieces), cobj.flush()])
+    if isinstance(setting, int):
+        setting = {"level": setting}
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)  # numpy's own writer: the payload is np.save's, byte for byte
+    payload = buf.getbuffer()
+    return _compressor(setting or FALLBACK_SETTING).compress(payload)
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
-    """One compressor per (thread, level), reused: contexts are costly to set up, not shareable.
+def _compressor(setting: Mapping[str, int]) -> zstandard.ZstdCompressor:
+    """One compressor per (thread, setting), reused: contexts are costly to set up, not shareable.
 
     Single-threaded with the content size in the frame: the same input always gives the same bytes.
-    The frame checksum (4 bytes) lets any reader detect a damaged member by itself.
+    The frame checksum (4 bytes) lets any zstd reader detect a damaged member by itself.
     """
+    key = tuple(sorted(setting.items()))
     cache = getattr(_local, "compressors", None)
     if cache is None:
         cache = _local.compressors = {}
-    if level not in cache:
-        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True)
-    return cache[level]
+    if key not in cache:
+        params = dict(setting)
+        level = params.pop("level")
+        cp = zstandard.ZstdCompressionParameters.from_level(level, write_content_size=True, write_checksum=True,
+                                                            threads=0, **params)
+        cache[key] = zstandard.ZstdCompressor(compression_params=cp)
+    return cache[key]
 
 
-def _unshuffle(npy: memoryview) -> np.ndarray:
-    """Rebuild the array from a shuffled payload with one strided copy (no intermediate bytes)."""
-    start = _npy_header_len(npy)
-    header = io.BytesIO(npy[:start])
-    version = np.lib.format.read_magic(header)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran, dtype = read_header(header)
-    planes = np.frombuffer(npy, dtype=np.uint8, offset=start).reshape(dtype.itemsize, -1)
-    out = np.empty((planes.shape[1], dtype.itemsize), dtype=np.uint8)
-    for k in range(dtype.itemsize):  # one plane at a time: several times faster than out[...] = planes.T
-        out[:, k] = planes[k]
-    return out.view(dtype).reshape(shape, order="F" if fortran else "C")
+# ------------------------------------------------------------------------------------------------
+# Reader
+# ------------------------------------------------------------------------------------------------
+_HEADER_LOCK = threading.Lock()
+"""numpy parses .npy headers with `ast.literal_eval`, which CPython 3.11 does not run safely from
+several threads at once ("SystemError: AST constructor recursion depth mismatch" seen under the
+decode threads): parsing takes turns, and a cache means it happens once per distinct header."""
+_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
+_MAX_CACHED_HEADERS = 4096
 
 
-def decode_array(data: bytes) -> np.ndarray:
-    """Inverse of `encode_array`; never unpickles."""
-    dctx = getattr(_local, "decompressor", None)
+def _parse_header(raw: memoryview | bytes) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """(dtype, shape, fortran_order, data offset) of a `.npy` payload; object dtypes refused."""
+    if bytes(raw[:6]) != NPY_MAGIC or len(raw) < 10:
+        start = bytes(raw[:8])
+        raise MemberError(f"is not a zstd-compressed .npy array (the payload starts with {start!r})")
+    major = raw[6]
+    if major == 1:
+        end = 10 + int.from_bytes(raw[8:10], "little")
+    elif major == 2:
+        end = 12 + int.from_bytes(raw[8:12], "little")
+    else:
+        raise MemberError(f".npy format version {major} is not read here (np.save writes 1.0, or 2.0 for huge headers)")
+    if end > len(raw):
+        raise MemberError(f".npy header runs past the end of the payload ({end} > {len(raw)} bytes)")
+    key = bytes(raw[:end])
+    hit = _HEADERS.get(key)
+    if hit is not None:
+        return hit
+    with _HEADER_LOCK:
+        f = io.BytesIO(key)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        try:
+            np.lib.format.read_magic(f)
+            shape, fortran, dtype = read(f, max_header_size=1 << 20)
+        except (ValueError, SyntaxError) as exc:
+            raise MemberError(f"unreadable .npy header ({exc})") from None
+    if dtype.hasobject:
+        raise MemberError("member holds an object array (would need pickle); refused")
+    parsed = (dtype, tuple(int(s) for s in shape), bool(fortran), end)
+    if len(_HEADERS) >= _MAX_CACHED_HEADERS:
+        _HEADERS.clear()
+    _HEADERS[key] = parsed
+    return parsed
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dctx = getattr(_local, "dctx", None)
     if dctx is None:
-        dctx = _local.decompressor = zstandard.ZstdDecompressor()
-    raw = dctx.decompress(data)
-    if raw.startswith(SHUFFLE_MAGIC):
-        return _unshuffle(memoryview(raw)[len(SHUFFLE_MAGIC):])
-    if not raw.startswith(_NPY_MAGIC):
-        raise ValueError("member is not a zstd-compressed .npy array")
-    return np.load(io.BytesIO(raw), allow_pickle=False)
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
+def _content_size(data: bytes | memoryview) -> int:
+    """The decompressed size a zstd frame declares (our frames always declare it)."""
+    try:
+        size = zstandard.frame_content_size(data)
+    except zstandard.ZstdError:
+        raise MemberError("not a zstd frame") from None
+    if size < 0:
+        return -1
+    if size > MAX_MEMBER_BYTES:
+        raise MemberError(f"zstd frame declares {size} bytes, more than the {MAX_MEMBER_BYTES} allowed for a member")
+    return size
+
+
+def _decompress(data: bytes | memoryview) -> bytes:
+    size = _content_size(data)
+    try:
+        if size >= 0:
+            return _decompressor().decompress(data)
+        # A frame without a content size (written by another tool): stream it, bounded.
+        out = _decompressor().decompressobj().decompress(bytes(data))
+    except zstandard.ZstdError as exc:
+        raise MemberError(f"zstd frame does not decompress ({exc})") from None
+    if len(out) > MAX_MEMBER_BYTES:
+        raise MemberError(f"member decompresses to more than {MAX_MEMBER_BYTES} bytes")
+    return out
+
+
+def _array_from_payload(raw: memoryview, legacy_shuffle: bool) -> np.ndarray:
+    """A decompressed payload -> array viewing it (no copy), with every length checked."""
+    shuffled = bytes(raw[: len(LEGACY_SHUFFLE_MAGIC)]) == LEGACY_SHUFFLE_MAGIC
+    if shuffled:
+        if not legacy_shuffle:
+            raise MemberError("holds a byte-shuffled (FSHUF1) payload, which only format-1 packs may hold under "
+                              f"{ARRAY_SUFFIX}")
+        raw = raw[len(LEGACY_SHUFFLE_MAGIC):]
+    dtype, shape, fortran, start = _parse_header(raw)
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    want = count * dtype.itemsize
+    if len(raw) - start != want:
+        raise MemberError(f".npy data has {len(raw) - start} bytes, its header ({dtype.str}, {list(shape)}) "
+                          f"says {want}")
+    order = "F" if fortran else "C"
+    if shuffled and dtype.itemsize > 1:
+        planes = np.frombuffer(raw, dtype=np.uint8, count=want, offset=start).reshape(dtype.itemsize, count)
+        out = np.empty((count, dtype.itemsize), dtype=np.uint8)
+        for k in range(dtype.itemsize):  # numpy strided copies, one per byte plane (format 1 only)
+            out[:, k] = planes[k]
+        return out.reshape(-1).view(dtype).reshape(shape, order=order)
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=start).reshape(shape, order=order)
+
+
+def decode_array(data: bytes | memoryview, *, format_version: int = schema.FORMAT_VERSION) -> np.ndarray:
+    """A `.npy.zst` member -> its array (read-only, over the one decompressed copy); never unpickles.
+
+    `format_version` is the pack's (manifest); format 1 may hold byte-shuffled payloads.
+    Raises MemberError when the bytes are not what the suffix promises.
+    """
+    _check_version(format_version)
+    raw = _decompress(data)
+    return _array_from_payload(memoryview(raw), legacy_shuffle=format_version == 1)
+
+
+class Arena:
+    """A reusable block of memory that members are decompressed into (one per decoding thread).
+
+    `reset()` starts over at its beginning: arrays handed out before are then overwritten by the
+    next ones, so callers copy what they keep before resetting. Reusing the same pages avoids a
+    fresh allocation (and its page faults) per member, which costs about as much as decompressing.
+    """
+
+    def __init__(self, nbytes: int = 8 << 20) -> None:
+        self._buf = np.empty(nbytes, dtype=np.uint8)
+        self._used = 0
+
+    def reset(self) -> None:
+        self._used = 0
+
+    def take(self, n: int) -> memoryview:
+        start = -(-self._used // _ALIGN) * _ALIGN
+        if start + n > len(self._buf):
+            # Grow for the rest of this sample; earlier views keep the old block alive.
+            self._buf = np.empty(max(2 * len(self._buf), n + _ALIGN), dtype=np.uint8)
+            start = 0
+        self._used = start + n
+        return memoryview(self._buf)[start: start + n]
+
+
+def decode_array_into(data: bytes | memoryview, arena: Arena, *,
+                      format_version: int = schema.FORMAT_VERSION) -> np.ndarray:
+    """As `decode_array`, but decompressed into `arena` (writable; valid until `arena.reset()`)."""
+    _check_version(format_version)
+    size = _content_size(data)
+    if size < 0 or format_version == 1:
+        return np.array(decode_array(data, format_version=format_version))
+    dest = arena.take(size)
+    try:
+        reader = _decompressor().stream_reader(data, read_size=len(data), closefd=False)
+        got = 0
+        while got < size:
+            n = reader.readinto(dest[got:])
+            if not n:
+                break
+            got += n
+        extra = reader.read(1)
+    except zstandard.ZstdError as exc:
+        raise MemberError(f"zstd frame does not decompress ({exc})") from None
+    if got != size or extra:
+        raise MemberError(f"zstd frame declares {size} bytes but holds {'more' if extra else got}")
+    return _array_from_payload(dest, legacy_shuffle=False)
+
+
+def decode_json(data: bytes | memoryview) -> dict[str, Any]:
+    """A `<patch_id>.json` member -> its object."""
+    try:
+        obj = json.loads(bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MemberError(f"is not UTF-8 JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise MemberError(f"holds JSON {type(obj).__name__}, expected an object")
+    return obj
+
+
+def _check_version(format_version: int) -> None:
+    if format_version not in (1, schema.FORMAT_VERSION):
+        raise MemberError(f"shard format {format_version} is not one this reader knows (1 to {schema.FORMAT_VERSION}); "
+                          "update flair-stream")
+
+
+def codec_summary(codec: Mapping[str, Any]) -> str:
+    """One line describing a manifest's `codec` entry (format 2, or format 1's level + filter)."""
+    if "settings" in codec:
+        levels = sorted({s["level"] for s in codec["settings"].values()})
+        return (f"zstd .npy (levels {', '.join(map(str, levels))} by modality), "
+                f"checksums {codec.get('member_checksum', 'none')}")
+    return f"zstd .npy level {codec.get('level')} filter {codec.get('filter')} (format 1), no member checksums"
+
+
+def wds_decoder(key: str, data: bytes) -> Any:
+    """A webdataset decoder handler for our members: `WebDataset(urls).decode(wds_decoder)`.
+
+    Decodes `*.npy.zst` members (format 2, strict) and `*.json`; returns None for other keys so
+    webdataset's other handlers can take them.
+    """
+    key = key.lower()
+    if key.endswith(ARRAY_SUFFIX):
+        return decode_array(data)
+    if key == "json" or key.endswith(".json"):
+        return decode_json(data)
+    return None

@@ -30,6 +30,11 @@ def member_columns(name: str) -> tuple[str, str]:
     return f"{name}_offset", f"{name}_size"
 
 
+def checksum_column(name: str) -> str:
+    """Index column with the xxh3_64 of a member's stored bytes (`name`: a modality, or "json")."""
+    return f"{name}_xxh3"
+
+
 INDEX_SCHEMA = pa.schema(
     [
         ("patch_id", pa.string()), ("split", pa.string()), ("domain", pa.string()), ("year", pa.int32()),
@@ -38,6 +43,8 @@ INDEX_SCHEMA = pa.schema(
         ("offset", pa.int64()), ("size", pa.int64()),
         ("json_offset", pa.int64()), ("json_size", pa.int64()),
         *[(c, pa.int64()) for name in schema.MODALITY_NAMES for c in member_columns(name)],
+        (checksum_column("json"), pa.uint64()),
+        *[(checksum_column(name), pa.uint64()) for name in schema.MODALITY_NAMES],
         ("modalities", pa.list_(pa.string())),
         *[(f"T_{name}", pa.int32()) for name in schema.TIME_SERIES_MODALITIES],
         ("crs", pa.string()),

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from packer import schema
-from packer.codec import decode_array
+from packer.codec import codec_summary, decode_array
 from packer.errors import PackError
 from packer.index import read_index
 from packer.manifest import read_manifest
@@ -37,8 +37,7 @@ def summarize_dataset(out: str | Path | OutputStore) -> str:
     index = read_index(store)
     p = m["parameters"]
     lines = [
-        f"{out}: format {m['format_version']}, packer {m['packer_version']}, codec zstd level "
-        f"{m['codec']['level']} filter {m['codec']['filter']}",
+        f"{out}: format {m['format_version']}, packer {m['packer_version']}, codec {codec_summary(m['codec'])}",
         f"source {p['src']} (splits from {p.get('split_source', '?')}), seed {p['seed']}, "
         f"shard size {p['shard_size'] / 1e6:.1f} MB" + (f", part {p['part']} of {p['num_parts']}" if p.get("part") is not None and p["num_parts"] > 1 else ""),
     ]
@@ -79,20 +78,21 @@ def plot_patch(out: str | Path | OutputStore, patch_id: str, path: str | Path) -
 
     store = open_store(out, create=False)
     members = read_sample(store, _index_row(store, patch_id))
-    plot_sample(raw_sample(patch_id, members), path)
+    plot_sample(raw_sample(patch_id, members, format_version=read_manifest(store)["format_version"]), path)
     return Path(path)
 
 
 def describe_sample(out: str | Path | OutputStore, patch_id: str) -> str:
     store = open_store(out, create=False)
     row = _index_row(store, patch_id)
+    version = read_manifest(store)["format_version"]
     members = read_sample(store, row)
     meta = json.loads(members[schema.meta_member_name(patch_id)])
     lines = [f"{patch_id}: split {row['split']}, {row['shard']} #{row['sample_index']} "
              f"(bytes {row['offset']}..{row['offset'] + row['size']})",
              f"  crs {meta['crs']}, bounds {meta['bounds']}"]
     for mod in row["modalities"]:
-        arr = decode_array(members[schema.member_name(patch_id, mod)])
+        arr = decode_array(members[schema.member_name(patch_id, mod)], format_version=version)
         info = meta["modalities"][mod]
         extra = f", {len(info['dates'])} dates {info['dates'][0]}..{info['dates'][-1]}" if "dates" in info else ""
         extra += f", date {info['date']}" if "date" in info else ""

@@ -63,11 +63,12 @@ def iter_tar_samples(fileobj: IO[bytes], where: str = "shard") -> Iterator[tuple
         yield current, members
 
 
-def raw_sample(patch_id: str, members: dict[str, bytes], modalities: Iterable[str] | None = None) -> dict[str, Any]:
+def raw_sample(patch_id: str, members: dict[str, bytes], modalities: Iterable[str] | None = None,
+               format_version: int = schema.FORMAT_VERSION) -> dict[str, Any]:
     """Decode the members of one sample (keyed by full member name or by suffix) into a raw sample.
 
     `modalities=None` decodes every modality the sample has; otherwise only those (KeyError when
-    one is absent from the sample).
+    one is absent from the sample). `format_version`: the pack's (its manifest's), see `packer.codec`.
     """
     by_suffix = {name[len(patch_id) + 1:] if name.startswith(patch_id + ".") else name: data
                  for name, data in members.items()}
@@ -78,4 +79,4 @@ def raw_sample(patch_id: str, members: dict[str, bytes], modalities: Iterable[st
     if missing:
         raise KeyError(f"{patch_id} has no {', '.join(missing)} (it has {', '.join(present)})")
     return {"patch_id": patch_id, "meta": meta,
-            "arrays": {m: decode_array(by_suffix[schema.member_key(m)]) for m in wanted}}
+            "arrays": {m: decode_array(by_suffix[schema.member_key(m)], format_version=format_version) for m in wanted}}

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from packer import schema
 from packer.card import dataset_card
-from packer.codec import DEFAULT_FILTER, DEFAULT_LEVEL, FILTERS
+from packer.codec import MEMBER_CHECKSUM, compression_settings
 from packer.errors import PackError, PatchError, naming
 from packer.index import INDEX_SCHEMA, member_columns, rows_to_table, write_index
 from packer.manifest import file_sha256, json_text, modality_table, packer_version
@@ -65,8 +65,7 @@ class PackOptions:
     seed: int = 0
     keep_order: bool = False
     workers: int | None = None  # None: all cores
-    level: int = DEFAULT_LEVEL
-    filter: str = DEFAULT_FILTER
+    level: int | dict[str, int] | None = None  # None: per-modality settings (packer.codec.DEFAULT_SETTINGS)
     num_parts: int = 1
     part: int = 0
     on_error: str = "fail"
@@ -87,10 +86,12 @@ class PackOptions:
             raise PackError("--shard-size", f"must be positive, got {self.shard_size}")
         if self.workers is not None and self.workers < 1:
             raise PackError("--workers", f"must be >= 1, got {self.workers}")
-        if not 1 <= self.level <= 22:
-            raise PackError("--level", f"zstd level must be 1..22, got {self.level}")
-        if self.filter not in FILTERS:
-            raise PackError("--filter", f"must be one of {FILTERS}, got {self.filter!r}")
+        levels = self.level.items() if isinstance(self.level, dict) else [("", self.level)]
+        for name, level in levels:
+            if name and name not in schema.MODALITIES:
+                raise PackError("--level", f"unknown modality {name!r}")
+            if level is not None and not 1 <= level <= 22:
+                raise PackError("--level", f"zstd level must be 1..22, got {level}" + (f" for {name}" if name else ""))
         if self.num_parts < 1 or not 0 <= self.part < self.num_parts:
             raise PackError("--part", f"need 0 <= part < num-parts, got part {self.part} of {self.num_parts}")
         if self.on_error not in ON_ERROR:
@@ -357,21 +358,21 @@ def _start_pool(workers: int) -> ProcessPoolExecutor | None:
     return pool
 
 
-def _encoded(tasks: list[PatchSource], pool: ProcessPoolExecutor | None, workers: int, level: int,
-             filter: str) -> Iterator[EncodedSample | PatchError]:
+def _encoded(tasks: list[PatchSource], pool: ProcessPoolExecutor | None, workers: int,
+             settings: dict[str, dict[str, int]]) -> Iterator[EncodedSample | PatchError]:
     """Encoded samples in plan order; at most a few per worker in flight (bounded memory)."""
     if pool is None:
         with rasterio.Env():
             for t in tasks:
-                yield build_or_error(t, level, filter)
+                yield build_or_error(t, settings)
         return
     it = iter(tasks)
-    window = deque(pool.submit(build_or_error, t, level, filter) for t in islice(it, 3 * workers))
+    window = deque(pool.submit(build_or_error, t, settings) for t in islice(it, 3 * workers))
     while window:
         result = window.popleft().result()
         nxt = next(it, None)
         if nxt is not None:
-            window.append(pool.submit(build_or_error, nxt, level, filter))
+            window.append(pool.submit(build_or_error, nxt, settings))
         yield result
 
 
@@ -430,7 +431,7 @@ def _pack(src: str, out: str | os.PathLike, staging: str | os.PathLike | None, o
     current: SplitWriter | None = None
     first_written: float | None = None
     try:
-        for result in _encoded(tasks, pool, workers, opts.level, opts.filter):
+        for result in _encoded(tasks, pool, workers, compression_settings(opts.level)):
             if first_written is None:
                 first_written = time.monotonic()
             w = writers[split_of[result.patch_id]]
@@ -503,8 +504,9 @@ def _finalise(store: OutputStore, opts: PackOptions, src: str, plan: dict[str, l
         "format_version": schema.FORMAT_VERSION,
         "packer_version": packer_version(),
         "parameters": opts.recorded(src) | {"split_source": disc.split_source},
-        "codec": {"container": "npy", "compression": "zstd", "level": opts.level, "filter": opts.filter,
-                  "member_suffix": schema.ARRAY_SUFFIX},
+        "codec": {"container": "npy", "compression": "zstd", "member_suffix": schema.ARRAY_SUFFIX,
+                  "settings": {m: s for m, s in compression_settings(opts.level).items() if m in opts.modalities},
+                  "member_checksum": MEMBER_CHECKSUM},
         "modalities": modality_table([m for m in schema.MODALITY_NAMES if m in opts.modalities]),
         "splits": split_sizes,
         "shards": shards,

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import rasterio
 
 from packer import schema
-from packer.codec import encode_array
+from packer.codec import encode_array, member_checksum
 from packer.errors import PatchError
 from packer.lifetime import die_with_parent
 from packer.ranges import fetch_stats
+from packer.index import checksum_column
 from packer.read import class_counts, read_patch
 from packer.patch import PatchSource
 
@@ -38,8 +39,9 @@ def json_bytes(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
-def build_sample(patch: PatchSource, level: int, filter: str) -> EncodedSample:
-    """Read, check and encode one patch. Raises PatchError naming the file at fault."""
+def build_sample(patch: PatchSource, settings: dict[str, dict[str, int]]) -> EncodedSample:
+    """Read, check and encode one patch (zstd `settings` per modality, `packer.codec`).
+    Raises PatchError naming the file at fault."""
     datas = read_patch(patch)
     pid = schema.PatchId.parse(patch.patch_id)
     first = next(iter(datas.values())).meta
@@ -61,8 +63,11 @@ def build_sample(patch: PatchSource, level: int, filter: str) -> EncodedSample:
         "modalities": modalities,
     }
     members = [(schema.meta_member_name(patch.patch_id), json_bytes(meta))]
+    checksums = {checksum_column("json"): member_checksum(members[0][1])}
     for name, d in datas.items():
-        members.append((schema.member_name(patch.patch_id, name), encode_array(d.array, level=level, filter=filter)))
+        data = encode_array(d.array, settings[name])
+        members.append((schema.member_name(patch.patch_id, name), data))
+        checksums[checksum_column(name)] = member_checksum(data)
 
     row = {
         "patch_id": patch.patch_id, "split": patch.split, "domain": pid.domain, "year": pid.year,
@@ -70,6 +75,7 @@ def build_sample(patch: PatchSource, level: int, filter: str) -> EncodedSample:
         "modalities": list(datas),
         "crs": first["crs"],
         "xmin": first["bounds"][0], "ymin": first["bounds"][1], "xmax": first["bounds"][2], "ymax": first["bounds"][3],
+        **checksums,
     }
     for name in schema.TIME_SERIES_MODALITIES:
         row[f"T_{name}"] = len(patch.dates[name]) if name in datas else None
@@ -95,11 +101,11 @@ def init_worker(parent_pid: int | None = None) -> None:
     _WORKER_ENV.append(env)
 
 
-def build_or_error(patch: PatchSource, level: int, filter: str) -> EncodedSample | PatchError:
+def build_or_error(patch: PatchSource, settings: dict[str, dict[str, int]]) -> EncodedSample | PatchError:
     """Worker entry point: a PatchError is returned (not raised) so the writer applies --on-error."""
     before = fetch_stats()
     try:
-        sample = build_sample(patch, level, filter)
+        sample = build_sample(patch, settings)
     except PatchError as exc:
         return exc
     spent = fetch_stats() - before

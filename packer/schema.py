@@ -437,7 +437,9 @@ def parse_folder_name(name: str) -> tuple[str, int | None, str]:
 # --------------------------------------------------------------------------------------------
 # Shard format contract (docs/packing.md, "Output layout")
 # --------------------------------------------------------------------------------------------
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: every `.npy.zst` member is a plain zstd frame of a `.npy` file, and the index has per-member
+checksums. 1: wider dtypes could be byte-shuffled under the same suffix (still read; packer.codec)."""
 ARRAY_SUFFIX = ".npy.zst"
 META_SUFFIX = "json"
 INDEX_FILE = "index.parquet"

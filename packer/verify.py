@@ -2,17 +2,17 @@
 
 OUT is a local folder or an `s3://` URL (`packer.store`). Each shard is read once, as a stream:
 its sha256 and size are computed from the bytes as they pass, its tar headers (member names,
-data offsets, sizes, sample order) are compared with the index rows, and every member is decoded
-one sample at a time, so memory stays small, and checked against the manifest's modality table
-(pixel size, dtype, bands per date x the index's T: `schema.layout_problems`, the packer's own
-rule) and against the shape/dtype in the sample JSON.
+data offsets, sizes, sample order) are compared with the index rows, every member's xxh3_64 with
+the index's checksum column (format 2), and every member is decoded with the loader's own decoder
+(`packer.codec`) one sample at a time, so memory stays small, and checked against the manifest's
+modality table (pixel size, dtype, bands per date x the index's T: `schema.layout_problems`, the
+packer's own rule) and against the shape/dtype in the sample JSON.
 Collects every problem into a readable report instead of stopping at the first.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import tarfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from packer import schema
-from packer.codec import decode_array
-from packer.index import member_columns, read_index
+from packer.codec import decode_array, decode_json, member_checksum
+from packer.index import checksum_column, member_columns, read_index
 from packer.manifest import read_manifest, stream_sha256
 from packer.paths import UnsafePathError
 from packer.store import OutputStore, open_store
@@ -76,23 +76,35 @@ def _check_layout(arr, mod: str, row: dict, table: dict, where: str, report: Ver
         report.problems.append(f"{where}: {schema.member_name(row['patch_id'], mod)}: {problem} (manifest/index)")
 
 
-def _check_sample(data: dict[str, bytes], pid: str, where: str, report: VerifyReport,
+def _check_checksums(data: dict[str, bytes], row: dict, where: str, report: VerifyReport) -> None:
+    """Each member's xxh3_64 against the index (format-2 indexes; format 1 has no such columns)."""
+    pid = row["patch_id"]
+    for name, blob in data.items():
+        suffix = name[len(pid) + 1:]
+        key = "json" if suffix == schema.META_SUFFIX else suffix[: -len(schema.ARRAY_SUFFIX)]
+        want = row.get(checksum_column(key))
+        if want is not None and member_checksum(blob) != want:
+            report.problems.append(f"{where}: {name}: xxh3_64 {member_checksum(blob):016x} differs from the index's "
+                                   f"{want:016x} (damaged member)")
+
+
+def _check_sample(data: dict[str, bytes], pid: str, where: str, report: VerifyReport, format_version: int,
                   row: dict | None = None, table: dict | None = None) -> None:
     meta_name = schema.meta_member_name(pid)
     if meta_name not in data:
         report.problems.append(f"{where}: sample {pid} has no {meta_name}")
         return
     try:
-        meta = json.loads(data[meta_name])
+        meta = decode_json(data[meta_name])
     except ValueError as exc:
-        report.problems.append(f"{where}: {meta_name} is not JSON ({exc})")
+        report.problems.append(f"{where}: {meta_name} {exc}")
         return
     for name, blob in data.items():
         if name == meta_name:
             continue
         mod = name[len(pid) + 1: -len(schema.ARRAY_SUFFIX)]
         try:
-            arr = decode_array(blob)
+            arr = decode_array(blob, format_version=format_version)
         except Exception as exc:  # any decoding failure is a finding, not a crash of verify
             report.problems.append(f"{where}: {name} does not decode ({type(exc).__name__}: {exc})")
             continue
@@ -135,7 +147,7 @@ def verify_dataset(out: str | Path | OutputStore, decode: bool = True) -> Verify
     for entry in manifest["shards"]:
         report.shards += 1
         rows = sorted(rows_by_shard.get(entry["path"], []), key=lambda r: r["sample_index"])
-        _verify_shard(store, entry, rows, decode, report, manifest.get("modalities") or {})
+        _verify_shard(store, entry, rows, decode, report, manifest.get("modalities") or {}, manifest["format_version"])
     return report
 
 
@@ -150,7 +162,7 @@ def _expected_members(row: dict) -> dict[str, tuple[int, int]]:
 
 
 def _verify_shard(store: OutputStore, entry: dict, rows: list[dict], decode: bool, report: VerifyReport,
-                  table: dict) -> None:
+                  table: dict, format_version: int) -> None:
     """One streaming pass over the shard: hash, size, headers against the index, decode per sample."""
     where_shard = f"{store}/{entry['path']}"
     size = store.size(entry["path"])
@@ -183,8 +195,9 @@ def _verify_shard(store: OutputStore, entry: dict, rows: list[dict], decode: boo
         extra = [n for n in seen[pid] if n not in expected[pid]]
         if extra:
             report.problems.append(f"{where}: members not in the index: {extra}")
+        _check_checksums(data, row, where, report)
         if decode and set(data) == set(expected[pid]):
-            _check_sample(data, pid, where, report, row, table)
+            _check_sample(data, pid, where, report, format_version, row, table)
 
     with store.open(entry["path"]) as f:
         reader = _HashingReader(f)
@@ -197,7 +210,7 @@ def _verify_shard(store: OutputStore, entry: dict, rows: list[dict], decode: boo
                         current, data = pid, {}
                         seen.setdefault(pid, {})
                     seen[pid][member.name] = (member.offset_data, member.size)
-                    if decode and expected.get(pid, {}).get(member.name) == (member.offset_data, member.size):
+                    if expected.get(pid, {}).get(member.name) == (member.offset_data, member.size):
                         data[member.name] = tf.extractfile(member).read()
             finish_sample(current)
         except (tarfile.TarError, OSError, EOFError) as exc:

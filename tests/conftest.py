@@ -349,3 +349,61 @@ def no_network():
     socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
     yield
     socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = real_connect, real_connect_ex, real_getaddrinfo
+# --- format-1 packs (byte-shuffled members, no checksums): still read by the loader -------------
+def _legacy_encode(arr, filter: str = "shuffle", level: int = 3) -> bytes:
+    """A member as format 1 wrote it (packer/codec.py before format 2): `filter="shuffle"` gives,
+    for dtypes wider than one byte, FSHUF1 + the .npy header + byte planes, zstd-framed."""
+    import io
+
+    import numpy as np
+    import zstandard
+
+    from packer.codec import LEGACY_SHUFFLE_MAGIC
+
+    arr = np.ascontiguousarray(arr)
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    npy = buf.getvalue()
+    if filter == "shuffle" and arr.dtype.itemsize > 1:
+        planes = arr.reshape(-1).view(np.uint8).reshape(-1, arr.dtype.itemsize).T
+        npy = LEGACY_SHUFFLE_MAGIC + npy[: len(npy) - arr.nbytes] + planes.tobytes()
+    return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True).compress(npy)
+
+
+@pytest.fixture(scope="session")
+def legacy_encode():
+    """`legacy_encode(arr, filter="shuffle"|"none")`: one member in the format-1 encoding."""
+    return _legacy_encode
+
+
+@pytest.fixture(scope="session")
+def legacy_shards(toy_tree: ToyTree, tmp_path_factory: pytest.TempPathFactory) -> ToyShards:
+    """`toy_tree` packed the way format 1 did by default (`--filter shuffle`): byte-shuffled wider
+    dtypes under `.npy.zst`, no per-member checksum columns, a format-1 manifest."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from packer import pack as pack_mod
+    from packer import sample as sample_mod
+    from packer import schema
+    from packer.manifest import file_sha256
+
+    out = tmp_path_factory.mktemp("legacy_shards") / "shards"
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(sample_mod, "encode_array", lambda arr, setting: _legacy_encode(arr))
+        mp.setattr(schema, "FORMAT_VERSION", 1)
+        pack_mod.pack_dataset(toy_tree.root, out, shard_size=5_000_000, workers=1, progress=False)
+    finally:
+        mp.undo()
+    index = pq.read_table(out / schema.INDEX_FILE)
+    index = index.drop_columns([c for c in index.column_names if c.endswith("_xxh3")])
+    pq.write_table(index, out / schema.INDEX_FILE, compression="zstd")
+    manifest = json.loads((out / schema.MANIFEST_FILE).read_text())
+    manifest["codec"] = {"container": "npy", "compression": "zstd", "level": 3, "filter": "shuffle",
+                         "member_suffix": ".npy.zst"}
+    manifest["index"]["sha256"] = file_sha256(out / schema.INDEX_FILE)
+    assert manifest["format_version"] == 1
+    (out / schema.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return ToyShards(out, toy_tree)

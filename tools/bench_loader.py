@@ -1,11 +1,17 @@
-"""Benchmark of the streaming loader against a per-file baseline shaped like the reference loader.
+"""Benchmark of the streaming loader against a per-file baseline shaped like the reference loader,
+and against the loader of an earlier revision ("today"), measured in the same run.
 
-    python -m tools.bench_loader --patches 48 --work /tmp/bench_loader
+    python -m tools.bench_loader --patches 48 --work /tmp/bench_loader [--configs all,aerial,s2] [--batch-sizes 1,8,32]
 
-1. Generates a toy tree (`tools.flair_toy`) and packs it (`packer.pack`), unless already in --work.
-2. One config for every setting: all seven input modalities and both label tasks, the reference's
-   default preprocessing (S2 cloud/snow filter, DSM + height, custom normalisation).
-3. Settings, each in a fresh subprocess (own start-up, own peak RSS), each after an untimed
+1. Generates a toy tree (`tools.flair_toy`) and packs it (`packer.pack`), unless already in --work;
+   with `--today REV` (default: the revision before shard format 2) also checks that revision's
+   code out into --work (`git archive`) and packs the same tree with its packer.
+2. Configs: `all` (all seven input modalities and both label tasks), `aerial` (AERIAL_RGBI +
+   CoSIA) and `s2` (SENTINEL2_TS + CoSIA), each with the reference's default preprocessing (S2
+   cloud/snow filter, DSM + height, custom normalisation).
+3. Settings, at every batch size of `--batch-sizes` (the rows that answer a side question -- today's
+   loader, checksums off, S3, class-index labels, RSS on half the data -- at the reference batch
+   size only, 8 when listed), each in a fresh subprocess (own start-up, own peak RSS), each after an untimed
    warm-up pass so all see the same warm page cache, interleaved over `--rounds` rounds (the
    best round is kept) so that load from other users of the host hits every setting alike;
    throughput = samples delivered to the training loop ready for the model's forward (float32
@@ -14,15 +20,18 @@
        preprocessing per sample like the reference's `flair_dataset` (float64 normalisation,
        one-hot float labels, float32 tensors), padded collate; 0 and 2 DataLoader workers.
        (a') the same with class-index labels (our label format), for a like-for-like view.
+   (today) the loader of revision --today on its own pack of the same tree.
    (b) this loader on the shards: local files and through a local S3 server (moto), 0 and 2
-       worker processes x 1 or 2 decode threads (and torch's file_system sharing strategy);
-       normalisation batched in the main process. One more run on half of the samples shows
-       that the per-worker peak RSS does not depend on the dataset size.
-4. Where the time goes (one thread, per sample): read, decompress, decode, preprocess, collate
-   (into shared memory, as in a worker), hand-over (pickling the shared tensors and rebuilding
-   them, as the DataLoader does), and the batched normalisation; and for the baseline:
-   rasterio read vs preprocessing.
-Prints markdown tables; the last line is `ratio: <best b / best a>`.
+       worker processes x 1 or 2 decode threads; normalisation batched in the main process.
+       One more run without the per-member checksums gives their cost, and one on half of the
+       samples shows that the per-worker peak RSS does not depend on the dataset size.
+4. Where the time goes (one thread, per sample): read (ranged reads + member checksums),
+   decode (zstd into the reused arena, .npy header), preprocess, collate (into a ring slot),
+   hand-over (what crosses to the training process and its tensors), normalise; and for the
+   baseline: rasterio read vs preprocessing.
+Prints markdown tables (one column of samples/s per batch size) and, per batch size, the ratios
+best b / best a (against the per-file baseline) and best with 2 workers / best with 0 workers; the
+last line of each config is `ratio: <best b / best a>` at the reference batch size.
 """
 
 from __future__ import annotations
@@ -31,11 +40,12 @@ import argparse
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -43,6 +53,14 @@ REPO = Path(__file__).resolve().parents[1]
 ALL_INPUTS = ["AERIAL_RGBI", "AERIAL-RLT_PAN", "DEM_ELEV", "SPOT_RGBI", "SENTINEL2_TS", "SENTINEL1-ASC_TS",
               "SENTINEL1-DESC_TS"]
 TASKS = ["AERIAL_LABEL-COSIA", "ALL_LABEL-LPIS"]
+CONFIGS = {
+    "all": (ALL_INPUTS, TASKS),
+    "aerial": (["AERIAL_RGBI"], ["AERIAL_LABEL-COSIA"]),
+    "s2": (["SENTINEL2_TS"], ["AERIAL_LABEL-COSIA"]),
+}
+"""Benchmark configs: (inputs, tasks)."""
+TODAY_REV = "28fc08b"
+"""The last revision before shard format 2 and the shared-memory hand-over (its loader is "today")."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,18 +74,47 @@ def prepare(work: Path, patches: int) -> tuple[Path, Path]:
     if not (tree / "GLOBAL_ALL_MTD").is_dir():
         generate(tree, ToyConfig(patches=patches, domains=2, rois_per_domain=4, seed=0, t_s2=(20, 60),
                                  t_s1=(20, 60), progress=True, overwrite=True))
-    if not (shards / "manifest.json").is_file():
+    if not (shards / "manifest.json").is_file() or json.loads((shards / "manifest.json").read_text()).get(
+            "format_version") != _format_version():
+        shutil.rmtree(shards, ignore_errors=True)
         pack_dataset(tree, shards, shard_size=64_000_000, progress=True)
     return tree, shards
 
 
-def bench_config(shards: Path) -> dict[str, Any]:
+def _format_version() -> int:
+    from packer.schema import FORMAT_VERSION
+
+    return FORMAT_VERSION
+
+
+def prepare_today(work: Path, tree: Path, rev: str) -> tuple[Path, Path] | None:
+    """Revision `rev`'s code (git archive) and its own pack of `tree`, or None if git cannot provide it."""
+    src, shards = work / f"today-{rev}", work / f"shards-{rev}"
+    if not (src / "trainer").is_dir():
+        shutil.rmtree(src, ignore_errors=True)
+        src.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True)
+        if archive.returncode:
+            print(f"bench_loader: cannot check out {rev} ({archive.stderr.decode().strip()}); no 'today' rows",
+                  file=sys.stderr)
+            return None
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    if not (shards / "manifest.json").is_file():
+        code = ("import sys; from packer.pack import pack_dataset; "
+                "pack_dataset(sys.argv[1], sys.argv[2], shard_size=64_000_000, progress=False)")
+        subprocess.run([sys.executable, "-c", code, str(tree), str(shards)], cwd=src,
+                       env=dict(os.environ, PYTHONPATH=str(src)), check=True)
+    return src, shards
+
+
+def bench_config(shards: Path, config: str = "all") -> dict[str, Any]:
     from trainer.config import load_config
 
+    inputs, tasks = CONFIGS[config]
     cfg = load_config(REPO / "configs" / "flair-hub")
     for m in cfg["modalities"]["inputs"]:
-        cfg["modalities"]["inputs"][m] = m in ALL_INPUTS
-    cfg["labels"] = list(TASKS)
+        cfg["modalities"]["inputs"][m] = m in inputs
+    cfg["labels"] = list(tasks)
     cfg["data"]["source"] = str(shards)
     cfg["hyperparams"]["batch_size"] = 4
     from trainer.config import validate_config
@@ -89,7 +136,7 @@ class TreeDataset:
         self.spec = SampleSpec.from_config(cfg, augment=False)
         mtd = tree / "GLOBAL_ALL_MTD"
         self.dates = {m: read_series_dates(mtd, m) for m in self.spec.series}
-        self.n_classes = {t: len(cfg["labels_configs"][t]["value_name"]) for t in TASKS}
+        self.n_classes = {t: len(cfg["labels_configs"][t]["value_name"]) for t in self.spec.tasks}
         self.timing = {"read": 0.0, "preprocess": 0.0}
 
     def __len__(self) -> int:
@@ -110,13 +157,13 @@ class TreeDataset:
         from trainer.data.sample import S2_MASK, dates_key, preprocess_series
 
         pid, spec = self.ids[i], self.spec
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         raw = {m: self._read(pid, m, list(spec.channels.get(m) or []) or None if m in spec.mono else None)
                for m in spec.inputs}
         if spec.filter_s2:
             raw[S2_MASK] = self._read(pid, S2_MASK)
         labels = {t: self._read(pid, t, [spec.label_channels[t]])[0] for t in spec.tasks}
-        t1 = time.perf_counter()
+        t1 = time.thread_time()
         out: dict[str, Any] = {}
         for m in spec.inputs:
             if m == "DEM_ELEV":
@@ -130,11 +177,11 @@ class TreeDataset:
             out[m] = arr
         for t, lab in labels.items():
             out[t] = np.stack([lab == c for c in range(self.n_classes[t])]) if self.one_hot else lab.astype(np.int64)
-        res = {k: torch.tensor(v, dtype=torch.float32 if (k not in TASKS or self.one_hot) else torch.int64)
+        res = {k: torch.tensor(v, dtype=torch.float32 if (k not in self.spec.tasks or self.one_hot) else torch.int64)
                for k, v in out.items()}
         res["patch_id"] = pid
         self.timing["read"] += t1 - t0
-        self.timing["preprocess"] += time.perf_counter() - t1
+        self.timing["preprocess"] += time.thread_time() - t1
         return res
 
 
@@ -165,11 +212,11 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.torch_threads)
     if args.sharing:  # how worker tensors reach the main process: file_descriptor (default) or file_system
         torch.multiprocessing.set_sharing_strategy(args.sharing)
     tree, shards = Path(args.tree), Path(args.shards)
-    cfg = bench_config(shards)
+    cfg = bench_config(shards, args.config)
     if args.kind == "baseline":
         from trainer.data.catalog import Catalog
         from trainer.data.sources import open_source
@@ -177,7 +224,7 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
         ids = Catalog(open_source(str(shards))).select(None, ()).patch_ids
         ds = TreeDataset(tree, ids, cfg, one_hot=args.one_hot)
         kw = {"prefetch_factor": 2} if args.workers else {}
-        make = lambda: DataLoader(ds, batch_size=4, shuffle=True, num_workers=args.workers,  # noqa: E731
+        make = lambda: DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,  # noqa: E731
                                   collate_fn=pad_collate, drop_last=False, **kw)
         finish = lambda b: b  # noqa: E731  (already float32 tensors)
     else:
@@ -194,7 +241,9 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
             cfg["data"]["source"] = args.s3_url
             cfg["data"]["s3_endpoint_url"] = args.s3_endpoint
         loader = StreamingLoader.from_config(cfg, None, rank=0, world_size=1, num_workers=args.workers,
-                                             batch_size=4, shuffle=True, augment=False)
+                                             batch_size=args.batch_size, shuffle=True, augment=False)
+        if args.no_member_checks:
+            loader.dataset.reader.check_members = False
         make = lambda: loader  # noqa: E731
         finish = lambda b: loader.to_model_inputs(b, "cpu")  # noqa: E731
     n_samples, best = 0, 0.0
@@ -214,9 +263,19 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
 
 def spawn(tree: Path, shards: Path, kind: str, workers: int, threads: int = 1, one_hot: bool = True,
           epochs: int = 1, s3: tuple[str, str] | None = None, half: bool = False,
-          sharing: str | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "tools.bench_loader", "--run-one", "--tree", str(tree), "--shards", str(shards),
-           "--kind", kind, "--workers", str(workers), "--threads", str(threads), "--epochs", str(epochs)]
+          sharing: str | None = None, config: str = "all", today: tuple[Path, Path] | None = None,
+          no_member_checks: bool = False, batch_size: int = 4, torch_threads: int = 1) -> dict[str, Any]:
+    # This file runs as a script so that, for "today", the packages come from that checkout.
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--run-one", "--tree", str(tree), "--shards", str(shards),
+           "--kind", kind, "--workers", str(workers), "--threads", str(threads), "--epochs", str(epochs),
+           "--config", config, "--batch-size", str(batch_size), "--torch-threads", str(torch_threads)]
+    root = REPO
+    if kind == "today":
+        root, shards_today = today
+        cmd[cmd.index("--shards") + 1] = str(shards_today)
+        cmd[cmd.index("--kind") + 1] = "local"
+    if no_member_checks:
+        cmd.append("--no-member-checks")
     if one_hot:
         cmd.append("--one-hot")
     if half:
@@ -225,68 +284,77 @@ def spawn(tree: Path, shards: Path, kind: str, workers: int, threads: int = 1, o
         cmd += ["--sharing", sharing]
     if s3:
         cmd += ["--s3-url", s3[0], "--s3-endpoint", s3[1]]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=str(root))
+    out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     if out.returncode:
-        raise RuntimeError(f"setting {kind}/{workers}w/{threads}t failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"setting {config}/{kind}/{workers}w/{threads}t/batch {batch_size} failed:\n"
+                           f"{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------------------------
 # Where the time goes
 # --------------------------------------------------------------------------------------------
-def breakdown(tree: Path, shards: Path) -> tuple[dict[str, float], dict[str, float], float]:
-    """Per-sample milliseconds of each stage, one thread, warm cache."""
+def breakdown(tree: Path, shards: Path, config: str = "all",
+              bs: int = 4) -> tuple[dict[str, float], dict[str, float], float]:
+    """Per-sample milliseconds of each stage of this loader, one thread, warm cache (CPU time), batch `bs`."""
     import pickle
 
     from multiprocessing.reduction import ForkingPickler
 
     import torch
-    import torch.multiprocessing  # noqa: F401  (registers the shared-memory tensor reductions)
 
+    from packer.codec import Arena
     from trainer.data import StreamingLoader
-    from trainer.data.collate import collate
-    from trainer.data.reader import array_from_npy, decompress_member
+    from trainer.data.collate import BatchBuilder, batch_from_buffer, batch_keys
     from trainer.data.sample import preprocess_sample
 
     torch.set_num_threads(1)
-    cfg = bench_config(shards)
-    loader = StreamingLoader.from_config(cfg, None, rank=0, world_size=1, num_workers=0, batch_size=4,
+    cfg = bench_config(shards, config)
+    loader = StreamingLoader.from_config(cfg, None, rank=0, world_size=1, num_workers=0, batch_size=bs,
                                          shuffle=False, augment=False)
-    reader = loader.dataset.reader
-    rows = list(range(len(loader.selection)))
+    loader._prepare_ring()
+    ds, ring, reader = loader.dataset, loader._ring, loader.dataset.reader
+    rows = list(range(len(loader.selection) // bs * bs))
     for r in rows:  # warm-up
         reader.read_members(r)
-    t = dict.fromkeys(["read", "decompress", "decode", "preprocess", "collate", "hand-over", "normalise"], 0.0)
-    samples, raw_bytes = [], 0
-    for r in rows:
-        t0 = time.perf_counter()
-        members = reader.read_members(r)
-        t1 = time.perf_counter()
-        raw = {k: decompress_member(v) for k, v in members.items() if k != "json"}
-        t2 = time.perf_counter()
-        arrays = {k: array_from_npy(v) for k, v in raw.items()}
-        meta = json.loads(bytes(members["json"]))
-        t3 = time.perf_counter()
-        samples.append(preprocess_sample({"patch_id": loader.selection.patch_ids[r], "meta": meta, "arrays": arrays},
-                                         loader.spec))
-        t4 = time.perf_counter()
-        raw_bytes += sum(a.nbytes for a in arrays.values())
-        t["read"] += t1 - t0
-        t["decompress"] += t2 - t1
-        t["decode"] += t3 - t2
-        t["preprocess"] += t4 - t3
-    for i in range(0, len(samples), 4):
-        t0 = time.perf_counter()
-        batch = collate(samples[i : i + 4], loader.spec, shared=True)  # as in a worker: into shared memory
-        t1 = time.perf_counter()
-        # What the DataLoader then does: pickle the shared-memory handles, rebuild them in the main process.
+    clock = time.thread_time
+    t = dict.fromkeys(["read", "decode", "preprocess", "collate", "hand-over", "normalise"], 0.0)
+    arena, raw_bytes = Arena(), 0
+    for start in range(0, len(rows), bs):
+        slot = ring.acquire(0)
+        builder = BatchBuilder(ds.layout, ring.slot(slot), [], np.ones(bs, bool))
+        for i, r in enumerate(rows[start:start + bs]):
+            arena.reset()
+            t0 = clock()
+            members = reader.read_members(r)
+            t1 = clock()
+            meta = reader._meta(r, members.pop("json"))
+            arrays = {k: reader._array(r, k, v, arena) for k, v in members.items()}
+            t2 = clock()
+            sample = preprocess_sample({"patch_id": loader.selection.patch_ids[r], "meta": meta, "arrays": arrays},
+                                       loader.spec)
+            t3 = clock()
+            builder.put(i, sample)
+            t4 = clock()
+            raw_bytes += sum(a.nbytes for a in arrays.values())
+            t["read"] += t1 - t0
+            t["decode"] += t2 - t1
+            t["preprocess"] += t3 - t2
+            t["collate"] += t4 - t3
+        t0 = clock()
+        parts = builder.finish()
+        t1 = clock()
+        # What crosses from a worker (the pickled description), and the trainer's views of the slot.
         buf = io.BytesIO()
-        ForkingPickler(buf, pickle.HIGHEST_PROTOCOL).dump(batch)
+        ForkingPickler(buf, pickle.HIGHEST_PROTOCOL).dump(parts)
         got = pickle.loads(buf.getvalue())
-        t2 = time.perf_counter()
-        loader.to_model_inputs(got, "cpu")
-        t3 = time.perf_counter()
+        view, _ = ring.lend(slot)
+        batch = batch_from_buffer(got, view, batch_keys(loader.spec))
+        t2 = clock()
+        loader.to_model_inputs(batch, "cpu")
+        t3 = clock()
+        del batch, view
         t["collate"] += t1 - t0
         t["hand-over"] += t2 - t1
         t["normalise"] += t3 - t2
@@ -299,6 +367,7 @@ def breakdown(tree: Path, shards: Path) -> tuple[dict[str, float], dict[str, flo
     for i in range(len(base_ds)):
         base_ds[i]
     base = {k: 1000 * v / len(base_ds) for k, v in base_ds.timing.items()}
+    loader.close()
     return ours, base, raw_bytes / n / 1e6
 
 
@@ -329,22 +398,147 @@ def start_s3(shards: Path):
 
 
 # --------------------------------------------------------------------------------------------
+def reference_batch_size(batch_sizes: list[int]) -> int:
+    """The batch size of the side-question rows and of the stage breakdown: 8 when measured."""
+    return 8 if 8 in batch_sizes else batch_sizes[len(batch_sizes) // 2]
+
+
+Setting = tuple[str, str, int, dict]
+"""(group, label, batch size, spawn keywords)."""
+
+
+def settings_for(config: str, batch_sizes: list[int], today: tuple[Path, Path] | None,
+                 s3: tuple[str, str] | None) -> list[Setting]:
+    """Every setting of one config: the core rows at every batch size, the side questions at the
+    reference batch size."""
+    full = config == "all"
+    ref = reference_batch_size(batch_sizes)
+    core: list[tuple[str, str, dict]] = [
+        ("a", "per-file rasterio, reference preprocessing, one-hot labels, 0 workers", dict(kind="baseline", workers=0)),
+        ("a", "per-file rasterio, reference preprocessing, one-hot labels, 2 workers", dict(kind="baseline", workers=2)),
+        ("b", "shards, local, 0 workers, 1 thread", dict(kind="local", workers=0, threads=1)),
+        ("b", "shards, local, 0 workers, 2 decode threads", dict(kind="local", workers=0, threads=2)),
+        ("b", "shards, local, 2 workers, 1 thread each", dict(kind="local", workers=2, threads=1)),
+    ]
+    side: list[tuple[str, str, dict]] = []
+    if full:
+        side.append(("a'", "per-file rasterio, reference preprocessing, class-index labels, 2 workers",
+                     dict(kind="baseline", workers=2, one_hot=False)))
+    if today is not None:
+        rev = today[0].name.split("-", 1)[1]
+        side += [("today", f"loader at {rev}, its own pack, 0 workers, {t}",
+                  dict(kind="today", workers=0, threads=n, today=today))
+                 for n, t in ((1, "1 thread"), (2, "2 decode threads"))]
+        side.append(("today", f"loader at {rev}, its own pack, 2 workers, 1 thread each",
+                     dict(kind="today", workers=2, threads=1, today=today)))
+    if full:
+        side += [
+            ("b", "shards, local, 2 workers, 2 decode threads each", dict(kind="local", workers=2, threads=2)),
+            ("b-", "shards, local, 0 workers, 2 decode threads, member checksums off",
+             dict(kind="local", workers=0, threads=2, no_member_checks=True)),
+            ("b-", "shards, local, 2 workers, 1 thread each, member checksums off",
+             dict(kind="local", workers=2, threads=1, no_member_checks=True)),
+        ]
+        if s3 is not None:
+            side += [("b", "shards, S3 (local moto server), 0 workers, 2 decode threads",
+                      dict(kind="s3", workers=0, threads=2, s3=s3)),
+                     ("b", "shards, S3 (local moto server), 2 workers, 2 decode threads each",
+                      dict(kind="s3", workers=2, threads=2, s3=s3))]
+        side.append(("b", "shards, local, 2 workers, 2 decode threads each, half of the samples (RSS check)",
+                     dict(kind="local", workers=2, threads=2, half=True)))
+    out = [(g, label, bs, dict(kw, config=config, batch_size=bs)) for bs in batch_sizes for g, label, kw in core]
+    out += [(g, label, ref, dict(kw, config=config, batch_size=ref)) for g, label, kw in side]
+    return out
+
+
+Results = dict[tuple[str, int], tuple[str, dict]]
+"""(label, batch size) -> (group, result) of one config."""
+
+
+def best_of(results: Results, bs: int, keep: Callable[[str, str], bool]) -> float:
+    """Best samples/s at batch `bs` among the rows whose (group, label) `keep` accepts."""
+    return max((r["samples_per_s"] for (label, b), (g, r) in results.items() if b == bs and keep(g, label)),
+               default=float("nan"))
+
+
+def print_config(config: str, results: Results, batch_sizes: list[int], n_samples: int, mb: float,
+                 ours: dict[str, float], base: dict[str, float]) -> None:
+    inputs, tasks = CONFIGS[config]
+    ref = reference_batch_size(batch_sizes)
+    print(f"\n### config `{config}`: {', '.join(inputs)} + {', '.join(tasks)}; {n_samples} samples, "
+          f"{mb:.2f} MB of decoded arrays per sample, {os.cpu_count()} CPUs\n")
+    print("samples/s per batch size ('-': not measured at that size); peak RSS: the largest over the measured sizes\n")
+    print("| | setting | " + " | ".join(f"batch {b}" for b in batch_sizes)
+          + " | peak RSS main (MB) | peak RSS per worker (MB) |")
+    print("|---|---|" + "---:|" * (len(batch_sizes) + 2))
+    rows: dict[str, tuple[str, dict[int, dict]]] = {}
+    for (label, b), (g, r) in results.items():
+        rows.setdefault(label, (g, {}))[1][b] = r
+    for label, (g, by_bs) in rows.items():
+        rates = " | ".join(f"{by_bs[b]['samples_per_s']:.1f}" if b in by_bs else "-" for b in batch_sizes)
+        main_rss = max(r["rss_main_mb"] for r in by_bs.values())
+        workers = [r["rss_worker_mb"] for r in by_bs.values() if r["rss_worker_mb"] is not None]
+        print(f"| {g} | {label} | {rates} | {main_rss:.0f} | {max(workers):.0f} |" if workers else
+              f"| {g} | {label} | {rates} | {main_rss:.0f} | - |")
+    print(f"\nWhere the time goes, ms of CPU per sample, one thread, batch {ref} (this loader):\n")
+    print("| " + " | ".join(ours) + " | total |")
+    print("|" + "---:|" * (len(ours) + 1))
+    print("| " + " | ".join(f"{v:.1f}" for v in ours.values()) + f" | {sum(ours.values()):.1f} |")
+    print("\nBaseline (reference-like), ms of CPU per sample, one process:\n")
+    print("| rasterio read | preprocessing + one-hot + float32 tensors | total |")
+    print("|---:|---:|---:|")
+    print(f"| {base['read']:.1f} | {base['preprocess']:.1f} | {base['read'] + base['preprocess']:.1f} |")
+
+    def local(workers: int) -> Callable[[str, str], bool]:
+        prefix = f"shards, local, {workers} workers"
+        return lambda g, label: g == "b" and label.startswith(prefix) and "half" not in label
+
+    print("\n| batch | best b / best a (per-file) | best with 2 workers / best with 0 workers |")
+    print("|---:|---:|---:|")
+    for b in batch_sizes:
+        print(f"| {b} | {best_of(results, b, lambda g, _: g == 'b') / best_of(results, b, lambda g, _: g == 'a'):.2f} "
+              f"| {best_of(results, b, local(2)) / best_of(results, b, local(0)):.2f} |")
+    if any(g == "today" for g, _ in results.values()):
+        print(f"\nagainst today's loader (batch {ref}): best b / best today = "
+              f"{best_of(results, ref, lambda g, _: g == 'b') / best_of(results, ref, lambda g, _: g == 'today'):.2f}")
+    rate = {label: r["samples_per_s"] for (label, b), (_, r) in results.items() if b == ref}
+    for w, on_label in ((0, "shards, local, 0 workers, 2 decode threads"), (2, "shards, local, 2 workers, 1 thread each")):
+        on, off = rate.get(on_label), rate.get(on_label + ", member checksums off")
+        if on and off:
+            print(f"member checksums ({w} workers, batch {ref}): {on:.1f} samples/s with, {off:.1f} without: "
+                  f"cost {100 * (1 - on / off):+.1f} %")
+    if config == "all":
+        print(f"ratio vs class-index baseline (a', batch {ref}): "
+              f"{best_of(results, ref, lambda g, _: g == 'b') / best_of(results, ref, lambda g, _: g == chr(97) + chr(39)):.1f}")
+    print(f"ratio: {best_of(results, ref, lambda g, _: g == 'b') / best_of(results, ref, lambda g, _: g == 'a'):.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--patches", type=int, default=48)
     ap.add_argument("--work", default="/tmp/bench_loader")
     ap.add_argument("--epochs", type=int, default=1, help="timed epochs per run of a setting (best is kept)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all settings (best is kept)")
+    ap.add_argument("--configs", default="all,aerial,s2", help=f"subset of {','.join(CONFIGS)}")
+    ap.add_argument("--batch-sizes", default="1,8,32", help="batch sizes of the core rows (comma-separated)")
+    ap.add_argument("--today", default=TODAY_REV, help="git revision whose loader is measured as 'today' ('' to skip)")
     ap.add_argument("--skip-s3", action="store_true")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch intra-op threads of every setting's training process (the CPU normalisation "
+                         "stands in for the GPU's; on a busy 2-core host 2 threads make each small op wait for "
+                         "a descheduled thread)")
     # internal: one setting in a subprocess
     ap.add_argument("--run-one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tree", help=argparse.SUPPRESS)
     ap.add_argument("--shards", help=argparse.SUPPRESS)
     ap.add_argument("--kind", help=argparse.SUPPRESS)
+    ap.add_argument("--config", default="all", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--batch-size", type=int, default=4, help=argparse.SUPPRESS)
     ap.add_argument("--one-hot", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--half", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-member-checks", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sharing", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--s3-url", help=argparse.SUPPRESS)
     ap.add_argument("--s3-endpoint", help=argparse.SUPPRESS)
@@ -359,72 +553,46 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
+    configs = [c for c in args.configs.split(",") if c]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown or not configs:
+        ap.error(f"--configs: unknown config(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(CONFIGS)}")
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    except ValueError:
+        batch_sizes = []
+    if not batch_sizes or min(batch_sizes) < 1:
+        ap.error(f"--batch-sizes: expected positive integers separated by commas, got {args.batch_sizes!r}")
     work = Path(args.work)
     tree, shards = prepare(work, args.patches)
+    today = prepare_today(work, tree, args.today) if args.today else None
     manifest = json.loads((shards / "manifest.json").read_text())
-    n_train = sum(v["samples"] for v in manifest["splits"].values())
-    settings: list[tuple[str, str, dict]] = [
-        ("a", "per-file rasterio, reference preprocessing, one-hot labels, 0 workers", dict(kind="baseline", workers=0)),
-        ("a", "per-file rasterio, reference preprocessing, one-hot labels, 2 workers", dict(kind="baseline", workers=2)),
-        ("a'", "per-file rasterio, reference preprocessing, class-index labels, 0 workers",
-         dict(kind="baseline", workers=0, one_hot=False)),
-        ("a'", "per-file rasterio, reference preprocessing, class-index labels, 2 workers",
-         dict(kind="baseline", workers=2, one_hot=False)),
-        ("b", "shards, local, 0 workers, 1 thread", dict(kind="local", workers=0, threads=1)),
-        ("b", "shards, local, 0 workers, 2 decode threads", dict(kind="local", workers=0, threads=2)),
-        ("b", "shards, local, 2 workers, 1 thread each", dict(kind="local", workers=2, threads=1)),
-        ("b", "shards, local, 2 workers, 2 decode threads each", dict(kind="local", workers=2, threads=2)),
-        ("b", "shards, local, 2 workers, 2 decode threads each, file_system sharing",
-         dict(kind="local", workers=2, threads=2, sharing="file_system")),
-    ]
-    server = None
-    if not args.skip_s3:
+    n_samples = sum(v["samples"] for v in manifest["splits"].values())
+    server, s3 = None, None
+    if not args.skip_s3 and "all" in configs:
         server, url, endpoint = start_s3(shards)
-        settings += [
-            ("b", "shards, S3 (local moto server), 0 workers, 2 decode threads",
-             dict(kind="s3", workers=0, threads=2, s3=(url, endpoint))),
-            ("b", "shards, S3 (local moto server), 2 workers, 2 decode threads each",
-             dict(kind="s3", workers=2, threads=2, s3=(url, endpoint))),
-        ]
-    settings.append(("b", "shards, local, 2 workers, 2 decode threads each, half of the samples (RSS check)",
-                     dict(kind="local", workers=2, threads=2, half=True)))
+        s3 = (url, endpoint)
+    settings = [s for c in configs for s in settings_for(c, batch_sizes, today, s3)]
     # Rounds interleave the settings so that a change in machine load (this host is shared)
     # hits baseline and loader alike; each setting keeps its best round.
-    results: dict[str, tuple[str, dict]] = {}
+    results: dict[str, Results] = {c: {} for c in configs}
     try:
         with tqdm(total=args.rounds * len(settings), desc="bench_loader", unit="run") as bar:
             for _ in range(args.rounds):
-                for group, label, kw in settings:
-                    res = spawn(tree, shards, epochs=args.epochs, **kw)
-                    old = results.get(label)
+                for group, label, bs, kw in settings:
+                    res = spawn(tree, shards, epochs=args.epochs, torch_threads=args.torch_threads, **kw)
+                    old = results[kw["config"]].get((label, bs))
                     if old is None or res["samples_per_s"] > old[1]["samples_per_s"]:
-                        results[label] = (group, res)
+                        results[kw["config"]][(label, bs)] = (group, res)
                     bar.update(1)
     finally:
         if server is not None:
             server.stop()
-    results = [(group, label, res) for label, (group, res) in results.items()]
-    ours, base, mb_per_sample = breakdown(tree, shards)
-
-    print(f"\n{n_train} samples (all splits), {mb_per_sample:.2f} MB of decoded arrays per sample, batch 4, "
-          f"all 7 input modalities + 2 tasks, {os.cpu_count()} CPUs\n")
-    print("| | setting | samples/s | peak RSS main (MB) | peak RSS per worker (MB) |")
-    print("|---|---|---:|---:|---:|")
-    for group, label, r in results:
-        worker = f"{r['rss_worker_mb']:.0f}" if r["rss_worker_mb"] is not None else "-"
-        print(f"| {group} | {label} | {r['samples_per_s']:.1f} | {r['rss_main_mb']:.0f} | {worker} |")
-    print("\nWhere the time goes, ms per sample, one thread (this loader):\n")
-    print("| " + " | ".join(ours) + " | total |")
-    print("|" + "---:|" * (len(ours) + 1))
-    print("| " + " | ".join(f"{v:.1f}" for v in ours.values()) + f" | {sum(ours.values()):.1f} |")
-    print("\nBaseline (reference-like), ms per sample, one process:\n")
-    print("| rasterio read | preprocessing + one-hot + float32 tensors | total |")
-    print("|---:|---:|---:|")
-    print(f"| {base['read']:.1f} | {base['preprocess']:.1f} | {base['read'] + base['preprocess']:.1f} |")
-    best = lambda g: max(r["samples_per_s"] for grp, _, r in results if grp == g)  # noqa: E731
-    lite = best("a'")
-    print(f"\nratio vs class-index baseline (a'): {best('b') / lite:.1f}")
-    print(f"ratio: {best('b') / best('a'):.1f}")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs); "
+          f"torch intra-op threads per training process: {args.torch_threads}")
+    for config in configs:
+        ours, base, mb = breakdown(tree, shards, config, reference_batch_size(batch_sizes))
+        print_config(config, results[config], batch_sizes, n_samples, mb, ours, base)
     return 0
 
 

@@ -16,8 +16,9 @@
    GeoTIFFs and GeoPackages from them (GDAL `/vsizip/` vs the packer's reader), packing them in
    place vs packing the extracted tree vs `unzip` + pack, and packing them from a fake Hub over
    loopback HTTP with and without a per-request latency (requests per patch, bytes fetched).
-5. Codec table: zstd levels x filters on the arrays of a sample of patches (size ratio vs raw
-   `.npy`, encode and decode MB/s), the evidence for the default `--level` / `--filter`.
+5. Codec table: the default per-modality zstd settings and single zstd levels on the arrays of a
+   sample of patches (size ratio vs raw `.npy`, encode and decode MB/s); `tools/bench_formats.py`
+   measures the per-modality choice and the read side.
 Prints markdown tables (the ones in docs/packing.md).
 """
 
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from packer.codec import DEFAULT_FILTER, DEFAULT_LEVEL, FILTERS, decode_array, encode_array
+from packer.codec import DEFAULT_SETTINGS, compression_settings, decode_array, encode_array
 from packer.read import read_all_bands
 from packer.schema import parse_file_name
 
@@ -50,7 +51,7 @@ from packer.pack import pack_dataset
 from tools.bench_pack import cpu_seconds
 c0 = cpu_seconds()
 s = pack_dataset(sys.argv[1], sys.argv[2], workers=int(sys.argv[3]), num_parts=int(sys.argv[4]), part=0,
-                 level=int(sys.argv[5]), filter=sys.argv[6], progress=False)
+                 level=int(sys.argv[5]) if sys.argv[5] != "default" else None, progress=False)
 print(json.dumps(dict(patches=s.patches, shards=s.shards, bytes_in=s.bytes_in, bytes_out=s.bytes_out,
     elapsed_s=s.elapsed_s, stream_s=s.stream_s, cpu_s=cpu_seconds() - c0, rss_main_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     rss_worker_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
@@ -96,13 +97,13 @@ def read_floor(paths: list[Path], procs: int, how: str = "rasterio") -> tuple[fl
     return time.perf_counter() - t0, cpu_seconds() - c0
 
 
-def run_pack(src: Path | str, out: Path, workers: int, num_parts: int = 1, level: int = DEFAULT_LEVEL,
-             filt: str = DEFAULT_FILTER, env: dict[str, str] | None = None) -> dict:
+def run_pack(src: Path | str, out: Path, workers: int, num_parts: int = 1, level: int | None = None,
+             env: dict[str, str] | None = None) -> dict:
     """One pack in a fresh process (`env`: extra environment, e.g. HF_ENDPOINT); its summary as a dict."""
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", _PACK_SNIPPET, str(src), str(out), str(workers), str(num_parts),
-                          str(level), filt], cwd=REPO, capture_output=True, text=True, check=True,
+                          str(level or "default")], cwd=REPO, capture_output=True, text=True, check=True,
                          env=dict(os.environ, **(env or {})))
     d = json.loads(res.stdout.strip().splitlines()[-1])
     d["wall_s"] = time.perf_counter() - t0
@@ -110,7 +111,7 @@ def run_pack(src: Path | str, out: Path, workers: int, num_parts: int = 1, level
 
 
 def codec_table(paths: list[Path], levels: list[int], per_modality: int) -> list[dict]:
-    """Compression of member arrays for each (level, filter), overall and per modality."""
+    """Compression of member arrays for the default settings and each level, overall and per modality."""
     by_mod: dict[str, list[Path]] = {}
     for p in paths:
         by_mod.setdefault(parse_file_name(p.name).modality, []).append(p)
@@ -121,10 +122,11 @@ def codec_table(paths: list[Path], levels: list[int], per_modality: int) -> list
                 arrays.append((mod, read_all_bands(f)))
     raw = sum(a.nbytes for _, a in arrays)
     rows = []
-    for level in levels:
-        for filt in FILTERS:
+    for level in [None, *levels]:
+        settings = compression_settings(level)
+        for filt in ("none",):  # format 2 writes plain zstd .npy only (packer/codec.py)
             t0 = time.perf_counter()
-            blobs = [encode_array(a, level=level, filter=filt) for _, a in arrays]
+            blobs = [encode_array(a, settings[mod]) for mod, a in arrays]
             t_enc = time.perf_counter() - t0
             t0 = time.perf_counter()
             for b in blobs:
@@ -135,7 +137,7 @@ def codec_table(paths: list[Path], levels: list[int], per_modality: int) -> list
                 acc = by_dtype.setdefault(f"{mod} ({a.dtype})", [0, 0])
                 acc[0] += a.nbytes
                 acc[1] += len(b)
-            rows.append(dict(level=level, filter=filt, ratio=sum(map(len, blobs)) / raw,
+            rows.append(dict(level=level or "default", filter=filt, ratio=sum(map(len, blobs)) / raw,
                              enc_mbs=raw / MB / t_enc, dec_mbs=raw / MB / t_dec,
                              by_dtype={k: v[1] / v[0] for k, v in sorted(by_dtype.items())}))
     return rows
@@ -161,7 +163,7 @@ def writer_capacity(src: Path, work: Path, n_samples: int = 30, total: int = 300
 
     patches = discover(src, schema.MODALITY_NAMES, (), None, 1, 0).patches[:n_samples]
     with rasterio.Env():
-        blobs = [pickle.dumps(build_sample(p, DEFAULT_LEVEL, DEFAULT_FILTER)) for p in patches]
+        blobs = [pickle.dumps(build_sample(p, compression_settings())) for p in patches]
     out = work / "writer_only"
     shutil.rmtree(out, ignore_errors=True)
     io = OrderedIO()
@@ -258,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{q['bytes_out'] / q['bytes_in']:.3f} | {q['rss_main_mb']:.0f} / {q['rss_worker_mb']:.0f} MB |")
         print(f"\n(best of {args.rounds} interleaved rounds; 'whole run' and CPU include discovery, worker start-up "
               f"(imports), index and manifest, 'steady' is the rate between the first and the last sample written; wall incl. interpreter "
-              f"start: {packs[1]['wall_s']:.1f} s / {packs[2]['wall_s']:.1f} s; {n_patches} patches; codec --level "
-              f"{DEFAULT_LEVEL} --filter {DEFAULT_FILTER})")
+              f"start: {packs[1]['wall_s']:.1f} s / {packs[2]['wall_s']:.1f} s; {n_patches} patches; codec: the "
+              f"default per-modality zstd settings {sorted({s['level'] for s in DEFAULT_SETTINGS.values()})})")
 
         print(f"load average after the timed runs: {os.getloadavg()[0]:.1f} (other work on the machine skews the ratios)")
         cap = writer_capacity(src, args.work)

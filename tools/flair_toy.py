@@ -56,6 +56,7 @@ class ToyConfig:
     csv_limit: int | None = None  # with from_csv: keep the first N rows of each CSV
     workers: int | None = None  # None: all cores; output does not depend on it
     compress: str | None = None  # e.g. "deflate"; None writes plain striped GTiff like the real files
+    tiled: bool = False  # 256x256 tiles for rasters of at least 256 px (as GDAL/COG writers lay out big files)
     overwrite: bool = False  # allow a non-empty out dir (files are replaced, stale ones are kept)
     progress: bool = False
     zips: bool = False  # the Hub's layout: <out>/data/<folder>.zip instead of the folders (tools.toy.zips)
@@ -111,13 +112,13 @@ class GenerateResult:
         return [p for p in self.patch_ids if self.splits[p] == split]
 
 
-def _write_patch(job: tuple[PatchPlan, Path, int, str | None]) -> tuple[int, int]:
-    plan, out, seed, compress = job
+def _write_patch(job: tuple[PatchPlan, Path, int, str | None, bool]) -> tuple[int, int]:
+    plan, out, seed, compress, tiled = job
     arrays = render_patch(plan, seed)
     size = 0
     for mod, arr in arrays.items():
         path = out / plan.pid.relative_path(mod)
-        write_geotiff(path, arr, plan.origin, mod, compress)
+        write_geotiff(path, arr, plan.origin, mod, compress, tiled)
         size += path.stat().st_size
     return len(arrays), size
 
@@ -186,7 +187,7 @@ def _generate_tree(out: Path, cfg: ToyConfig) -> GenerateResult:
     )
     plans = plan_layout(req)
     workers = cfg.workers or os.cpu_count() or 1
-    jobs = [(p, out, cfg.seed, cfg.compress) for p in plans]
+    jobs = [(p, out, cfg.seed, cfg.compress, cfg.tiled) for p in plans]
     n_files = n_bytes = 0
     for files, size in _run_jobs(jobs, workers, cfg.progress):
         n_files += files
@@ -236,6 +237,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--csv-limit", type=int, help="with --from-csv: first N rows of each CSV (default: all rows)")
     p.add_argument("--workers", type=int, help="processes (default: all cores); output is identical")
     p.add_argument("--compress", choices=("deflate", "lzw", "zstd"), help="GeoTIFF compression (default: none, like the real files)")
+    p.add_argument("--tiled", action="store_true", help="256x256 tiles in rasters of 256 px or more (default: striped)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     p.add_argument("--zips", action="store_true",
                    help="write the Hugging Face Hub's layout instead of folders: <out>/data/<DOMAIN>-<YEAR>_<MODALITY>.zip "
@@ -260,7 +262,7 @@ def _run(args: argparse.Namespace) -> int:
         patches=args.patches, domains=args.domains, rois_per_domain=args.rois_per_domain, seed=args.seed,
         t_s2=tuple(args.t_s2), t_s1=tuple(args.t_s1), missing_fraction=args.missing_fraction,
         from_csv=args.from_csv, csv_limit=args.csv_limit, workers=args.workers, compress=args.compress,
-        overwrite=args.overwrite, progress=True, zips=args.zips, zip_compression=args.zip_compression,
+        tiled=args.tiled, overwrite=args.overwrite, progress=True, zips=args.zips, zip_compression=args.zip_compression,
     )
     out = Path(args.out)
     if cfg.zips and args.zonal is not None:

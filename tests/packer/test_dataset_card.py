@@ -2,8 +2,7 @@
 
 `datasets.load_dataset(<output folder>, streaming=True)` must find every split's shards from the
 card's `configs` and decode them with the card's declared features, also when patches lack some
-modalities. Packs here use the plain member encoding (`filter="none"`): the byte-shuffled one
-(`shuffle`, today's default) is flair-stream's own and `datasets` cannot decode it.
+modalities. Packs here use the default encoding (shard format 2: plain `.npy` in zstd).
 `datasets` runs in a subprocess with the Hub switched off (offline, its cache in tmp).
 """
 
@@ -31,14 +30,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def plain_pack(toy_tree, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("card") / "shards"
-    pack_dataset(toy_tree.root, out, filter="none", shard_size=5_000_000, workers=1, progress=False)
+    pack_dataset(toy_tree.root, out, shard_size=5_000_000, workers=1, progress=False)
     return out
 
 
 @pytest.fixture(scope="module")
 def plain_pack_missing(toy_tree_missing, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("card_missing") / "shards"
-    pack_dataset(toy_tree_missing.root, out, filter="none", shard_size=5_000_000, workers=1, progress=False)
+    pack_dataset(toy_tree_missing.root, out, shard_size=5_000_000, workers=1, progress=False)
     return out
 
 
@@ -120,7 +119,7 @@ def test_card_human_part_describes_the_pack(plain_pack):
         assert re.search(rf"\| `{re.escape(name)}` \| .* \| {info['dtype']} \|", card), name
     assert "| 7 | snow | <span style=\"color:#ffffff\">" in card  # class tables with their colours
     assert "| 22 | Background |" in card
-    assert "`zstd level 3, filter none`" in card and CITATION_BIBTEX in card
+    assert "`zstd .npy (levels " in card and "checksums xxh3_64`" in card and CITATION_BIBTEX in card
     assert "Licence Ouverte" in card
 
 
@@ -167,7 +166,7 @@ def test_merge_writes_the_card_of_the_whole(toy_tree, tmp_path):
     parts = []
     for k in range(2):
         out = tmp_path / f"part-{k}"
-        pack_dataset(toy_tree.root, out, num_parts=2, part=k, filter="none", workers=1, progress=False)
+        pack_dataset(toy_tree.root, out, num_parts=2, part=k, workers=1, progress=False)
         parts.append(out)
         assert "of 2" in (out / schema.CARD_FILE).read_text()  # each part has its own card
     merged = merge_parts(tmp_path / "all", parts)

@@ -553,3 +553,19 @@ def test_cli_zips_with_a_zonal_area(tmp_path, capsys):
     assert len(list((out / "data").glob("*.zip"))) == 11 and not [p for p in out.iterdir() if p.name.startswith(".")]
     loaded = load_zonal_area(area)
     assert loaded.rasters and all(p.is_file() for p in loaded.rasters.values())
+def test_compressed_tiled_tree_is_what_gdal_reports(make_toy_tree):
+    """`compress` + `tiled`: the layout of real-world GeoTIFFs that the format benchmark packs;
+    the arrays are the same as in a plain tree of the same seed."""
+    import rasterio
+
+    tiled = make_toy_tree(patches=2, domains=1, rois_per_domain=1, t_s2=(2, 2), t_s1=(2, 2), compress="deflate",
+                          tiled=True)
+    plain = make_toy_tree(patches=2, domains=1, rois_per_domain=1, t_s2=(2, 2), t_s1=(2, 2))
+    pid = tiled.result.patch_ids[0]
+    for mod, want_tiled in (("AERIAL_RGBI", True), ("DEM_ELEV", True), ("SENTINEL2_TS", False)):
+        with rasterio.open(tiled.result.path(pid, mod)) as f, rasterio.open(plain.result.path(pid, mod)) as g:
+            assert f.profile["compress"] == "deflate"
+            assert f.profile["tiled"] is want_tiled
+            if want_tiled:
+                assert f.block_shapes[0] == (256, 256)
+            assert (f.read() == g.read()).all()

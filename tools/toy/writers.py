@@ -44,11 +44,13 @@ from .plan import PatchPlan
 FIXED_GPKG_TIMESTAMP = "2000-01-01T00:00:00Z"
 SPLIT_COLUMN = "split_1"
 _CRS = CRS.from_epsg(CRS_EPSG)
+TILE_PX = 256
 
 
 def write_geotiff(path: Path, array: np.ndarray, origin: tuple[float, float], modality_name: str,
-                  compress: str | None = None) -> None:
-    """One patch file: striped GTiff, EPSG:2154, `Affine(gsd, 0, x0, 0, -gsd, y0)`."""
+                  compress: str | None = None, tiled: bool = False) -> None:
+    """One patch file: GTiff (striped, or tiled 256x256 when `tiled` and the raster is that big),
+    EPSG:2154, `Affine(gsd, 0, x0, 0, -gsd, y0)`."""
     mod = MODALITIES[modality_name]
     if array.shape[1:] != mod.shape_hw or array.dtype != mod.np_dtype:
         raise ValueError(f"{path}: array {array.shape} {array.dtype} does not fit {modality_name} "
@@ -59,6 +61,8 @@ def write_geotiff(path: Path, array: np.ndarray, origin: tuple[float, float], mo
     )
     if compress:
         profile["compress"] = compress
+    if tiled and mod.size_px >= TILE_PX:
+        profile.update(tiled=True, blockxsize=TILE_PX, blockysize=TILE_PX)
     with atomic_path(path, keep_suffix=True) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(array)

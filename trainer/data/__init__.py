@@ -2,8 +2,10 @@
 
 Stages, each its own module: `sources` (local / s3 / https / hf readers) -> `catalog` (manifest,
 index, selection) -> `distribution` (epoch order, rank/worker split) -> `reader` (ranged reads,
-decoding) -> `sample` + `preprocess` (the reference's preprocessing) -> `collate` -> `normalize`
-(batched float conversion on the device). `loader.StreamingLoader` ties them together;
+per-member checksums, decoding with `packer.codec`) -> `sample` + `preprocess` (the reference's
+preprocessing) -> `collate` (into a batch buffer) -> `handover` (the shared-memory ring that carries
+batches to the training process) -> `normalize` (batched float conversion on the device).
+`loader.StreamingLoader` ties them together;
 `dataset.PackedDataset` is the user-facing entry (raw samples without torch, and the loader).
 
 The names below are imported on first use (PEP 562), so `import trainer.data.sources` or reading

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -21,10 +22,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from packer.index import member_columns
+from packer.index import checksum_column, member_columns
 from packer.paths import check_manifest, check_relative_path, check_split_name
-from packer.schema import INDEX_FILE, MANIFEST_FILE, MODALITY_NAMES, N_CLASSES
+from packer.schema import FORMAT_VERSION, INDEX_FILE, MANIFEST_FILE, MODALITY_NAMES, N_CLASSES, TIME_SERIES_MODALITIES
 from trainer.data.sources import LocalSource, Source
+
+log = logging.getLogger(__name__)
+
+log = logging.getLogger(__name__)
 
 COUNT_COLUMNS = {"AERIAL_LABEL-COSIA": "cosia_counts", "ALL_LABEL-LPIS": "lpis_l1_counts"}
 """Per-class pixel counts in the index (LPIS: level 1 only)."""
@@ -54,6 +59,10 @@ class Selection:
     shards: list[ShardInfo]
     class_counts: Mapping[str, np.ndarray]  # task -> (N, n_classes) pixel counts, where the index has them
     rows: np.ndarray | None = None  # (N,) row of each selected sample in the index (for other columns)
+    checksums: dict[str, np.ndarray] = field(default_factory=dict)  # member -> (N,) uint64 xxh3_64 (format 2)
+    max_dates: dict[str, int] = field(default_factory=dict)  # series -> most dates of a selected sample
+    format_version: int = FORMAT_VERSION  # the pack's shard format (packer.codec reads 1 and 2)
+    modality_table: dict[str, dict] = field(default_factory=dict)  # the manifest's modality facts (dtype, sizes)
 
     def __len__(self) -> int:
         return len(self.patch_ids)
@@ -84,11 +93,19 @@ class Catalog:
         self.shards = {
             s["path"]: ShardInfo(s["path"], int(s["bytes"]), s.get("sha256")) for s in self.manifest.get("shards", [])
         }
+        self.format_version = int(self.manifest.get("format_version", 1))
+        if not 1 <= self.format_version <= FORMAT_VERSION:
+            raise SelectionError(f"{source.url(MANIFEST_FILE)}: shard format {self.format_version} is newer than this "
+                                 f"reader (1 to {FORMAT_VERSION}); update flair-stream")
         self._columns: dict[str, pa.ChunkedArray] = {}
         self._table: pa.Table | None = None
         self._parquet = self._open_index()
         self.num_rows: int = self._parquet.metadata.num_rows
         self.column_names: list[str] = self._parquet.schema_arrow.names
+        if checksum_column("json") not in self.column_names:
+            log.warning("%s: the index has no member checksums (shard format %d): members are read without "
+                        "verification; re-pack with this version to check every member on read",
+                        source.url(INDEX_FILE), self.format_version)
         used = pc.unique(self.column("shard").combine_chunks().dictionary).to_pylist()
         for path in used:
             check_relative_path(path, source.url(INDEX_FILE))
@@ -174,6 +191,10 @@ class Catalog:
         needed = ["shard", "patch_id", "sample_index", "json_offset", "json_size",
                   *(c for name in required for c in member_columns(name))]
         needed += ["split"] if split is not None else []
+        with_checksums = checksum_column("json") in self.column_names
+        series = [name for name in required if name in TIME_SERIES_MODALITIES]
+        needed += [checksum_column(name) for name in ("json", *required)] if with_checksums else []
+        needed += [f"T_{name}" for name in series]
         needed += ["domain", "year"] if domains else []
         cols = self._read(needed)
         mask = np.ones(self.num_rows, dtype=bool)
@@ -228,6 +249,8 @@ class Catalog:
         for name in required:
             off, size = member_columns(name)
             members[name] = (_ints(cols, off, keep), _ints(cols, size, keep))
+        checksums = {name: _uints(cols, checksum_column(name), keep) for name in members} if with_checksums else {}
+        max_dates = {name: int(_ints(cols, f"T_{name}", keep).max(initial=0)) for name in series}
         return Selection(
             patch_ids=cols["patch_id"].filter(keep).to_pylist(),
             shard=number[codes],
@@ -236,6 +259,10 @@ class Catalog:
             shards=[self.shards[paths[k]] for k in by_path],
             class_counts=LazyCounts(self, rows),
             rows=rows,
+            checksums=checksums,
+            max_dates=max_dates,
+            format_version=self.format_version,
+            modality_table=dict(self.manifest.get("modalities", {})),
         )
 
     def _check_packed(self, required: Sequence[str]) -> None:
@@ -331,6 +358,13 @@ def _ints(cols: Mapping[str, pa.ChunkedArray], column: str, keep: pa.BooleanArra
     return _as_numpy(values).astype(np.int64)
 
 
+def _uints(cols: Mapping[str, pa.ChunkedArray], column: str, keep: pa.BooleanArray) -> np.ndarray:
+    values = cols[column].filter(keep)
+    if values.null_count:
+        raise SelectionError(f"index column {column} has missing values for selected rows")
+    return _as_numpy(values).astype(np.uint64)
+
+
 def _bool_array(mask: np.ndarray) -> pa.BooleanArray:
     """A numpy mask as an Arrow boolean array (without `pa.array`: see `_as_numpy`)."""
     bits = np.packbits(mask.astype(bool), bitorder="little")
@@ -354,6 +388,13 @@ def _as_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
         return np.unpackbits(bits, bitorder="little", count=values.offset + len(values))[values.offset:].astype(bool)
     dtype = np.dtype(f"{'i' if pa.types.is_signed_integer(t) else 'u'}{t.bit_width // 8}")
     return np.frombuffer(data, dtype=dtype, count=len(values), offset=values.offset * dtype.itemsize)
+
+
+def _uints(table: pa.Table, column: str) -> np.ndarray:
+    values = table.column(column).to_numpy(zero_copy_only=False)
+    if values.dtype == object:
+        raise SelectionError(f"index column {column} has missing values for selected rows")
+    return values.astype(np.uint64)
 
 
 def class_balanced_weights(counts: np.ndarray) -> np.ndarray:

@@ -61,6 +61,11 @@ class PackedDataset:
         return int(self.manifest["index"]["rows"])
 
     @property
+    def format_version(self) -> int:
+        """The pack's shard format (the manifest's; `packer.codec` reads 1 and 2)."""
+        return int(self.manifest.get("format_version", 1))
+
+    @property
     def splits(self) -> dict[str, int]:
         """Samples per split, from the manifest, in index order (train, valid, test, then others)."""
         order = list(dict.fromkeys([s["split"] for s in self.manifest["shards"]] + sorted(self.manifest["splits"])))
@@ -120,7 +125,7 @@ class PackedDataset:
                 raise KeyError(f"{patch_id} has no {', '.join(lacking)} (it has {', '.join(row['modalities'])})")
             return next(self.samples(None, modalities, patch_ids=[patch_id]))
         blob = self.source.read_range(row["shard"], row["offset"], row["size"])
-        return raw_sample(patch_id, members_of_blob(blob))
+        return raw_sample(patch_id, members_of_blob(blob), format_version=self.format_version)
 
     def samples(self, split: str | None = "train", modalities: Sequence[str] | None = None, *,
                 domains: Iterable[str] = (), patch_ids: Iterable[str] | str | None = None,
@@ -182,7 +187,7 @@ class PackedDataset:
                         continue
                 if modalities is not None and any(schema.member_key(m) not in members for m in modalities):
                     continue
-                yield raw_sample(pid, members, modalities)
+                yield raw_sample(pid, members, modalities, format_version=self.format_version)
 
     # ---------------------------------------------------------------- training stream
     def loader(self, split: str = "train", config: Any = "flair-hub", *, batch_size: int | None = None,

@@ -1,9 +1,12 @@
-"""The streaming loader: plan -> read -> decode -> preprocess -> collate, with exact resume.
+"""The streaming loader: plan -> read -> decode -> preprocess -> collate -> hand-over, with exact resume.
 
 `ShardStream` is the IterableDataset that runs inside each DataLoader worker (or in the main
 process with 0 workers): it plans the epoch from the index (`trainer.data.distribution`), takes
 its share of this rank's batches, and builds each batch with a small thread pool (zstd and
-numpy release the GIL, so threads decode in parallel without copying samples between processes).
+numpy release the GIL): each thread reads, checks, decodes (into its own reused arena) and
+preprocesses one sample and writes it straight into its row of the batch buffer, a slot of the
+shared-memory ring (`trainer.data.handover`). Only a small description of the batch crosses to
+the training process, which views the slot as tensors.
 
 `StreamingLoader` wraps it in a torch DataLoader for one split, counts the batches it hands to
 the training loop and exposes `state_dict()` / `load_state_dict()`; `to_model_inputs` finishes
@@ -13,28 +16,49 @@ a batch on the device. Typical use::
     loader.load_state_dict(ckpt["loader"])           # optional: resume mid-epoch
     for batch in loader:                              # one epoch
         inputs = loader.to_model_inputs(batch, device)
+
+A batch's tensors view reused memory: they stay valid as long as they are referenced (the slot
+is recycled only after the last reference is gone), so keeping batches is safe, if costly.
+
+Data errors (`data.on_error`): a sample whose member is damaged, does not decode, does not fit
+the schema or cannot be preprocessed raises `SampleError` (one line: shard URL, patch id,
+member) in the training process (`fail`), or is left out (`skip`): its row is filled with
+another sample of the batch flagged `valid=False`, like the padding that equalises ranks, so
+every rank still yields the same number of batches; it is logged and listed in `skipped`.
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
+import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from packer.codec import Arena
 from trainer.data.catalog import Catalog, Selection, class_balanced_weights
-from trainer.data.collate import collate
+from trainer.data.collate import BatchBuilder, BatchLayout, BatchLayoutError, batch_from_buffer, batch_keys
 from trainer.data.distribution import RankPlan, cut_steps, epoch_order, steps_in_epoch
+from trainer.data.handover import BatchRing, Handed, Lease
 from trainer.data.normalize import to_model_inputs
-from trainer.data.reader import SampleReader
+from trainer.data.reader import SampleError, SampleReader
 from trainer.data.sample import SampleSpec, preprocess_sample
-from trainer.data.sources import Source, open_source
+from trainer.data.sources import ShardIntegrityError, Source, SourceError, open_source
 
 STATE_VERSION = 1
+ON_ERROR = ("fail", "skip")
+TRANSPORTED = (ShardIntegrityError, SourceError, FileNotFoundError)
+"""Data errors raised in a worker and re-raised as they are in the training process (one clear
+line, instead of the DataLoader's re-wrapped traceback)."""
+FILLER_TRIES = 64
+log = logging.getLogger(__name__)
+_local = threading.local()
 
 
 def _dist_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -49,24 +73,58 @@ def _dist_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
+def _arena() -> Arena:
+    """This thread's decompression arena (reused from sample to sample)."""
+    arena = getattr(_local, "arena", None)
+    if arena is None:
+        arena = _local.arena = Arena()
+    return arena
+
+
+def _identity(item: Any) -> Any:
+    """DataLoader collate_fn: items are finished batches (no conversion, no per-array tensors)."""
+    return item
+
+
+class Batch(dict):
+    """A batch dict; `lease` is the training process's hold on the ring slot its tensors view."""
+
+    lease: Lease | None = None
+
+
 class ShardStream(IterableDataset):
     """One rank's batches of one epoch, from `position` on (see the module docstring)."""
 
     def __init__(self, reader: SampleReader, spec: SampleSpec, batch_size: int, seed: int, rank: int, world_size: int,
                  shuffle: bool, shuffle_window: int, uneven: str, decode_threads: int,
-                 weights: np.ndarray | None = None) -> None:
+                 weights: np.ndarray | None = None, on_error: str = "fail",
+                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         super().__init__()
+        if on_error not in ON_ERROR:
+            raise ValueError(f"data.on_error: must be one of {ON_ERROR}, got {on_error!r}")
         self.reader, self.spec = reader, spec
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.shuffle, self.shuffle_window, self.uneven = shuffle, shuffle_window, uneven
         self.decode_threads = decode_threads
         self.weights = weights
+        self.on_error = on_error
+        self.transform = transform  # raw sample -> batch sample; None: the reference's preprocessing
         self.epoch = 0
         self.position = 0
+        self.layout: BatchLayout | None = None  # set by the loader before workers start (or on first use)
+        self.ring: BatchRing | None = None
 
     @property
     def selection(self) -> Selection:
         return self.reader.selection
+
+    @property
+    def depth(self) -> int:
+        """Batches decoding at once: enough samples in flight to keep every decode thread busy
+        while a batch is handed over (two per thread), and at least the next batch."""
+        if self.decode_threads <= 1:
+            return 1
+        return max(2, -(-2 * self.decode_threads // self.batch_size))
 
     def plan(self) -> RankPlan:
         """This rank's batches from (epoch, position), computed once and handed to the workers.
@@ -83,35 +141,142 @@ class ShardStream(IterableDataset):
             self._plan_key = key
         return self._plan
 
-    def load_one(self, row: int) -> dict[str, Any]:
-        """Read, decode and preprocess one selected row (runs in the decode threads)."""
-        return preprocess_sample(self.reader.read(int(row)), self.spec, self.seed, self.epoch)
+    # ---------------------------------------------------------------- one sample
+    def load_one(self, row: int, arena: Arena | None = None) -> dict[str, Any]:
+        """Read, check, decode and preprocess one selected row (runs in the decode threads).
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+        Raises SampleError (one line naming shard, patch and member) for any problem of the data.
+        """
+        row = int(row)
+        raw = self.reader.read(row, arena)
+        try:
+            if self.transform is not None:
+                return self.transform(raw)
+            return preprocess_sample(raw, self.spec, self.seed, self.epoch)
+        except ValueError as exc:
+            raise SampleError(self.reader.shard_url(row), self.selection.patch_ids[row],
+                              self.reader.member_name(row, "json"), f"preprocessing failed: {exc}") from None
+
+    def _fill(self, builder: BatchBuilder, i: int, row: int) -> SampleError | None:
+        """Put row `row`'s sample into batch row `i`; a data problem is returned, not raised."""
+        arena = _arena()
+        arena.reset()
+        try:
+            sample = self.load_one(row, arena)
+            builder.put(i, sample)
+        except SampleError as exc:
+            return exc
+        except BatchLayoutError as exc:
+            return SampleError(self.reader.shard_url(int(row)), self.selection.patch_ids[int(row)],
+                               self.reader.member_name(int(row), "json"), str(exc))
+        return None
+
+    def probe_layout(self) -> BatchLayout:
+        """The batch layout, from the first selected sample that loads (others are left to on_error)."""
+        last: SampleError | None = None
+        for row in range(min(len(self.selection), FILLER_TRIES)):
+            try:
+                return BatchLayout.from_sample(self.load_one(row), self.spec, self.batch_size)
+            except SampleError as exc:
+                if self.on_error == "fail":
+                    raise
+                last = exc
+        raise SampleError(last.url, last.patch_id, last.member, f"{last.problem} (and no other sample of the "
+                          f"first {FILLER_TRIES} loads)") if last else ValueError("empty selection")
+
+    # ---------------------------------------------------------------- one batch
+    def _private_buffer(self, nbytes: int, in_worker: bool) -> tuple[np.ndarray, Any]:
+        """(uint8 array, object to hand over) for a batch that gets no ring slot."""
+        if in_worker:  # shared memory from the start: the DataLoader then sends only its handle
+            t = torch.empty(nbytes, dtype=torch.uint8).share_memory_()
+            return t.numpy(), t
+        arr = np.empty(nbytes, dtype=np.uint8)
+        return arr, arr
+
+    def _start(self, plan: RankPlan, step: int, group: int, in_worker: bool,
+               pool: ThreadPoolExecutor | None) -> tuple[BatchBuilder, int | None, Any, list[tuple[int, Future | Any]]]:
+        layout = self.layout
+        slot = self.ring.acquire(group) if self.ring is not None else None
+        if slot is not None:
+            buffer, handle = self.ring.slot(slot), None
+        else:
+            buffer, handle = self._private_buffer(layout.fixed_bytes, in_worker)
+        rows = plan.rows[step]
+        builder = BatchBuilder(layout, buffer, [], plan.valid[step].copy())
+        if pool is None:
+            jobs = [(i, self._fill(builder, i, r)) for i, r in enumerate(rows)]
+        else:
+            jobs = [(i, pool.submit(self._fill, builder, i, r)) for i, r in enumerate(rows)]
+        return builder, slot, handle, jobs
+
+    def _finish(self, plan: RankPlan, started: tuple, in_worker: bool) -> Handed:
+        builder, slot, handle, jobs = started
+        failed = {i: (job.result() if isinstance(job, Future) else job) for i, job in jobs}
+        failed = {i: e for i, e in failed.items() if e is not None}
+        skipped: list[str] = []
+        if failed:
+            if self.on_error == "fail":
+                if slot is not None:
+                    self.ring.give_back(slot)
+                return Handed(error=failed[min(failed)])
+            good = [i for i in range(self.layout.batch_size) if i not in failed]
+            if not good:
+                good = [self._filler(plan, builder, min(failed))]
+            for i, exc in sorted(failed.items()):
+                skipped.append(str(exc))
+                builder.valid[i] = False
+                if i != good[0]:
+                    builder.copy_row(good[0], i)
+        need = self.layout.nbytes(builder.t_max())
+        new_buffer = None
+        if need > len(builder.buffer):  # long series: this batch gets a bigger, private buffer
+            new_buffer, new_handle = self._private_buffer(need, in_worker)
+            if slot is not None:
+                parts = builder.finish(new_buffer)
+                self.ring.give_back(slot)
+                return Handed(parts=parts, buffer=new_handle, skipped=skipped)
+            handle = new_handle
+        parts = builder.finish(new_buffer)
+        return Handed(parts=parts, slot=slot, buffer=handle, skipped=skipped)
+
+    def _filler(self, plan: RankPlan, builder: BatchBuilder, i: int) -> int:
+        """Fill row `i` with the first sample of this rank's epoch that loads (all of a batch failed)."""
+        for row in plan.rows.reshape(-1)[:FILLER_TRIES]:
+            if self._fill(builder, i, int(row)) is None:
+                return i
+        raise SampleError(self.reader.shard_url(int(plan.rows.reshape(-1)[0])), "(several)", "(several)",
+                          f"none of the first {FILLER_TRIES} samples of the epoch loads; stopping")
+
+    def __iter__(self) -> Iterator[Handed]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        shared = info is not None  # batches leave this process: build them in shared memory
+        in_worker = info is not None
+        if self.layout is None:
+            self.layout = self.probe_layout()
         plan = self.plan()
-        steps = list(plan.worker_steps(worker, n_workers))
-        if self.decode_threads <= 1:
-            for i in steps:
-                yield collate([self.load_one(r) for r in plan.rows[i]], self.spec, plan.valid[i], shared)
-            return
-        with ThreadPoolExecutor(self.decode_threads, thread_name_prefix="flair-decode") as pool:
-            # Keep the next batch in flight while the current one is handed over.
+        steps = iter(plan.worker_steps(worker, n_workers))
+        pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="flair-decode") \
+            if self.decode_threads > 1 else None
+        try:
+            # Keep the next batches decoding while the current one is handed over.
             pending: deque = deque()
-            todo = iter(steps)
-            for _ in range(2):
-                i = next(todo, None)
-                if i is not None:
-                    pending.append((i, [pool.submit(self.load_one, r) for r in plan.rows[i]]))
+            for step in steps:
+                pending.append(self._start(plan, step, worker, in_worker, pool))
+                if len(pending) >= self.depth:
+                    yield self._finish_or_error(plan, pending.popleft(), in_worker)
             while pending:
-                i, futures = pending.popleft()
-                samples = [f.result() for f in futures]
-                nxt = next(todo, None)
-                if nxt is not None:
-                    pending.append((nxt, [pool.submit(self.load_one, r) for r in plan.rows[nxt]]))
-                yield collate(samples, self.spec, plan.valid[i], shared)
+                yield self._finish_or_error(plan, pending.popleft(), in_worker)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _finish_or_error(self, plan: RankPlan, started: tuple, in_worker: bool) -> Handed:
+        try:
+            return self._finish(plan, started, in_worker)
+        except TRANSPORTED as exc:
+            if not in_worker:
+                raise
+            return Handed(error=exc)
 
 
 class StreamingLoader:
@@ -121,30 +286,39 @@ class StreamingLoader:
                  batch_size: int, seed: int = 0, rank: int | None = None, world_size: int | None = None,
                  num_workers: int = 0, shuffle: bool = True, shuffle_window: int = 512, uneven: str = "pad",
                  decode_threads: int = 4, verify: bool = False, class_balanced_task: str | None = None,
-                 pin_memory: bool = False, prefetch_factor: int = 2) -> None:
+                 pin_memory: bool = False, prefetch_factor: int = 2, on_error: str = "fail",
+                 check_members: bool = True, ring: bool = True,
+                 multiprocessing_context: str | None = None,
+                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         rank, world_size = _dist_defaults(rank, world_size)
         self.source, self.catalog, self.selection, self.spec = source, catalog, selection, spec
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
         self.uneven = uneven
+        self.use_ring = ring
+        self.multiprocessing_context = multiprocessing_context
         weights = None
         if class_balanced_task is not None:
             if class_balanced_task not in selection.class_counts:
                 raise ValueError(f"data.class_balanced: the index has no class counts for {class_balanced_task}")
             weights = class_balanced_weights(selection.class_counts[class_balanced_task])
-        reader = SampleReader(source, selection, spec.needed_modalities, verify=verify)
+        reader = SampleReader(source, selection, spec.needed_modalities, verify=verify, check_members=check_members)
         self.dataset = ShardStream(reader, spec, batch_size, seed, rank, world_size, shuffle, shuffle_window, uneven,
-                                   decode_threads, weights)
+                                   decode_threads, weights, on_error=on_error, transform=transform)
         self.epoch = 0
         self.position = 0  # global samples (all ranks) consumed in this epoch
+        self.skipped: list[str] = []  # samples left out so far (data.on_error: skip), one line each
+        self._ring: BatchRing | None = None
+        self._active: Any = None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], split: str | None = "train", *, source: str | Source | None = None,
                     rank: int | None = None, world_size: int | None = None, num_workers: int | None = None,
                     batch_size: int | None = None, shuffle: bool | None = None, augment: bool | None = None,
-                    pin_memory: bool = False) -> "StreamingLoader":
+                    pin_memory: bool = False, **options: Any) -> "StreamingLoader":
         """Build from a validated config. `split` is a split name of the index (e.g. train/valid/test),
-        or None for every sample whatever its split.
+        or None for every sample whatever its split. `options` go to the constructor as they are
+        (`prefetch_factor`, `multiprocessing_context`, `check_members`, `ring`, `transform`).
 
         Training splits shuffle and augment per the config; pass `shuffle=False, augment=False`
         for evaluation (the defaults do so for any split other than `data.train_split`).
@@ -169,7 +343,7 @@ class StreamingLoader:
                    num_workers=cfg.get("hardware", {}).get("num_workers", 0) if num_workers is None else num_workers,
                    shuffle=training if shuffle is None else shuffle, shuffle_window=data["shuffle_window"],
                    uneven=data["uneven"], decode_threads=data["decode_threads"], verify=data["verify"],
-                   class_balanced_task=balanced, pin_memory=pin_memory)
+                   class_balanced_task=balanced, pin_memory=pin_memory, on_error=data["on_error"], **options)
 
     # ---------------------------------------------------------------- iteration
     @property
@@ -184,22 +358,101 @@ class StreamingLoader:
         """Start `epoch` from its beginning (order and augmentation draws depend on it)."""
         self.epoch, self.position = int(epoch), 0
 
+    def _start_method(self) -> str:
+        # The first method listed is the platform's default (without fixing it as get_start_method would).
+        return self.multiprocessing_context or multiprocessing.get_start_method(allow_none=True) \
+            or multiprocessing.get_all_start_methods()[0]
+
+    def _prepare_ring(self) -> None:
+        """Learn the batch layout and size the slots (once); free slots no batch holds any more."""
+        ds = self.dataset
+        if ds.layout is None:
+            ds.layout = ds.probe_layout()
+        if not self.use_ring:
+            return
+        if self._ring is None:
+            t_max = dict(self.selection.max_dates)
+            probe_t = {k: 24 for k, _, _ in ds.layout.series}  # temporal averaging: up to 24 periods
+            bound = {k: max(t_max.get(k, 0), probe_t[k]) for k in probe_t}
+            # Per worker: the batches decoding, the DataLoader's prefetch, and two the loop holds.
+            per_group = ds.depth + 2 + (self.prefetch_factor if self.num_workers > 0 else 0)
+            ring = BatchRing(max(1, self.num_workers), per_group, ds.layout.nbytes(bound))
+            if self.num_workers > 0 and not ring.shareable(self._start_method()):
+                ring.close()
+                self.use_ring = False
+                return
+            if self.pin_memory:
+                ring.pin()
+            self._ring = ring
+        self._ring.reclaim()
+        ds.ring = self._ring
+
     def _dataloader(self) -> DataLoader:
         self.dataset.epoch, self.dataset.position = self.epoch, self.position
         self.dataset.plan()  # once per rank and epoch, before the workers start (they inherit it)
+        self._prepare_ring()
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
-            kwargs = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False}
-        return DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          **kwargs)
+            kwargs = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False,
+                      "multiprocessing_context": self.multiprocessing_context}
+        return DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_identity, **kwargs)
+
+    def _receive(self, item: Handed) -> Batch:
+        """A worker's description -> the batch dict, viewing the ring slot (or the private buffer)."""
+        if item.error is not None:
+            raise item.error
+        for line in item.skipped:
+            log.warning("data.on_error=skip: left out %s", line)
+        self.skipped += item.skipped
+        keys = batch_keys(self.spec)
+        if item.slot is not None:
+            buffer, lease = self._ring.lend(item.slot)
+            batch = Batch(batch_from_buffer(item.parts, buffer, keys))
+            batch.lease = lease
+            return batch
+        buffer = item.buffer.numpy() if torch.is_tensor(item.buffer) else item.buffer
+        batch = Batch(batch_from_buffer(item.parts, buffer, keys))
+        if self.pin_memory and torch.cuda.is_available():
+            for k, v in batch.items():
+                if torch.is_tensor(v):
+                    batch[k] = v.pin_memory()
+        return batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """The rest of the current epoch; afterwards the loader moves on to the next epoch."""
-        for batch in self._dataloader():
-            self.position += self.samples_per_step
-            yield batch
+        self._stop_active()
+        it = iter(self._dataloader())
+        self._active = it
+        try:
+            for item in it:
+                batch = self._receive(item)
+                self.position += self.samples_per_step
+                yield batch
+        finally:
+            self._stop_active()
         self.epoch += 1
         self.position = 0
+
+    def _stop_active(self) -> None:
+        """Stop the workers of an epoch left early, so that their ring slots can be reused."""
+        it, self._active = self._active, None
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+    def close(self) -> None:
+        """Stop workers and release the ring (also done when the loader is garbage-collected)."""
+        self._stop_active()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+            self.dataset.ring = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the kernel frees the memory anyway
+            pass
 
     def to_model_inputs(self, batch: Mapping[str, Any], device: torch.device | str = "cpu", exact: bool = True) -> dict:
         """Finish a batch on `device`: normalised float32 inputs, int64 labels (see trainer.data.normalize)."""

@@ -87,4 +87,11 @@ def to_model_inputs(
         out[pad_mask_key(name)] = batch[pad_mask_key(name)].to(device, non_blocking=non_blocking)
     for task in spec.tasks:
         out[task] = batch[task].to(device, non_blocking=non_blocking).long()
+    lease = getattr(batch, "lease", None)
+    if lease is not None and non_blocking:
+        # The copies above read the batch's ring slot asynchronously: the slot is not handed back
+        # to its worker before they are done (trainer.data.handover.Lease).
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(device))
+        lease.after(event)
     return out

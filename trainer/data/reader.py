@@ -1,77 +1,44 @@
-"""Read one sample's members out of its shard with ranged reads, and decode them.
+"""Read one sample's members out of its shard with ranged reads, check them, and decode them.
 
 Only the members the config needs are fetched (an aerial-only run never downloads the Sentinel
 series); members that sit next to each other in the tar are fetched with one read. Before the
 first read of a shard in a process its size is checked against the manifest, and, when
 verification is on, its sha256 (one extra full read of that shard per process).
+
+Every member read is checked against the xxh3_64 the index records for it (format-2 packs; the
+JSON member included) and decoded with the one member decoder (`packer.codec`); each decoded
+array must have the dtype and pixel size the pack's manifest declares for its modality (no
+silent cast downstream). Any failure is a `SampleError` whose message is one line naming the
+shard URL, the patch id and the member.
+
+No torch here: this module (and what it imports) is the raw-sample API's base.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import threading
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-import zstandard
-
-from packer.codec import SHUFFLE_MAGIC
+from packer import schema
+from packer.codec import Arena, MemberError, decode_array, decode_array_into, decode_json, member_checksum
 from trainer.data.catalog import Selection
-from trainer.data.sources import LocalSource, Source, check_shard
+from trainer.data.sources import LocalSource, ShardIntegrityError, Source, check_shard
 
 
-_NPY_MAGIC = b"\x93NUMPY"
-_local = threading.local()
-_HEADER_LOCK = threading.Lock()
-"""numpy parses .npy headers with `ast.literal_eval`; CPython 3.11's AST constructor is not safe
-from several threads at once (it failed here with "SystemError: AST constructor recursion depth
-mismatch" under the decode threads), so header parsing, ~20 us a member, takes turns."""
+class SampleError(ShardIntegrityError):
+    """One sample cannot be used: a member is damaged, does not decode or does not fit the schema.
 
-
-def decode_member(data: bytes | memoryview) -> np.ndarray:
-    """A `.npy.zst` member -> array, with one copy at most (`packer.codec.decode_array`'s format).
-
-    Unlike `np.load(BytesIO(...))`, a plain member is wrapped without copying (the array is
-    read-only; every preprocessing path copies before writing). A byte-shuffled member is
-    un-shuffled plane by plane, which is several times faster than a transposed copy.
-    Object dtypes are refused: nothing here ever unpickles.
+    `str()` is one line: `<shard url>: <patch id>: <member>: <problem>`.
     """
-    return array_from_npy(decompress_member(data))
 
+    def __init__(self, url: str, patch_id: str, member: str, problem: str) -> None:
+        super().__init__(f"{url}: {patch_id}: {member}: {problem}")
+        self.url, self.patch_id, self.member, self.problem = url, patch_id, member, problem
 
-def decompress_member(data: bytes | memoryview) -> bytes:
-    """zstd frame -> the stored payload (one decompressor per thread: they are not thread-safe)."""
-    dctx = getattr(_local, "dctx", None)
-    if dctx is None:
-        dctx = _local.dctx = zstandard.ZstdDecompressor()
-    return dctx.decompress(data)
-
-
-def array_from_npy(raw: bytes) -> np.ndarray:
-    """A decompressed `.npy` payload (optionally byte-shuffled, see packer.codec) -> array."""
-    start = len(SHUFFLE_MAGIC) if raw.startswith(SHUFFLE_MAGIC) else 0
-    if raw[start : start + 6] != _NPY_MAGIC:
-        raise ValueError("member is not a zstd-compressed .npy array")
-    header = io.BytesIO(raw[start : start + 65536])
-    version = np.lib.format.read_magic(header)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    with _HEADER_LOCK:
-        shape, fortran, dtype = read_header(header)
-    if dtype.hasobject:
-        raise ValueError("member holds an object array (would need pickle); refused")
-    offset = start + header.tell()
-    count = int(np.prod(shape)) if shape else 1
-    if start and dtype.itemsize > 1:
-        body = np.frombuffer(raw, dtype=np.uint8, count=count * dtype.itemsize, offset=offset)
-        planes = np.empty((count, dtype.itemsize), dtype=np.uint8)
-        for k in range(dtype.itemsize):
-            planes[:, k] = body[k * count : (k + 1) * count]
-        flat = planes.reshape(-1).view(dtype)
-    else:
-        flat = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
-    return flat.reshape(shape, order="F" if fortran else "C")
+    def __reduce__(self):  # crosses process boundaries intact (DataLoader workers)
+        return SampleError, (self.url, self.patch_id, self.member, self.problem)
 
 
 def coalesce(ranges: Sequence[tuple[int, int]], max_gap: int) -> list[tuple[int, int, list[int]]]:
@@ -88,15 +55,33 @@ def coalesce(ranges: Sequence[tuple[int, int]], max_gap: int) -> list[tuple[int,
     return groups
 
 
+def check_array(name: str, arr: np.ndarray, facts: Mapping[str, Any] | None) -> str | None:
+    """Why `arr` does not fit modality `name` as the pack declares it (dtype, pixels, bands), or None."""
+    mod = schema.MODALITIES.get(name)
+    dtype = (facts or {}).get("dtype") or (mod.dtype if mod else None)
+    size = (facts or {}).get("size_px") or (mod.size_px if mod else None)
+    per_date = (facts or {}).get("bands_per_date") or (mod.bands_per_date if mod else None)
+    series = (facts or {}).get("time_series", mod.time_series if mod else False)
+    if dtype is not None and arr.dtype != np.dtype(dtype):
+        return f"array is {arr.dtype}, the pack declares {np.dtype(dtype)} for {name} (refusing to cast)"
+    if arr.ndim != 3 or (size is not None and arr.shape[1:] != (size, size)):
+        return f"array has shape {list(arr.shape)}, expected (bands, {size}, {size}) for {name}"
+    if per_date and (arr.shape[0] % per_date if series else arr.shape[0] != per_date):
+        what = f"a multiple of {per_date}" if series else str(per_date)
+        return f"array has {arr.shape[0]} bands, expected {what} for {name}"
+    return None
+
+
 class SampleReader:
     """Raw samples `{"patch_id", "meta", "arrays"}` of a selection, by row number."""
 
     def __init__(self, source: Source, selection: Selection, needed: Sequence[str], verify: bool = False,
-                 max_gap: int | None = None) -> None:
+                 max_gap: int | None = None, check_members: bool = True) -> None:
         self.source = source
         self.selection = selection
         self.needed = tuple(needed)
         self.verify = verify
+        self.check_members = check_members  # per-member checksums (a switch for the benchmark's cost row)
         # Local reads are cheap syscalls: only merge true neighbours. Remote reads pay a round
         # trip each: merging through a skipped member is cheaper up to a few MB.
         self.max_gap = max_gap if max_gap is not None else (4096 if isinstance(source, LocalSource) else 4 << 20)
@@ -113,6 +98,14 @@ class SampleReader:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
+    def shard_url(self, row: int) -> str:
+        return self.source.url(self.selection.shards[int(self.selection.shard[row])].path)
+
+    def member_name(self, row: int, name: str) -> str:
+        """The tar member name of `name` ("json" or a modality) in row `row`'s sample."""
+        pid = self.selection.patch_ids[row]
+        return schema.meta_member_name(pid) if name == "json" else schema.member_name(pid, name)
+
     def _check(self, shard: int) -> None:
         if shard in self._checked:
             return
@@ -123,30 +116,62 @@ class SampleReader:
             check_shard(self.source, info.path, info.bytes, info.sha256, full=self.verify)
             self._checked.add(shard)
 
-    def read_members(self, row: int) -> dict[str, bytes]:
-        """The bytes of the needed members (and the JSON metadata) of selected row `row`."""
+    def _error(self, row: int, name: str, problem: str) -> SampleError:
+        return SampleError(self.shard_url(row), self.selection.patch_ids[row], self.member_name(row, name), problem)
+
+    def read_members(self, row: int) -> dict[str, memoryview]:
+        """The stored bytes of the needed members (and the JSON metadata) of selected row `row`,
+        each checked against the index's checksum."""
         sel = self.selection
         shard = int(sel.shard[row])
         self._check(shard)
         names = ("json", *self.needed)
         ranges = [(int(sel.members[n][0][row]), int(sel.members[n][1][row])) for n in names]
         path = sel.shards[shard].path
-        out: dict[str, bytes] = {}
+        out: dict[str, memoryview] = {}
         for start, length, members in coalesce(ranges, self.max_gap):
-            data = self.source.read_range(path, start, length)
-            view = memoryview(data)
+            view = memoryview(self.source.read_range(path, start, length))
             for i in members:
                 off, size = ranges[i]
-                out[names[i]] = view[off - start : off - start + size]
+                out[names[i]] = view[off - start: off - start + size]
+        if self.check_members and sel.checksums:
+            for name, data in out.items():
+                want = int(sel.checksums[name][row])
+                got = member_checksum(data)
+                if got != want:
+                    raise self._error(row, name, f"xxh3_64 {got:016x} differs from the index's {want:016x} "
+                                                 "(damaged member)")
         return out
 
-    def read(self, row: int) -> dict[str, Any]:
-        """Read and decode one sample."""
-        members = self.read_members(row)
-        meta = json.loads(bytes(members.pop("json")))
+    def _meta(self, row: int, data: memoryview) -> dict[str, Any]:
+        try:
+            meta = decode_json(data)
+        except MemberError as exc:
+            raise self._error(row, "json", str(exc)) from None
         pid = self.selection.patch_ids[row]
         if meta.get("patch_id", pid) != pid:
-            raise ValueError(f"{self.source.url(self.selection.shards[int(self.selection.shard[row])].path)}: "
-                             f"row of {pid} points at the metadata of {meta.get('patch_id')} (index and shard disagree)")
-        arrays: dict[str, np.ndarray] = {name: decode_member(data) for name, data in members.items()}
-        return {"patch_id": pid, "meta": meta, "arrays": arrays}
+            raise self._error(row, "json", f"holds the metadata of {meta.get('patch_id')} (index and shard disagree)")
+        return meta
+
+    def _array(self, row: int, name: str, data: memoryview, arena: Arena | None) -> np.ndarray:
+        version = self.selection.format_version
+        try:
+            arr = decode_array(data, format_version=version) if arena is None else \
+                decode_array_into(data, arena, format_version=version)
+        except MemberError as exc:
+            raise self._error(row, name, str(exc)) from None
+        problem = check_array(name, arr, self.selection.modality_table.get(name))
+        if problem:
+            raise self._error(row, name, problem)
+        return arr
+
+    def read(self, row: int, arena: Arena | None = None) -> dict[str, Any]:
+        """Read, check and decode one sample.
+
+        Without `arena` the arrays are read-only views of their own decompressed bytes (keep them
+        as long as you like); with one, they live in `arena` until its next `reset()`.
+        """
+        members = self.read_members(row)
+        meta = self._meta(row, members.pop("json"))
+        arrays = {name: self._array(row, name, data, arena) for name, data in members.items()}
+        return {"patch_id": self.selection.patch_ids[row], "meta": meta, "arrays": arrays}

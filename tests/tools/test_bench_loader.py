@@ -1,0 +1,36 @@
+"""Smoke test of the training-stream benchmark on a tiny tree: every core row runs at every batch
+size asked for, next to the per-file baseline, and the ratio table comes out (timings themselves
+are never asserted)."""
+
+import pytest
+
+from tools import bench_loader
+
+
+@pytest.mark.slow
+def test_bench_loader_runs_the_core_rows_at_every_batch_size(tmp_path, capsys):
+    rc = bench_loader.main(["--patches", "4", "--work", str(tmp_path / "bench"), "--configs", "s2",
+                            "--batch-sizes", "1,3", "--rounds", "1", "--today", "", "--skip-s3"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "### config `s2`: SENTINEL2_TS + AERIAL_LABEL-COSIA" in out
+    assert "| | setting | batch 1 | batch 3 |" in out
+    for label in ("per-file rasterio, reference preprocessing, one-hot labels, 0 workers",
+                  "per-file rasterio, reference preprocessing, one-hot labels, 2 workers",
+                  "shards, local, 0 workers, 1 thread", "shards, local, 2 workers, 1 thread each"):
+        row = next(line for line in out.splitlines() if f"| {label} |" in line)
+        cells = [c.strip() for c in row.split("|")[3:5]]
+        assert all(c != "-" and float(c) > 0 for c in cells), row
+    ratios = [line for line in out.splitlines() if line.startswith("| 1 |") or line.startswith("| 3 |")]
+    assert len(ratios) == 2
+    assert out.rstrip().splitlines()[-1].startswith("ratio: ")
+
+
+@pytest.mark.parametrize("argv, what", [(["--configs", "everything"], "--configs"),
+                                        (["--batch-sizes", "0"], "--batch-sizes")])
+def test_bench_loader_refuses_bad_arguments(tmp_path, capsys, argv, what):
+    with pytest.raises(SystemExit) as e:
+        bench_loader.main(["--work", str(tmp_path / "unused")] + argv)
+    assert e.value.code == 2
+    assert what in capsys.readouterr().err
+    assert not (tmp_path / "unused").exists()
