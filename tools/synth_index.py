@@ -41,8 +41,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packer import schema
-from packer.codec import SHUFFLE_MAGIC
-from packer.index import INDEX_SCHEMA, member_columns, write_index
+from packer.codec import MEMBER_CHECKSUM, compression_settings
+from packer.index import INDEX_SCHEMA, checksum_column, member_columns, write_index
 from packer.manifest import file_sha256, json_text, modality_table, packer_version
 from packer.tarwriter import BLOCK, END_OF_ARCHIVE, member_header
 from tools.toy.plan import roi_names
@@ -56,12 +56,13 @@ SOURCE_BYTES_PER_PATCH = 750e9 / 241_100
 """The published ~750 GB of GeoTIFFs over 241,100 patches (per-patch `source_bytes` of the index)."""
 
 TOY_RATIOS = {
-    "AERIAL_RGBI": 0.818, "AERIAL-RLT_PAN": 0.518, "DEM_ELEV": 0.356, "SPOT_RGBI": 0.575,
-    "SENTINEL2_TS": 0.751, "SENTINEL2_MSK-SC": 0.238, "SENTINEL1-ASC_TS": 0.837, "SENTINEL1-DESC_TS": 0.834,
-    "AERIAL_LABEL-COSIA": 0.0127, "ALL_LABEL-LPIS": 0.0102,
+    "AERIAL_RGBI": 0.833, "AERIAL-RLT_PAN": 0.505, "DEM_ELEV": 0.435, "SPOT_RGBI": 0.728,
+    "SENTINEL2_TS": 0.859, "SENTINEL2_MSK-SC": 0.230, "SENTINEL1-ASC_TS": 0.904, "SENTINEL1-DESC_TS": 0.904,
+    "AERIAL_LABEL-COSIA": 0.011, "ALL_LABEL-LPIS": 0.007,
 }
-"""Member bytes / raw `.npy` bytes per modality, measured on `python -m tools.bench_loader`'s toy pack
-(48 patches, T in [20, 60]; byte-shuffle + zstd level 3)."""
+"""Member bytes / raw `.npy` bytes per modality with the default per-modality zstd settings (shard
+format 2), measured by `python -m tools.bench_formats`'s member-encoding table on a toy tree laid
+out like the real files (docs/packing.md); `SizeModel.measured` takes them from a real pack."""
 TOY_JSON = (3220.0, 13.27)
 """`<patch_id>.json` bytes = a + b x (T_S2 + T_S1-ASC + T_S1-DESC): a least-squares fit on that pack."""
 
@@ -102,10 +103,9 @@ class SizeModel:
 
 
 def raw_npy_bytes(name: str, n_dates: int | None) -> int:
-    """Bytes of a modality's decoded array plus its `.npy` header (128) and, if wider than a byte, the shuffle magic."""
+    """Bytes of a modality's decoded array plus its `.npy` header (128)."""
     mod = schema.modality(name)
-    n = mod.n_bands(n_dates) * mod.size_px**2 * mod.np_dtype.itemsize
-    return n + 128 + (len(SHUFFLE_MAGIC) if mod.np_dtype.itemsize > 1 else 0)
+    return mod.n_bands(n_dates) * mod.size_px**2 * mod.np_dtype.itemsize + 128
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,6 +338,9 @@ def generate(out: Path, seed: int = 0, target_shards: int = 1000, model: SizeMod
             known[c] = v[order]
     for name in schema.TIME_SERIES_MODALITIES:
         known[f"T_{name}"] = layout.t[schema.dates_key(name)][order]
+    for name in ("json", *schema.MODALITY_NAMES):  # member checksums: random, as a hash of unseen bytes would be
+        known[checksum_column(name)] = pa.array(rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64),
+                                                type=pa.uint64())
     arrays = []
     for f in INDEX_SCHEMA:
         if f.name in known:
@@ -358,8 +361,8 @@ def generate(out: Path, seed: int = 0, target_shards: int = 1000, model: SizeMod
         "parameters": {"synthetic": True, "generator": "tools.synth_index", "seed": seed,
                        "target_shards": target_shards, "size_ratios": model.ratios, "json_fit": list(model.json),
                        "modalities": list(schema.MODALITY_NAMES)},
-        "codec": {"container": "npy", "compression": "zstd", "level": 3, "filter": "shuffle",
-                  "member_suffix": schema.ARRAY_SUFFIX},
+        "codec": {"container": "npy", "compression": "zstd", "member_suffix": schema.ARRAY_SUFFIX,
+                  "member_checksum": MEMBER_CHECKSUM, "settings": compression_settings(None)},
         "modalities": modality_table(list(schema.MODALITY_NAMES)),
         "splits": split_sizes_out,
         "shards": shards,

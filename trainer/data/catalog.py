@@ -390,13 +390,6 @@ def _as_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, count=len(values), offset=values.offset * dtype.itemsize)
 
 
-def _uints(table: pa.Table, column: str) -> np.ndarray:
-    values = table.column(column).to_numpy(zero_copy_only=False)
-    if values.dtype == object:
-        raise SelectionError(f"index column {column} has missing values for selected rows")
-    return values.astype(np.uint64)
-
-
 def class_balanced_weights(counts: np.ndarray) -> np.ndarray:
     """Per-sample weights from per-class pixel counts `(N, C)`, favouring rare classes.
 
