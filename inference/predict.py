@@ -33,18 +33,14 @@ import yaml
 from affine import Affine
 
 from inference.model_io import check_model_covers, load_inference_model, our_checkpoint_config, predict_logits
-from inference.writers import probabilities_u8, write_raster
+from inference.writers import map_colors, probabilities_u8, write_raster
 from packer.atomic import write_text_atomic
 from packer.schema import CLASS_TABLES, MODALITIES, PatchId
-from trainer.builtin_configs import builtin_config
-from trainer.config import ConfigError, validate_config
-from trainer.data.catalog import Catalog
-from trainer.data.loader import StreamingLoader
-from trainer.data.sample import SampleSpec
-from trainer.data.sources import open_source
-from trainer.metrics import ConfusionMatrix, metrics_for_task, task_class_names
-from trainer.train_config import deep_merge, read_config_layers
-from trainer.report import class_table_markdown, plot_confusion, plot_iou
+from trainer import (
+    ConfigError, ConfusionMatrix, builtin_config, class_table_markdown, deep_merge, metrics_for_task, plot_confusion,
+    plot_iou, read_config_layers, task_class_names, validate_config,
+)
+from trainer.data import Catalog, SampleSpec, StreamingLoader, open_source
 
 log = logging.getLogger("flair.infer")
 
@@ -177,13 +173,6 @@ def prediction_path(out: Path, task: str, patch_id: str, kind: str) -> Path:
     return out / "predictions" / task / f"PRED_{name}"
 
 
-def class_colors(task: str, n_classes: int, channel: int) -> list[tuple[int, int, int]] | None:
-    table = CLASS_TABLES.get(task)
-    if table is None or len(table) != n_classes or channel != 1:
-        return None
-    return [c.rgb for c in table]
-
-
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
@@ -279,7 +268,7 @@ def run_infer(opts: InferOptions, model: Any = None) -> InferResult:
     out = Path(opts.out)
     channels = {t: int(cfg["labels_configs"][t].get("label_channel_nomenclature", 1)) for t in tasks}
     names = {t: task_class_names(cfg, t) for t in tasks}
-    colors = {t: class_colors(t, len(names[t]), channels[t]) for t in tasks}
+    colors = {t: map_colors(t, len(names[t]), channels[t]) for t in tasks}
     confmats = {t: ConfusionMatrix(len(names[t]), device=device) for t in tasks}
     out_size = MODALITIES[tasks[0]].size_px
     if main:

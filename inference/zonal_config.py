@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from inference.zonal_checkpoint import reconcile_with_checkpoint, training_config_of
-from packer.schema import CLASS_TABLES, LABEL_MODALITIES, MODALITIES, MONO_TEMPORAL_INPUTS, TIME_SERIES_INPUTS
+from packer.schema import LABEL_MODALITIES, MODALITIES, MONO_TEMPORAL_INPUTS, TIME_SERIES_INPUTS
 from trainer.builtin_configs import builtin_configs
 from trainer.config import (
     ConfigError,
@@ -312,14 +312,6 @@ def active_modalities(cfg: Mapping[str, Any]) -> list[str]:
 
 def active_tasks(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [t for t in cfg["tasks"] if t["active"]]
-
-
-def class_colors(task: Mapping[str, Any]) -> list[tuple[int, int, int]] | None:
-    """Official colours for a task's classes when its class count matches the schema's table."""
-    table = CLASS_TABLES.get(task["name"])
-    if table is None or len(table) != len(task["class_names"]) or task.get("label_channel_nomenclature", 1) != 1:
-        return None
-    return [c.rgb for c in table]
 
 
 def to_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from inference.tiling import Tile, TileGrid, tile_bounds
 from inference.zonal_config import active_modalities
 from packer.read import read_all_bands
 from packer.schema import MODALITIES, SENTINEL2_MASK_OF
-from trainer.data.preprocess import parse_dates
+from trainer.data import parse_dates
 
 S2 = "SENTINEL2_TS"
 S2_MASK = next(iter(SENTINEL2_MASK_OF))  # "SENTINEL2_MSK-SC"

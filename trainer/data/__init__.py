@@ -16,10 +16,26 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
+    # the loader and what a sample is
     "StreamingLoader": "trainer.data.loader",
     "SampleSpec": "trainer.data.sample",
+    "preprocess_sample": "trainer.data.sample",
     "dates_key": "trainer.data.sample",
     "pad_mask_key": "trainer.data.sample",
+    "parse_dates": "trainer.data.preprocess",
+    # batches: stacking, then float conversion on the device
+    "collate": "trainer.data.collate",
+    "normalize_batch": "trainer.data.normalize",
+    "to_model_inputs": "trainer.data.normalize",
+    # where the shards are, and what is in them
+    "open_source": "trainer.data.sources",
+    "check_source_url": "trainer.data.sources",
+    "SourceError": "trainer.data.sources",
+    "SourceURLError": "trainer.data.sources",
+    "ShardIntegrityError": "trainer.data.sources",
+    "Catalog": "trainer.data.catalog",
+    "SelectionError": "trainer.data.catalog",
+    # raw samples, without torch
     "PackedDataset": "trainer.data.dataset",
     "open_dataset": "trainer.data.dataset",
 }
