@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from inference.tiling import Tile, TileGrid, tile_bounds
 from inference.zonal_config import active_modalities
-from packer.read import read_all_bands
+from packer.geotiffs import read_all_bands
 from packer.schema import MODALITIES, SENTINEL2_MASK_OF
 from trainer.data import parse_dates
 
