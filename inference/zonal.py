@@ -46,9 +46,8 @@ from inference.writers import (
     write_qml,
 )
 from inference.zonal_config import active_tasks, to_model_config
-from inference.zonal_reader import S2, AreaRasters
+from inference.zonal_reader import AreaRasters
 from inference.zonal_resume import ResumeMismatch, WorkDir, file_digest
-from packer.schema import MODALITIES, TIME_SERIES_INPUTS
 from trainer import read_config_layers
 from trainer.data import SampleSpec, collate, normalize_batch, preprocess_sample, to_model_inputs
 
@@ -82,38 +81,10 @@ class RunReport:
 # Preprocessing spec (the training loader's, built from the zonal keys)
 # --------------------------------------------------------------------------------------------
 def sample_spec(cfg: Mapping[str, Any]) -> tuple[SampleSpec, dict[str, str]]:
-    """The trainer's `SampleSpec` for the zonal inputs, and each mono input's norm type.
-
-    The reference's zonal config sets normalisation per modality; training has one type for all,
-    so the spec carries the custom statistics and `zonal_model_inputs` applies each modality's own type.
-    """
-    mcfg = to_model_config(cfg)
-    mods = cfg["modalities"]
-    inputs = tuple(m for m, on in mcfg["modalities"]["inputs"].items() if on)
-    norm_types, means, stds = {}, {}, {}
-    for m in inputs:
-        if MODALITIES[m].time_series:
-            continue
-        norm = mods[m]["normalization"]
-        norm_types[m] = norm["type"]
-        means[m] = tuple(norm.get("means") or ())
-        stds[m] = tuple(norm.get("stds") or ())
-    s2 = mods.get(S2) or {}
-    average = {m: ((mods[m].get("average_period") or "monthly") if mods[m].get("temporal_average") else False)
-               for m in inputs if m in TIME_SERIES_INPUTS}
-    spec = SampleSpec(
-        inputs=inputs, tasks=(),
-        channels={m: (tuple(mods[m]["channels"]) if mods[m].get("channels") else None) for m in inputs},
-        label_channels={},
-        calc_elevation=bool((mods.get("DEM_ELEV") or {}).get("calc_elevation", False)),
-        stack_dsm=bool((mods.get("DEM_ELEV") or {}).get("calc_elevation_stack_dsm", False)),
-        filter_s2=bool(S2 in inputs and s2.get("filter_clouds")),
-        max_cloud=s2.get("filter_max_cloud", 1), max_snow=s2.get("filter_max_snow", 1),
-        max_frac_cover=s2.get("filter_max_frac_cover", 0.05),
-        average=average, ref_date=cfg["multitemp_model_ref_date"], augment=False,
-        norm_type="custom", means=means, stds=stds,
-    )
-    return spec, norm_types
+    """The trainer's `SampleSpec` for the zonal inputs (`SampleSpec.from_zonal_config`), and each
+    mono input's own normalisation type, which `zonal_model_inputs` applies (training has one for all)."""
+    spec = SampleSpec.from_zonal_config(cfg)
+    return spec, {m: cfg["modalities"][m]["normalization"]["type"] for m in spec.mono}
 
 
 def zonal_model_inputs(batch: Mapping[str, Any], spec: SampleSpec, norm_types: Mapping[str, str],
