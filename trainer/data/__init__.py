@@ -35,6 +35,8 @@ _EXPORTS = {
     "ShardIntegrityError": "trainer.data.sources",
     "Catalog": "trainer.data.catalog",
     "SelectionError": "trainer.data.catalog",
+    "prediction_loader": "trainer.data.prediction",
+    "labelled_split": "trainer.data.prediction",
     # raw samples, without torch
     "PackedDataset": "trainer.data.dataset",
     "open_dataset": "trainer.data.dataset",
