@@ -151,14 +151,7 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
     batches_per_epoch = len(train_loader)
 
     # ---------------------------------------------------------------- model, loss, optimiser
-    model = build_model(cfg, pretrained=not from_ckpt)  # weights from a checkpoint: no ImageNet load first
-    if reference:
-        model.use_reference_semantics(reference_semantics.dropout_on(cfg))
-    if train_tasks.get("init_weights_only_from_ckpt"):
-        init_weights(model, paths["ckpt_model_path"])
-        say(f"model: weights initialised from {paths['ckpt_model_path']}")
-    n_params = sum(p.numel() for p in model.parameters())
-    say(f"model: {n_params / 1e6:.2f} M parameters, arch {cfg['models']['monotemp_model'].get('arch')}")
+    model = build_training_model(cfg, accelerator, reference, from_ckpt)
     loss_fn = CompositeLoss(cfg, reference=reference).to(accelerator.device)
     train_metrics = reference_semantics.TrainMetrics(cfg, accelerator.device) if reference else None
     if tc["find_unused_parameters"] == "auto" and accelerator.num_processes > 1:
@@ -169,7 +162,7 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
 
     t = Training(cfg=cfg, accelerator=accelerator, model=model, optimizer=optimizer, schedule=schedule,
                  loss_fn=loss_fn, train_loader=train_loader, val_loader=val_loader, out_dir=out_dir,
-                 config_yaml=dump_config(cfg), reference=reference, train_metrics=train_metrics, n_params=n_params,
+                 config_yaml=dump_config(cfg), reference=reference, train_metrics=train_metrics,
                  batches_per_epoch=batches_per_epoch)
 
     # ---------------------------------------------------------------- resume
@@ -213,7 +206,6 @@ class Training:
     config_yaml: str
     reference: bool  # train.reference_semantics
     train_metrics: Any  # reference_semantics.TrainMetrics, or None
-    n_params: int
     batches_per_epoch: int  # of this rank, fixed for the run (len(train_loader) counts what is left)
     progress: Progress = field(default_factory=Progress)
     best_eval: dict[str, Any] | None = None  # metrics, confusion matrices and row of the best evaluation
@@ -261,6 +253,21 @@ def build_loaders(cfg: Mapping[str, Any], accelerator: Accelerator) -> tuple[Str
     accelerator.print(f"data: {len(train_loader.selection)} train / {len(val_loader.selection)} val samples; "
                       f"{len(train_loader)} batches of {batch_size} per rank per epoch on {world} rank(s)")
     return train_loader, val_loader
+
+
+def build_training_model(cfg: Mapping[str, Any], accelerator: Accelerator, reference: bool,
+                         from_ckpt: bool) -> torch.nn.Module:
+    """The model, with its starting weights: ImageNet encoders unless the weights come from a
+    checkpoint next (resume, or `init_weights_only_from_ckpt`, loaded here)."""
+    model = build_model(cfg, pretrained=not from_ckpt)
+    if reference:
+        model.use_reference_semantics(reference_semantics.dropout_on(cfg))
+    if (cfg["tasks"].get("train_tasks") or {}).get("init_weights_only_from_ckpt"):
+        init_weights(model, cfg["paths"]["ckpt_model_path"])
+        accelerator.print(f"model: weights initialised from {cfg['paths']['ckpt_model_path']}")
+    n_params = sum(p.numel() for p in model.parameters())
+    accelerator.print(f"model: {n_params / 1e6:.2f} M parameters, arch {cfg['models']['monotemp_model'].get('arch')}")
+    return model
 
 
 def steps_per_epoch(cfg: Mapping[str, Any], batches_per_epoch: int) -> int:
@@ -445,7 +452,7 @@ def finish(t: Training) -> RunResult:
         summary = {
             "monitor": f"{monitor} ({mode})", "best value": progress.best_value, "best epoch": progress.best_epoch,
             "epochs run": progress.epoch, "optimizer steps": progress.step, "world size": t.accelerator.num_processes,
-            "mixed precision": tc["mixed_precision"], "parameters": f"{t.n_params:,}",
+            "mixed precision": tc["mixed_precision"], "parameters": f"{sum(p.numel() for p in t.model.parameters()):,}",
             **{k: round(v, 4) for k, v in t.meter.totals().items()},
         }
         folder = write_report(t.out_dir, t.best_eval["metrics"], {k: c.numpy() if hasattr(c, "numpy") else c
