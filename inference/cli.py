@@ -96,12 +96,12 @@ def zonal_main(argv: Sequence[str] | None = None) -> int:
     from inference.zonal import ZonalError, run_zonal, summary_lines
     from inference.zonal_config import load_zonal_config
     from inference.zonal_reader import ZonalInputError
-    from trainer import builtin_configs
+    from trainer import builtin_config_paths
 
     args = zonal_parser().parse_args(argv)
 
     def body() -> int:
-        shipped = builtin_configs().get(args.config) if not Path(args.config).exists() else None
+        shipped = builtin_config_paths().get(args.config) if not Path(args.config).exists() else None
         # The shipped template lives inside the installation: its relative paths start from here instead.
         cfg = (load_zonal_config(shipped, base_dir=Path.cwd(), overrides=args.override) if shipped is not None
                else load_zonal_config(args.config, overrides=args.override))

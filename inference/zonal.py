@@ -49,7 +49,7 @@ from inference.zonal_config import active_tasks, to_model_config
 from inference.zonal_reader import AreaRasters
 from inference.zonal_resume import ResumeMismatch, WorkDir, file_digest
 from trainer import read_config_layers
-from trainer.data import SampleSpec, collate, normalize_batch, preprocess_sample, to_model_inputs
+from trainer.data import SampleSpec, collate_batch, normalize_batch, preprocess_sample, to_model_inputs
 
 log = logging.getLogger("flair.zonal")
 
@@ -127,7 +127,7 @@ def _collate_tiles(items: list[dict[str, Any]], spec: SampleSpec) -> dict[str, A
         "indices": [it["index"] for it in good],
         "errors": [(it["index"], it["error"]) for it in items if "error" in it],
         "read_s": sum(it["read_s"] for it in items),
-        "batch": collate([it["sample"] for it in good], spec) if good else None,
+        "batch": collate_batch([it["sample"] for it in good], spec) if good else None,
     }
 
 

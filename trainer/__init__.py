@@ -11,8 +11,7 @@ does not import torch.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from trainer.lazy_exports import lazy_exports
 
 _EXPORTS = {
     # configs: reading, validating, the shipped ones
@@ -21,8 +20,19 @@ _EXPORTS = {
     "read_config_layers": "trainer.config",
     "deep_merge": "trainer.config",
     "load_train_config": "trainer.train_config",
+    # validators, to check the keys of other tools' configs (flair-zonal's) with the same messages
+    "anything": "trainer.config",
+    "is_bool": "trainer.config",
+    "is_int": "trainer.config",
+    "is_number": "trainer.config",
+    "is_str": "trainer.config",
+    "list_of": "trainer.config",
+    "mapping": "trainer.config",
+    "one_of": "trainer.config",
+    "optional": "trainer.config",
+    "month_day": "trainer.config:_mm_dd",
     "builtin_config": "trainer.builtin_configs",
-    "builtin_configs": "trainer.builtin_configs",
+    "builtin_config_paths": "trainer.builtin_configs:builtin_configs",  # the module is trainer.builtin_configs
     # a training run's checkpoints
     "CheckpointError": "trainer.train_checkpoint",
     "read_training_config": "trainer.train_checkpoint",
@@ -36,13 +46,4 @@ _EXPORTS = {
 }
 
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

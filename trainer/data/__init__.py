@@ -12,8 +12,7 @@ raw samples does not import torch: only the loader's modules need it.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from trainer.lazy_exports import lazy_exports
 
 _EXPORTS = {
     # the loader and what a sample is
@@ -24,7 +23,7 @@ _EXPORTS = {
     "pad_mask_key": "trainer.data.sample",
     "parse_dates": "trainer.data.preprocess",
     # batches: stacking, then float conversion on the device
-    "collate": "trainer.data.collate",
+    "collate_batch": "trainer.data.collate:collate",
     "normalize_batch": "trainer.data.normalize",
     "to_model_inputs": "trainer.data.normalize",
     # where the shards are, and what is in them
@@ -43,13 +42,4 @@ _EXPORTS = {
 }
 
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
