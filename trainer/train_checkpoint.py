@@ -31,7 +31,7 @@ import torch
 from accelerate.utils import gather_object
 
 from packer.atomic import atomic_path
-from trainer.model import CheckpointMismatch, load_reference_weights
+from trainer.model import CheckpointMismatch, load_reference_weights, state_dict_differences
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -187,11 +187,8 @@ def read_training_config(path: str | Path) -> str | None:
 
 def check_model_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, shown: int = 10) -> None:
     """Raise `CheckpointError` naming the missing, unexpected and mis-shaped weights."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-                    for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    missing, unexpected, mis_shaped = state_dict_differences(model, state)
+    shapes = sorted(f"{k}: {ours} vs {theirs}" for k, ours, theirs in mis_shaped)
     if missing or unexpected or shapes:
         parts = [f"{source}: incompatible with the model built from this config"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch (ckpt vs model)", shapes)):

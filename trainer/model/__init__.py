@@ -8,7 +8,7 @@ from .flair_uperfuse import FlairUPerFuse, ModelOutput, build_model
 from .spec import ConfigError, ModelSpec, model_config_subset
 from .weights import (
     CheckpointMismatch, check_state_dict, load_model, load_reference_weights, normalise_reference_keys,
-    read_saved_config, save_model,
+    read_saved_config, save_model, state_dict_differences,
 )
 from .weights_io import read_state_dict
 from .window_layout import fit_window_layout
@@ -29,4 +29,5 @@ __all__ = [
     "read_saved_config",
     "read_state_dict",
     "save_model",
+    "state_dict_differences",
 ]
