@@ -50,7 +50,7 @@ def overrides(out: Path, name: str, source: str, resume_from: Path | None = None
         "data": {"source": source, "decode_threads": 1, "shuffle_window": 4},
         "saving": {"enable_progress_bar": False},
         "modalities": {"inputs": {"AERIAL_RGBI": False, "SPOT_RGBI": True}},
-        "models": {"monotemp_model": {"arch": "resnet18-unet"}},
+        "models": {"monotemp_model": {"arch": "resnet18-unet", "encoder_weights": None}},
         "train": {"log_samples": True, "tensorboard": False, "report": False, "checkpoint_every_n_steps": 1,
                   "limit_val_batches": 1},
     }
