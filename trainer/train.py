@@ -42,7 +42,9 @@ from tqdm import tqdm
 from packer.cli_help import HelpFormatter, examples
 from packer.command import error_line, run_command
 from packer.errors import PackError
-from trainer.train_checkpoint import CheckpointError, Progress, init_weights, resume, save_checkpoint
+from trainer.train_checkpoint import (
+    CheckpointError, Progress, export_best_model, init_weights, resume, save_checkpoint,
+)
 from trainer.config import ConfigError
 from trainer.data.catalog import SelectionError
 from trainer.data.loader import StreamingLoader
@@ -50,7 +52,7 @@ from trainer.data.sample import dates_key, pad_mask_key
 from trainer.data.sources import ShardIntegrityError, SourceError
 from trainer.losses import CompositeLoss, NonFiniteLossError
 from trainer.metrics import ConfusionMatrix, compute_metrics, task_class_names, task_class_weights
-from trainer.model import CheckpointMismatch, build_model, save_model
+from trainer.model import CheckpointMismatch, build_model
 from trainer.model.pretrained import check_available as check_pretrained_available
 from trainer import reference_semantics
 from trainer.optim import Schedule, build_optimizer
@@ -424,8 +426,7 @@ def evaluate_and_checkpoint(t: Training, train_loss: float | None) -> bool:
     if improved:
         t.best_eval = {"metrics": ev["metrics"], "confmats": ev["confmats"], "scalars": row}
         save(t, "best", weights_only=saving.get("ckpt_weights_only", False))
-        if accelerator.is_main_process:  # weights + model config for inference (trainer.model.load_model)
-            save_model(accelerator.unwrap_model(t.model), t.ckpt_dir / "best_model", train_config_yaml=t.config_yaml)
+        export_best_model(accelerator, t.model, t.ckpt_dir, t.config_yaml)
     accelerator.print(f"eval at epoch {progress.epoch} step {progress.step}: "
                       + " ".join(f"{k}={v:.4f}" for k, v in ev["scalars"].items() if k.count("_") == 1)
                       + f" | best {monitor}={progress.best_value:.4f}")

@@ -12,9 +12,9 @@ progress counters and early-stopping record (`Progress`), and per rank its RNG s
 loader position. Weights only (`kind: "weights"`, `saving.ckpt_weights_only`): the model and
 the progress counters (enough to evaluate or to start a new run from, not to resume).
 
-`save_checkpoint`, `resume` and `init_weights` are what `train.py` calls; the exported model
-(`best_model.safetensors` + its config) and reference releases are read and written by
-`trainer.model.weights`, which `init_weights` uses for files that are not ours.
+`save_checkpoint`, `export_best_model`, `resume` and `init_weights` are what `train.py` calls; the
+file formats of the exported model (`best_model.safetensors` + its config) and of reference
+releases belong to `trainer.model.weights`, which these functions use.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 from accelerate.utils import gather_object
 
 from packer.atomic import atomic_path
-from trainer.model import CheckpointMismatch, load_reference_weights, state_dict_differences
+from trainer.model import CheckpointMismatch, load_reference_weights, save_model, state_dict_differences
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -218,6 +218,13 @@ def save_checkpoint(path: Path, accelerator: Accelerator, model: torch.nn.Module
                                  "confmats": {t: torch.as_tensor(c).cpu() for t, c in best_eval["confmats"].items()}}
         atomic_torch_save(ckpt, path)
     accelerator.wait_for_everyone()
+
+
+def export_best_model(accelerator: Accelerator, model: torch.nn.Module, ckpt_dir: Path, config_yaml: str) -> None:
+    """`best_model.safetensors` + `best_model.json`: the best weights with their model config and the
+    run's config, all inference needs (`trainer.model.load_model`); rank 0 writes."""
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(model), ckpt_dir / "best_model", train_config_yaml=config_yaml)
 
 
 def resume(path: str, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, schedule: Schedule,
