@@ -12,7 +12,7 @@ from typing import Sequence
 from packer.cli_help import HelpFormatter, examples
 from packer.command import run_command
 from packer.errors import PackError
-from trainer.config import ConfigError
+from trainer import ConfigError
 
 
 class _Stderr(logging.StreamHandler):
@@ -96,12 +96,12 @@ def zonal_main(argv: Sequence[str] | None = None) -> int:
     from inference.zonal import ZonalError, run_zonal, summary_lines
     from inference.zonal_config import load_zonal_config
     from inference.zonal_reader import ZonalInputError
-    from trainer.builtin_configs import builtin_configs
+    from trainer import builtin_config_paths
 
     args = zonal_parser().parse_args(argv)
 
     def body() -> int:
-        shipped = builtin_configs().get(args.config) if not Path(args.config).exists() else None
+        shipped = builtin_config_paths().get(args.config) if not Path(args.config).exists() else None
         # The shipped template lives inside the installation: its relative paths start from here instead.
         cfg = (load_zonal_config(shipped, base_dir=Path.cwd(), overrides=args.override) if shipped is not None
                else load_zonal_config(args.config, overrides=args.override))
@@ -180,7 +180,7 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
     )
 
     def body() -> int:
-        from trainer.data.sources import SourceURLError, check_source_url
+        from trainer.data import SourceURLError, check_source_url
 
         try:
             check_source_url(args.data)  # before loading a model: a typo in the URL fails at once
@@ -194,8 +194,8 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
 
 def _infer_errors() -> tuple[type[BaseException], ...]:
     """What bad input to flair-infer raises: a config, a checkpoint, a selection, a shard."""
-    from trainer.checkpointing import CheckpointError
-    from trainer.data.sources import ShardIntegrityError
+    from trainer import CheckpointError  # imported here, not above: `--help` needs no torch
+    from trainer.data import ShardIntegrityError
     from trainer.model import CheckpointMismatch
 
     return (ConfigError, CheckpointError, CheckpointMismatch, ShardIntegrityError, PackError, ValueError, KeyError)

@@ -18,14 +18,12 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor
 
-from trainer.checkpointing import read_training_config
-from trainer.config import ConfigError
-from trainer.data.sample import dates_key, pad_mask_key
-from trainer.model import build_model
-from trainer.model.checkpoint import check_state_dict, normalise_reference_keys, read_saved_config
-from trainer.model.spec import model_config_subset
-from trainer.model.weights_io import read_state_dict
-from trainer.model.window_layout import fit_window_layout
+from trainer import ConfigError, read_training_config
+from trainer.data import dates_key, pad_mask_key
+from trainer.model import (
+    build_model, check_state_dict, fit_window_layout, model_config_subset, normalise_reference_keys,
+    read_saved_config, read_state_dict,
+)
 
 log = logging.getLogger("flair.infer")
 AUX_PREFIX = "aux_decoders."
@@ -67,6 +65,12 @@ def check_model_covers(inputs: set[str], tasks: Sequence[str], model_cfg: Mappin
     missing = [t for t in tasks if t not in labels]
     if missing:
         raise ConfigError(f"{tasks_key}: {missing} requested but {source} predicts only {labels}")
+
+
+def check_zonal_model(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], source: str) -> None:
+    """`check_model_covers` for a flair-zonal config (its enabled inputs, its active tasks)."""
+    check_model_covers({m for m, on in cfg["modalities"]["inputs"].items() if on},
+                       [t["name"] for t in cfg["tasks"] if t["active"]], model_cfg, source, tasks_key="tasks")
 
 
 def load_inference_model(weights: str | Path, config: Mapping[str, Any] | None = None,

@@ -1,6 +1,6 @@
 """`flair-infer`: predict a split of packed shards, patch by patch, and score it when labels exist.
 
-The split is streamed with the training loader (`trainer.data.loader.StreamingLoader`: any
+The split is streamed with the training loader (`trainer.data.prediction_loader`: any
 source it supports, the same preprocessing), batched, on CPU or GPU; under `accelerate launch`
 each rank predicts its share and the confusion matrices are summed across ranks. Per patch and
 task one single-band uint8 GeoTIFF is written (or one band per class with `--output class_prob`),
@@ -33,18 +33,16 @@ import yaml
 from affine import Affine
 
 from inference.model_io import check_model_covers, load_inference_model, our_checkpoint_config, predict_logits
-from inference.writers import probabilities_u8, write_raster
+from inference.writers import map_colors, probabilities_u8, write_raster
 from packer.atomic import write_text_atomic
 from packer.schema import CLASS_TABLES, MODALITIES, PatchId
-from trainer.builtin_configs import builtin_config
-from trainer.config import ConfigError, validate_config
-from trainer.data.catalog import Catalog
-from trainer.data.loader import StreamingLoader
-from trainer.data.sample import SampleSpec
-from trainer.data.sources import open_source
-from trainer.metrics import ConfusionMatrix, metrics_for_task, task_class_names
-from trainer.train_config import deep_merge, read_config_layers
-from trainer.report import class_table_markdown, plot_confusion, plot_iou
+from trainer import (
+    ConfigError, ConfusionMatrix, builtin_config, class_table_markdown, deep_merge, metrics_for_task, plot_confusion,
+    plot_iou, read_config_layers, task_class_names, validate_config,
+)
+from trainer.data import (
+    Catalog, SampleSpec, StreamingLoader, labelled_split, open_source, prediction_loader,
+)
 
 log = logging.getLogger("flair.infer")
 
@@ -177,24 +175,9 @@ def prediction_path(out: Path, task: str, patch_id: str, kind: str) -> Path:
     return out / "predictions" / task / f"PRED_{name}"
 
 
-def class_colors(task: str, n_classes: int, channel: int) -> list[tuple[int, int, int]] | None:
-    table = CLASS_TABLES.get(task)
-    if table is None or len(table) != n_classes or channel != 1:
-        return None
-    return [c.rgb for c in table]
-
-
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
-def _labelled(catalog: Catalog, split: str, tasks: Sequence[str]) -> bool:
-    t = catalog.table
-    splits = t.column("split").to_pylist()
-    mods = t.column("modalities").to_pylist()
-    rows = [m for s, m in zip(splits, mods) if s == split]
-    return bool(rows) and all(task in m for m in rows for task in tasks)
-
-
 def _accelerator(device: str | None) -> Any:
     if device is not None:
         return None
@@ -257,29 +240,18 @@ def run_infer(opts: InferOptions, model: Any = None) -> InferResult:
     model.eval()
     result = InferResult(device=str(device), params=sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else 0)
 
-    data = cfg["data"]
-    src = open_source(opts.data, retries=data["retries"], s3_endpoint_url=data["s3_endpoint_url"], hf_endpoint=data["hf_endpoint"])
-    catalog = Catalog(src)
     tasks = list(cfg["labels"])
-    spec = SampleSpec.from_config(cfg, augment=False)
-    scored = _labelled(catalog, opts.split, tasks)
+    loader, scored = prediction_loader(cfg, opts.data, opts.split, batch_size=opts.batch_size,
+                                       num_workers=opts.num_workers, rank=rank, world_size=world, limit=opts.limit,
+                                       pin_memory=device.type == "cuda")
     if not scored:
         log.warning("split %r has no labels for %s: predictions only, no metrics", opts.split, tasks)
-        spec = dataclasses.replace(spec, tasks=())
-    ids = None
-    if opts.limit:
-        all_ids = catalog.select(opts.split, spec.needed_modalities).patch_ids
-        ids = all_ids[: opts.limit]
-    selection = catalog.select(opts.split, spec.needed_modalities, patch_ids=ids)
-    loader = StreamingLoader(src, catalog, selection, spec, batch_size=opts.batch_size, seed=0, rank=rank,
-                             world_size=world, num_workers=opts.num_workers, shuffle=False, uneven="pad",
-                             decode_threads=data["decode_threads"], verify=data["verify"],
-                             pin_memory=device.type == "cuda")
-    geo = patch_geo(catalog, selection.patch_ids)
+    spec, selection = loader.spec, loader.selection
+    geo = patch_geo(loader.catalog, selection.patch_ids)
     out = Path(opts.out)
     channels = {t: int(cfg["labels_configs"][t].get("label_channel_nomenclature", 1)) for t in tasks}
     names = {t: task_class_names(cfg, t) for t in tasks}
-    colors = {t: class_colors(t, len(names[t]), channels[t]) for t in tasks}
+    colors = {t: map_colors(t, len(names[t]), channels[t]) for t in tasks}
     confmats = {t: ConfusionMatrix(len(names[t]), device=device) for t in tasks}
     out_size = MODALITIES[tasks[0]].size_px
     if main:
@@ -411,7 +383,7 @@ def score_predictions(opts: InferOptions) -> InferResult:
     src = open_source(opts.data, retries=data["retries"], s3_endpoint_url=data["s3_endpoint_url"], hf_endpoint=data["hf_endpoint"])
     catalog = Catalog(src)
     tasks = list(cfg["labels"])
-    if not _labelled(catalog, opts.split, tasks):
+    if not labelled_split(catalog, opts.split, tasks):
         raise ConfigError(f"--split: {opts.split!r} has no labels for {tasks} in {opts.data}: nothing to score")
     spec = SampleSpec.from_config(cfg, augment=False)
     ids = catalog.select(opts.split, spec.needed_modalities).patch_ids[: opts.limit] if opts.limit else None

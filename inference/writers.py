@@ -23,6 +23,7 @@ from affine import Affine
 from rasterio.shutil import copy as rio_copy
 
 from packer.atomic import atomic_path, write_text_atomic
+from packer.schema import official_classes
 
 COMPRESSIONS = {"lzw": "lzw", "zstd": "zstd", "deflate": "deflate"}
 BLOCK_CHOICES = (512, 256, 128, 64, 32, 16)
@@ -56,6 +57,13 @@ def output_profile(width: int, height: int, count: int, crs: Any, transform: Aff
         b = max(16, b - b % 16)
         profile.update(tiled=True, blockxsize=b, blockysize=b)
     return profile
+
+
+def map_colors(task: str, n_classes: int, channel: int = 1) -> list[tuple[int, int, int]] | None:
+    """The official colours of a written class map (`packer.schema.official_classes`); None when the
+    map is another nomenclature (`label_channel_nomenclature` other than 1, or other classes)."""
+    table = official_classes(task, n_classes) if channel == 1 else None
+    return [c.rgb for c in table] if table is not None else None
 
 
 def colormap(colors: Sequence[tuple[int, int, int]]) -> dict[int, tuple[int, int, int, int]]:

@@ -33,24 +33,23 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from inference.model_io import check_model_covers, load_inference_model, predict_logits
+from inference.model_io import check_zonal_model, load_inference_model, predict_logits
 from inference.tile_layer import write_tile_layer
 from inference.tiling import OutputGrid, Tile
 from inference.writers import (
     describe,
+    map_colors,
     open_output,
     output_profile,
     pick_blocksize,
     to_cog,
     write_qml,
 )
-from inference.zonal_config import active_tasks, class_colors, to_model_config
-from inference.zonal_reader import S2, AreaRasters
+from inference.zonal_config import active_tasks, to_model_config
+from inference.zonal_reader import AreaRasters
 from inference.zonal_resume import ResumeMismatch, WorkDir, file_digest
-from packer.schema import MODALITIES, TIME_SERIES_INPUTS
-from trainer.data.collate import collate
-from trainer.data.normalize import normalize_batch, to_model_inputs
-from trainer.data.sample import SampleSpec, preprocess_sample
+from trainer import read_config_layers
+from trainer.data import SampleSpec, collate_batch, normalize_batch, preprocess_sample, to_model_inputs
 
 log = logging.getLogger("flair.zonal")
 
@@ -82,38 +81,10 @@ class RunReport:
 # Preprocessing spec (the training loader's, built from the zonal keys)
 # --------------------------------------------------------------------------------------------
 def sample_spec(cfg: Mapping[str, Any]) -> tuple[SampleSpec, dict[str, str]]:
-    """The trainer's `SampleSpec` for the zonal inputs, and each mono input's norm type.
-
-    The reference's zonal config sets normalisation per modality; training has one type for all,
-    so the spec carries the custom statistics and `zonal_model_inputs` applies each modality's own type.
-    """
-    mcfg = to_model_config(cfg)
-    mods = cfg["modalities"]
-    inputs = tuple(m for m, on in mcfg["modalities"]["inputs"].items() if on)
-    norm_types, means, stds = {}, {}, {}
-    for m in inputs:
-        if MODALITIES[m].time_series:
-            continue
-        norm = mods[m]["normalization"]
-        norm_types[m] = norm["type"]
-        means[m] = tuple(norm.get("means") or ())
-        stds[m] = tuple(norm.get("stds") or ())
-    s2 = mods.get(S2) or {}
-    average = {m: ((mods[m].get("average_period") or "monthly") if mods[m].get("temporal_average") else False)
-               for m in inputs if m in TIME_SERIES_INPUTS}
-    spec = SampleSpec(
-        inputs=inputs, tasks=(),
-        channels={m: (tuple(mods[m]["channels"]) if mods[m].get("channels") else None) for m in inputs},
-        label_channels={},
-        calc_elevation=bool((mods.get("DEM_ELEV") or {}).get("calc_elevation", False)),
-        stack_dsm=bool((mods.get("DEM_ELEV") or {}).get("calc_elevation_stack_dsm", False)),
-        filter_s2=bool(S2 in inputs and s2.get("filter_clouds")),
-        max_cloud=s2.get("filter_max_cloud", 1), max_snow=s2.get("filter_max_snow", 1),
-        max_frac_cover=s2.get("filter_max_frac_cover", 0.05),
-        average=average, ref_date=cfg["multitemp_model_ref_date"], augment=False,
-        norm_type="custom", means=means, stds=stds,
-    )
-    return spec, norm_types
+    """The trainer's `SampleSpec` for the zonal inputs (`SampleSpec.from_zonal_config`), and each
+    mono input's own normalisation type, which `zonal_model_inputs` applies (training has one for all)."""
+    spec = SampleSpec.from_zonal_config(cfg)
+    return spec, {m: cfg["modalities"][m]["normalization"]["type"] for m in spec.mono}
 
 
 def zonal_model_inputs(batch: Mapping[str, Any], spec: SampleSpec, norm_types: Mapping[str, str],
@@ -156,7 +127,7 @@ def _collate_tiles(items: list[dict[str, Any]], spec: SampleSpec) -> dict[str, A
         "indices": [it["index"] for it in good],
         "errors": [(it["index"], it["error"]) for it in items if "error" in it],
         "read_s": sum(it["read_s"] for it in items),
-        "batch": collate([it["sample"] for it in good], spec) if good else None,
+        "batch": collate_batch([it["sample"] for it in good], spec) if good else None,
     }
 
 
@@ -184,14 +155,11 @@ def default_model_loader(cfg: Mapping[str, Any], input_sizes: Mapping[str, int],
     the inputs and tasks the run will feed it.
     """
     if cfg.get("model_config"):
-        from trainer.config import read_config_layers
-
         config = read_config_layers([cfg["model_config"]])  # overlays (`extends:`) included
     else:
         config = to_model_config(cfg)
     model, model_cfg = load_inference_model(cfg["model_weights"], config, input_sizes, device)
-    check_model_covers({m for m, on in cfg["modalities"]["inputs"].items() if on},
-                       [t["name"] for t in active_tasks(cfg)], model_cfg, Path(cfg["model_weights"]).name, tasks_key="tasks")
+    check_zonal_model(cfg, model_cfg, Path(cfg["model_weights"]).name)
     return model
 
 
@@ -263,7 +231,10 @@ def run_zonal(cfg: Mapping[str, Any], model: Any = None, model_loader: ModelLoad
         if pending:
             if model is None:
                 model = (model_loader or default_model_loader)(cfg, areas.tile_sizes, device)
-            _predict_tiles(cfg, areas, pending, spec, norm_types, model, device, ogrid, work, tasks, kind, report, progress)
+            job = TileJob(areas=areas, spec=spec, norm_types=norm_types, model=model, device=device, ogrid=ogrid,
+                          work=work, tasks=tasks, kind=kind, report=report)
+            _predict_tiles(job, pending, num_workers=int(cfg["num_worker"]), batch_size=int(cfg["batch_size"]),
+                           progress=progress)
         if report.failed:
             report.total_s = time.perf_counter() - t_start
             shown = "\n".join(f"  {tid}: {msg}" for tid, msg in list(report.failed.items())[:20])
@@ -275,7 +246,8 @@ def run_zonal(cfg: Mapping[str, Any], model: Any = None, model_loader: ModelLoad
 
         t0 = time.perf_counter()
         for task, path in output_paths(cfg).items():
-            colors = class_colors(next(t for t in active_tasks(cfg) if t["name"] == task))
+            task_cfg = next(t for t in active_tasks(cfg) if t["name"] == task)
+            colors = map_colors(task, len(task_cfg["class_names"]), task_cfg.get("label_channel_nomenclature", 1))
             assemble(work, tiles, task, path, areas, ogrid, out_transform, kind, class_names[task], colors, cfg)
             report.outputs.append(str(path))
         report.write_s += time.perf_counter() - t0
@@ -287,14 +259,32 @@ def run_zonal(cfg: Mapping[str, Any], model: Any = None, model_loader: ModelLoad
     return report
 
 
-def _predict_tiles(cfg, areas, pending, spec, norm_types, model, device, ogrid, work, tasks, kind, report, progress):
+@dataclass
+class TileJob:
+    """What predicting the tiles of one run needs, handed to `_predict_tiles` and `_predict_batch`
+    as one object (the run's rasters, model, output grid and tile store)."""
+
+    areas: AreaRasters
+    spec: SampleSpec
+    norm_types: Mapping[str, str]  # each mono input's own normalisation type (`sample_spec`)
+    model: Any
+    device: torch.device
+    ogrid: OutputGrid
+    work: WorkDir
+    tasks: Sequence[str]
+    kind: str  # output_type: argmax or class_prob
+    report: RunReport
+
+
+def _predict_tiles(job: TileJob, pending: Sequence[Tile], num_workers: int, batch_size: int, progress: bool) -> None:
+    report = job.report
     # More reading processes than tiles would only start idle ones.
-    workers = min(int(cfg["num_worker"]), len(pending))
-    if workers < int(cfg["num_worker"]):
-        log.info("num_worker %d capped at %d: there are %d tiles to read", cfg["num_worker"], workers, len(pending))
+    workers = min(num_workers, len(pending))
+    if workers < num_workers:
+        log.info("num_worker %d capped at %d: there are %d tiles to read", num_workers, workers, len(pending))
     loader = DataLoader(
-        TileDataset(areas, pending, spec), batch_size=int(cfg["batch_size"]), shuffle=False,
-        num_workers=workers, collate_fn=_Collate(spec), persistent_workers=False,
+        TileDataset(job.areas, pending, job.spec), batch_size=batch_size, shuffle=False,
+        num_workers=workers, collate_fn=_Collate(job.spec), persistent_workers=False,
         prefetch_factor=2 if workers else None,
     )
     bar = tqdm(total=report.tiles_total, initial=report.tiles_skipped, unit="tile", desc="zonal", disable=not progress)
@@ -305,12 +295,11 @@ def _predict_tiles(cfg, areas, pending, spec, norm_types, model, device, ogrid, 
                 report.failed[pending[i].id] = msg
                 log.error("tile %s: %s", pending[i].id, msg)
             if item["batch"] is not None:
-                batch_tiles = [pending[i] for i in item["indices"]]
-                _predict_batch(item["batch"], batch_tiles, spec, norm_types, model, device, ogrid, work, tasks, kind, report, areas)
+                _predict_batch(job, item["batch"], [pending[i] for i in item["indices"]])
             bar.update(len(item["indices"]) + len(item["errors"]))
     finally:
         bar.close()
-        areas.close()
+        job.areas.close()
 
 
 def summary_lines(report: RunReport) -> list[str]:
@@ -324,29 +313,29 @@ def summary_lines(report: RunReport) -> list[str]:
     ]
 
 
-def _predict_batch(batch, batch_tiles, spec, norm_types, model, device, ogrid, work, tasks, kind, report, areas):
+def _predict_batch(job: TileJob, batch: Mapping[str, Any], batch_tiles: Sequence[Tile]) -> None:
+    report = job.report
     t0 = time.perf_counter()
     try:
-        inputs = zonal_model_inputs(batch, spec, norm_types, device)
-        logits = predict_logits(model, inputs, spec.series, areas.tile_px, tasks)
+        inputs = zonal_model_inputs(batch, job.spec, job.norm_types, job.device)
+        logits = predict_logits(job.model, inputs, job.spec.series, job.areas.tile_px, job.tasks)
     except Exception as exc:
         report.model_s += time.perf_counter() - t0
         if len(batch_tiles) > 1:
             # Find the failing tile(s): retry one by one so that good tiles are still saved.
             for k, tile in enumerate(batch_tiles):
-                single = _slice_batch(batch, k)
-                _predict_batch(single, [tile], spec, norm_types, model, device, ogrid, work, tasks, kind, report, areas)
+                _predict_batch(job, _slice_batch(batch, k), [tile])
             return
         report.failed[batch_tiles[0].id] = f"{type(exc).__name__}: {exc}"
         log.error("tile %s: model error: %s", batch_tiles[0].id, exc)
         return
-    if device.type == "cuda":
+    if job.device.type == "cuda":
         torch.cuda.synchronize()
     report.model_s += time.perf_counter() - t0
     t1 = time.perf_counter()
     for k, tile in enumerate(batch_tiles):
-        for task in tasks:
-            work.save(tile.id, task, core_output(logits[task][k], tile, ogrid, kind))
+        for task in job.tasks:
+            job.work.save(tile.id, task, core_output(logits[task][k], tile, job.ogrid, job.kind))
         report.tiles_done += 1
     report.write_s += time.perf_counter() - t1
 

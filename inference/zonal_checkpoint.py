@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from packer.schema import MODALITIES
-from trainer.config import ConfigError
+from trainer import ConfigError, read_config_layers
 
 FIXED = "cannot be overridden"
 
@@ -55,8 +55,6 @@ def training_config_of(weights: str | Path, model_config: str | None) -> Trainin
         full = yaml.safe_load(document["train_config_yaml"]) if document.get("train_config_yaml") else None
         return TrainingConfig(f"the checkpoint {Path(weights).name}", document["config"], full)
     if model_config:
-        from trainer.train_config import read_config_layers
-
         full = read_config_layers([model_config])
         return TrainingConfig(f"model_config {Path(model_config).name}", full, full)
     return None
@@ -131,7 +129,9 @@ def reconcile_with_checkpoint(raw: Mapping[str, Any], cfg: dict[str, Any], train
             raise ConfigError(f"checkpoint_overrides: {key} {FIXED} (the weights fit only their own)")
     r = _Reconciler(raw, cfg, train)
     model, full = train.model, train.full
-    _check_inputs_and_tasks(cfg, model, train.source)
+    from inference.model_io import check_zonal_model
+
+    check_zonal_model(cfg, model, train.source)
 
     r.key("monotemp_arch", cfg["monotemp_arch"], _get(model, "models.monotemp_model.arch"),
           _given(raw, "monotemp_arch"), lambda v: cfg.__setitem__("monotemp_arch", v), fixed=True)
@@ -180,13 +180,6 @@ def reconcile_with_checkpoint(raw: Mapping[str, Any], cfg: dict[str, Any], train
         cfg["checkpoint_notes"].append(f"checkpoint_overrides: the zonal values of {', '.join(r.kept)} differ from "
                                        f"{train.source}'s training and are used as written")
     return cfg
-
-
-def _check_inputs_and_tasks(cfg: Mapping[str, Any], model: Mapping[str, Any], source: str) -> None:
-    from inference.model_io import check_model_covers
-
-    check_model_covers({m for m, on in cfg["modalities"]["inputs"].items() if on},
-                       [t["name"] for t in cfg["tasks"] if t["active"]], model, source, tasks_key="tasks")
 
 
 def _normalization(r: _Reconciler, m: str, block: dict[str, Any], rawb: Mapping[str, Any], full: Mapping[str, Any]) -> None:

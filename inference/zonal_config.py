@@ -27,20 +27,18 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from inference.zonal_checkpoint import reconcile_with_checkpoint, training_config_of
-from packer.schema import (
-    CLASS_TABLES, LABEL_MODALITIES, MODALITIES, MONO_TEMPORAL_INPUTS, TIME_SERIES_INPUTS, Modality,
-)
-from trainer.builtin_configs import builtin_configs
-from trainer.config import (
+from packer.schema import LABEL_MODALITIES, MODALITIES, MONO_TEMPORAL_INPUTS, TIME_SERIES_INPUTS, Modality
+from trainer import (
     ConfigError,
-    _mm_dd,
     anything,
+    builtin_config_paths,
     is_bool,
     is_int,
     is_number,
     is_str,
     list_of,
     mapping,
+    month_day,
     one_of,
     optional,
 )
@@ -105,7 +103,7 @@ ROOT_SCHEMA: dict[str, Any] = {
     "output_px_meters": is_number(1e-6),
     # model framework
     "monotemp_arch": is_str,
-    "multitemp_model_ref_date": _mm_dd,
+    "multitemp_model_ref_date": month_day,
     # inputs and tasks
     "modalities": anything,  # checked by _check_modalities (keys depend on `inputs`)
     "tasks": list_of(_TASK, min_len=1),
@@ -172,7 +170,7 @@ def validate_zonal_config(raw: Mapping[str, Any], base_dir: str | Path = ".", ch
     cfg["model_weights"] = str(_resolve(base, cfg["model_weights"]))
     if cfg["model_config"]:
         local = _resolve(base, cfg["model_config"])
-        shipped = builtin_configs().get(cfg["model_config"])
+        shipped = builtin_config_paths().get(cfg["model_config"])
         cfg["model_config"] = str(shipped if shipped is not None and not local.exists() else local)  # `LC-A` etc.
     if "/" in cfg["output_name"] or "\\" in cfg["output_name"]:
         raise ConfigError(f"output_name: a file name stem without folders, got {cfg['output_name']!r}")
@@ -312,14 +310,6 @@ def active_modalities(cfg: Mapping[str, Any]) -> list[str]:
 
 def active_tasks(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [t for t in cfg["tasks"] if t["active"]]
-
-
-def class_colors(task: Mapping[str, Any]) -> list[tuple[int, int, int]] | None:
-    """Official colours for a task's classes when its class count matches the schema's table."""
-    table = CLASS_TABLES.get(task["name"])
-    if table is None or len(table) != len(task["class_names"]) or task.get("label_channel_nomenclature", 1) != 1:
-        return None
-    return [c.rgb for c in table]
 
 
 def to_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:

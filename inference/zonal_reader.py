@@ -28,9 +28,9 @@ from rasterio.windows import Window
 
 from inference.tiling import Tile, TileGrid, tile_bounds
 from inference.zonal_config import active_modalities
-from packer.read import read_all_bands
+from packer.geotiffs import read_all_bands
 from packer.schema import MODALITIES, SENTINEL2_MASK_OF
-from trainer.data.preprocess import parse_dates
+from trainer.data import parse_dates
 
 S2 = next(iter(SENTINEL2_MASK_OF.values()))  # the series with a cloud mask (`Modality.mask_of`)
 BOUNDS_ATOL = 1e-2

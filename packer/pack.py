@@ -40,7 +40,7 @@ from packer.paths import check_relative_path, check_split_name
 from packer.ranges import fetch_stats
 from packer.retry import DEFAULT_ATTEMPTS
 from packer.sample import EncodedSample, build_or_error, init_worker
-from packer.source import Discovery, PatchSource, discover
+from packer.discovery import Discovery, PatchSource, discover
 from packer.source_report import SourceReport
 from packer.split_csv import parse_csv_argument
 from packer.store import OutputStore, open_store

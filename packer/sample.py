@@ -16,8 +16,8 @@ from packer.codec import encode_array, member_checksum
 from packer.errors import PatchError
 from packer.lifetime import die_with_parent
 from packer.ranges import fetch_stats
+from packer.geotiffs import class_counts, read_patch
 from packer.index import checksum_column
-from packer.read import class_counts, read_patch
 from packer.patch import PatchSource
 
 LABEL_COUNT_COLUMNS = {"AERIAL_LABEL-COSIA": "cosia_counts", "ALL_LABEL-LPIS": "lpis_l1_counts"}

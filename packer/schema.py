@@ -306,6 +306,14 @@ CLASS_TABLES: dict[str, tuple[ClassInfo, ...]] = {
 }
 N_CLASSES = {name: len(table) for name, table in CLASS_TABLES.items()}
 
+
+def official_classes(task: str, n_classes: int) -> tuple[ClassInfo, ...] | None:
+    """`task`'s official class table (names, colours) when its `n_classes` classes are that table;
+    None otherwise (LPIS levels 2 and 3, or a remapped nomenclature, have no official colours).
+    The one rule every picture and written class map follows."""
+    table = CLASS_TABLES.get(task)
+    return table if table is not None and len(table) == n_classes else None
+
 # --------------------------------------------------------------------------------------------
 # GLOBAL_ALL_MTD
 # --------------------------------------------------------------------------------------------

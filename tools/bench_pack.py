@@ -5,7 +5,7 @@
 1. Generates a toy tree (`tools.flair_toy`, default T ranges) unless `--src` is given.
 2. Floors: reads every source GeoTIFF with rasterio (`open().read()`, what the reference code does
    per sample: the floor the targets are stated against), and again with the packer's own read path
-   (`packer.read.read_all_bands`, the same bytes without rasterio's per-band cost), with 1 and 2
+   (`packer.geotiffs.read_all_bands`, the same bytes without rasterio's per-band cost), with 1 and 2
    processes, after one untimed warm-up pass so every measurement sees the same (warm) page cache.
    The second floor isolates what encoding and writing cost on top of the packer's reading.
 3. Packs the tree with 1 and 2 workers (each in a fresh subprocess: real start-up cost, and its
@@ -39,7 +39,7 @@ import numpy as np
 import rasterio
 
 from packer.codec import DEFAULT_SETTINGS, compression_settings, decode_array, encode_array
-from packer.read import read_all_bands
+from packer.geotiffs import read_all_bands
 from packer.schema import parse_file_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def source_files(src: Path) -> list[Path]:
 
 
 FLOORS = {"rasterio": "rasterio `read()`", "packer": "packer read path"}
-"""The two read-only floors: plain `rasterio.open(p).read()`, and `packer.read.read_all_bands`."""
+"""The two read-only floors: plain `rasterio.open(p).read()`, and `packer.geotiffs.read_all_bands`."""
 
 
 def _read_all(paths: list[str], how: str) -> int:
@@ -158,7 +158,7 @@ def writer_capacity(src: Path, work: Path, n_samples: int = 30, total: int = 300
     from packer.ordered_io import OrderedIO
     from packer.pack import DEFAULT_SHARD_SIZE, SplitWriter
     from packer.sample import build_sample
-    from packer.source import discover
+    from packer.discovery import discover
     from packer.store import LocalStore
 
     patches = discover(src, schema.MODALITY_NAMES, (), None, 1, 0).patches[:n_samples]

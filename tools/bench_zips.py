@@ -28,7 +28,7 @@ from rasterio.io import MemoryFile
 
 from packer import schema
 from packer import zips as zips_module
-from packer.read import read_all_bands
+from packer.geotiffs import read_all_bands
 from packer.ranges import reader_for
 from packer.zips import read_directory, read_member
 from tools.toy.zips import COMPRESSIONS, zip_tree

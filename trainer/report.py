@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from packer.atomic import write_bytes_atomic
-from packer.schema import CLASS_TABLES
+from packer.schema import official_classes
 
 
 def _pct(x: float | None) -> str:
@@ -44,9 +44,9 @@ def class_table_markdown(task: str, metrics: Mapping[str, Any]) -> str:
 
 
 def _colours(task: str, n: int) -> list[str]:
-    table = CLASS_TABLES.get(task)
-    if table is not None and len(table) >= n:
-        return [c.color for c in table[:n]]
+    table = official_classes(task, n)
+    if table is not None:
+        return [c.color for c in table]
     return ["#4c72b0"] * n
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from packer.plot import FALLBACK_COLOR, class_colors, preview_rgb
-from packer.schema import CLASS_TABLES
+from packer.schema import official_classes
 from trainer.data.collate import collate
 from trainer.data.sample import preprocess_sample
 from trainer.report import confusion_figure, iou_figure
@@ -42,8 +42,7 @@ def figure_to_rgb(fig: Any) -> np.ndarray:
 def task_colors(task: str, n_classes: int) -> np.ndarray:
     """(n, 3) uint8: the official table when the task's classes are that table (CoSIA, LPIS level 1);
     a distinct palette otherwise (LPIS levels 2 and 3 have no official colours in the schema)."""
-    table = CLASS_TABLES.get(task, ())
-    if n_classes == len(table):
+    if official_classes(task, n_classes) is not None:
         return class_colors(task, 256)
     from matplotlib import colormaps
 

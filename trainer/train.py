@@ -5,9 +5,12 @@
 
 One code path for one CPU, one GPU, many GPUs and many nodes (Accelerate: DDP, bf16/fp16, and
 `--num_machines/--machine_rank/--main_process_ip` for several nodes). The file reads top to
-bottom: config -> accelerator -> data -> model -> optimiser -> resume -> loop (step, log, evaluate,
-checkpoint) -> report. Helpers live in modules named for what they do: `train_config`, `losses`,
-`metrics`, `optim`, `checkpointing`, `report`, `data` (the loader), `model`.
+bottom: `run` is the story (config -> accelerator -> data -> model -> optimiser -> resume -> epochs
+-> report), and the steps it names follow it as top-level functions over one `Training` state
+(`train_epoch` -> `forward_backward` / `optimizer_step` / `log_step`, `end_epoch` ->
+`evaluate_and_checkpoint`, `finish`). Helpers live in modules named for what they do:
+`train_config`, `losses`, `metrics`, `optim`, `train_checkpoint` (all checkpoint I/O: save, resume,
+initial weights), `run_logs`, `report`, `data` (the loader), `model`.
 
 The streaming loader splits the data per rank and per worker itself, so the loaders are never
 handed to `accelerator.prepare` (Accelerate would re-shard or dispatch them).
@@ -26,24 +29,21 @@ if __name__ == "__main__":
 
 import argparse
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm import tqdm
 
-from packer.atomic import write_text_atomic
 from packer.cli_help import HelpFormatter, examples
 from packer.command import error_line, run_command
 from packer.errors import PackError
-from trainer.checkpointing import (
-    CheckpointError, Progress, atomic_torch_save, build_checkpoint, capture_rng, check_model_state,
-    load_checkpoint, restore_rng,
+from trainer.train_checkpoint import (
+    CheckpointError, Progress, export_best_model, init_weights, resume, save_checkpoint,
 )
 from trainer.config import ConfigError
 from trainer.data.catalog import SelectionError
@@ -52,11 +52,12 @@ from trainer.data.sample import dates_key, pad_mask_key
 from trainer.data.sources import ShardIntegrityError, SourceError
 from trainer.losses import CompositeLoss, NonFiniteLossError
 from trainer.metrics import ConfusionMatrix, compute_metrics, task_class_names, task_class_weights
-from trainer.model import CheckpointMismatch, build_model, load_reference_weights, save_model
+from trainer.model import CheckpointMismatch, build_model
 from trainer.model.pretrained import check_available as check_pretrained_available
 from trainer import reference_semantics
 from trainer.optim import Schedule, build_optimizer
 from trainer.report import write_report
+from trainer.run_logs import SampleLog, StepLog
 from trainer.tb_images import EvalImages
 from trainer.train_config import dump_config, load_train_config, task_suffix
 from trainer.unused_parameters import needs_unused_parameter_search
@@ -130,21 +131,15 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
     reference = reference_semantics.enabled(cfg)  # train.reference_semantics: the reference's step and metrics
     if reference:
         cfg = reference_semantics.prepare_config(cfg)
-    hp, tc, saving, data_cfg = cfg["hyperparams"], cfg["train"], cfg["saving"], cfg["data"]
+    hp, tc, paths = cfg["hyperparams"], cfg["train"], cfg["paths"]
     train_tasks = cfg["tasks"].get("train_tasks") or {}
 
-    # ---------------------------------------------------------------- accelerator
+    # ---------------------------------------------------------------- accelerator, seeds, output folder
     accelerator = make_accelerator(cfg)
-    set_seed(hp["seed"])
-    if tc["deterministic"]:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    out_dir = Path(cfg["paths"]["out_folder"]) / (cfg["paths"].get("out_model_name") or "flair-stream")
-    ckpt_dir = out_dir / "checkpoints"
-    main_proc = accelerator.is_main_process
-    if main_proc:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-    config_yaml = dump_config(cfg)
+    seed_everything(hp["seed"], tc["deterministic"])
+    out_dir = Path(paths["out_folder"]) / (paths.get("out_model_name") or "flair-stream")
+    if accelerator.is_main_process:
+        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     say = accelerator.print
 
     # ---------------------------------------------------------------- pretrained weights, before any data
@@ -154,211 +149,323 @@ def run(cfg: Mapping[str, Any]) -> RunResult:
             check_pretrained_available(cfg)
 
     # ---------------------------------------------------------------- data
+    train_loader, val_loader = build_loaders(cfg, accelerator)
+    batches_per_epoch = len(train_loader)
+
+    # ---------------------------------------------------------------- model, loss, optimiser
+    model = build_training_model(cfg, accelerator, reference, from_ckpt)
+    loss_fn = CompositeLoss(cfg, reference=reference).to(accelerator.device)
+    train_metrics = reference_semantics.TrainMetrics(cfg, accelerator.device) if reference else None
+    if tc["find_unused_parameters"] == "auto" and accelerator.num_processes > 1:
+        decide_unused_parameter_search(cfg, accelerator, model)
+    optimizer = build_optimizer(cfg, model.parameters())
+    model, optimizer = accelerator.prepare(model, optimizer)
+    schedule = Schedule(cfg, optimizer, total_steps=hp["num_epochs"] * steps_per_epoch(cfg, batches_per_epoch))
+
+    t = Training(cfg=cfg, accelerator=accelerator, model=model, optimizer=optimizer, schedule=schedule,
+                 loss_fn=loss_fn, train_loader=train_loader, val_loader=val_loader, out_dir=out_dir,
+                 config_yaml=dump_config(cfg), reference=reference, train_metrics=train_metrics,
+                 batches_per_epoch=batches_per_epoch)
+
+    # ---------------------------------------------------------------- resume
+    if train_tasks.get("resume_training_from_ckpt"):
+        t.best_eval = resume(paths["ckpt_model_path"], accelerator, model, optimizer, schedule, train_loader,
+                             t.progress, logs=(t.log, t.sample_log))
+        say(f"resumed from {paths['ckpt_model_path']} at epoch {t.progress.epoch}, step {t.progress.step}")
+    if accelerator.is_main_process and tc["tensorboard"]:
+        t.writer = make_tensorboard(out_dir)
+        t.images = EvalImages(val_loader, cfg, tc["tensorboard_images"])
+    t.meter = Throughput()  # times the loop, not the set-up
+
+    # ---------------------------------------------------------------- loop
+    while t.progress.epoch < hp["num_epochs"] and not t.stop:
+        ran_to_end, train_loss = train_epoch(t)
+        if not ran_to_end:  # stopped in the middle of the epoch
+            if t.step_limit_reached():
+                save(t, "last", weights_only=False)  # a resumable state, exactly where we stopped
+                say(f"stopped after {t.progress.step} optimizer steps (train.stop_after_steps)")
+            break
+        end_epoch(t, train_loss)
+
+    # ---------------------------------------------------------------- report
+    return finish(t)
+
+
+@dataclass
+class Training:
+    """What the steps of one run share: built once by `run`, then read and advanced by
+    `train_epoch`, `evaluate_and_checkpoint` and `finish`."""
+
+    cfg: Mapping[str, Any]
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: Any
+    schedule: Schedule
+    loss_fn: CompositeLoss
+    train_loader: StreamingLoader
+    val_loader: StreamingLoader
+    out_dir: Path
+    config_yaml: str
+    reference: bool  # train.reference_semantics
+    train_metrics: Any  # reference_semantics.TrainMetrics, or None
+    batches_per_epoch: int  # of this rank, fixed for the run (len(train_loader) counts what is left)
+    progress: Progress = field(default_factory=Progress)
+    best_eval: dict[str, Any] | None = None  # metrics, confusion matrices and row of the best evaluation
+    writer: Any = None  # TensorBoard SummaryWriter (rank 0, train.tensorboard)
+    images: EvalImages | None = None
+    meter: "Throughput" = field(default_factory=lambda: Throughput())
+    window_losses: list[torch.Tensor] = field(default_factory=list)  # batch losses of the current optimizer step
+    stop: bool = False  # early stopping or train.stop_after_steps
+    log: StepLog = field(init=False)
+    sample_log: SampleLog = field(init=False)
+    result: RunResult = field(init=False)
+
+    def __post_init__(self) -> None:
+        tc = self.cfg["train"]
+        self.log = StepLog(self.out_dir / "metrics.jsonl" if self.accelerator.is_main_process else None)
+        # Which samples each rank trained on, batch by batch: an audit trail of the data split.
+        self.sample_log = SampleLog(self.out_dir / "samples" / f"rank{self.accelerator.process_index}.txt"
+                                    if tc["log_samples"] else None)
+        self.result = RunResult(out_dir=self.out_dir)
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    @property
+    def series(self) -> tuple[str, ...]:
+        return self.train_loader.spec.series
+
+    def step_limit_reached(self) -> bool:
+        stop_after = self.cfg["train"]["stop_after_steps"]
+        return stop_after is not None and self.progress.step >= stop_after
+
+
+def build_loaders(cfg: Mapping[str, Any], accelerator: Accelerator) -> tuple[StreamingLoader, StreamingLoader]:
+    """This rank's training and validation loaders; a split too small for one batch per rank is a config error."""
+    data_cfg, batch_size = cfg["data"], cfg["hyperparams"]["batch_size"]
     rank, world = accelerator.process_index, accelerator.num_processes
     pin = accelerator.device.type == "cuda"
     train_loader = StreamingLoader.from_config(cfg, data_cfg["train_split"], rank=rank, world_size=world, pin_memory=pin)
     val_loader = StreamingLoader.from_config(cfg, data_cfg["val_split"], rank=rank, world_size=world,
                                              shuffle=False, augment=False, pin_memory=pin)
-    batches_per_epoch = len(train_loader)
-    accum = tc["gradient_accumulation_steps"]
-    steps_per_epoch = math.ceil(batches_per_epoch / accum)
-    if batches_per_epoch == 0:
+    if len(train_loader) == 0:
         raise ConfigError(f"data.train_split: {len(train_loader.selection)} samples give no batch of "
-                          f"{hp['batch_size']} per rank on {world} rank(s)")
-    say(f"data: {len(train_loader.selection)} train / {len(val_loader.selection)} val samples; "
-        f"{batches_per_epoch} batches of {hp['batch_size']} per rank per epoch on {world} rank(s)")
+                          f"{batch_size} per rank on {world} rank(s)")
+    accelerator.print(f"data: {len(train_loader.selection)} train / {len(val_loader.selection)} val samples; "
+                      f"{len(train_loader)} batches of {batch_size} per rank per epoch on {world} rank(s)")
+    return train_loader, val_loader
 
-    # ---------------------------------------------------------------- model
-    model = build_model(cfg, pretrained=not from_ckpt)  # weights from a checkpoint: no ImageNet load first
+
+def build_training_model(cfg: Mapping[str, Any], accelerator: Accelerator, reference: bool,
+                         from_ckpt: bool) -> torch.nn.Module:
+    """The model, with its starting weights: ImageNet encoders unless the weights come from a
+    checkpoint next (resume, or `init_weights_only_from_ckpt`, loaded here)."""
+    model = build_model(cfg, pretrained=not from_ckpt)
     if reference:
         model.use_reference_semantics(reference_semantics.dropout_on(cfg))
-    if train_tasks.get("init_weights_only_from_ckpt"):
+    if (cfg["tasks"].get("train_tasks") or {}).get("init_weights_only_from_ckpt"):
         init_weights(model, cfg["paths"]["ckpt_model_path"])
-        say(f"model: weights initialised from {cfg['paths']['ckpt_model_path']}")
+        accelerator.print(f"model: weights initialised from {cfg['paths']['ckpt_model_path']}")
     n_params = sum(p.numel() for p in model.parameters())
-    say(f"model: {n_params / 1e6:.2f} M parameters, arch {cfg['models']['monotemp_model'].get('arch')}")
-    loss_fn = CompositeLoss(cfg, reference=reference).to(accelerator.device)
-    train_metrics = reference_semantics.TrainMetrics(cfg, accelerator.device) if reference else None
+    accelerator.print(f"model: {n_params / 1e6:.2f} M parameters, arch {cfg['models']['monotemp_model'].get('arch')}")
+    return model
 
-    if tc["find_unused_parameters"] == "auto" and world > 1:
-        decide_unused_parameter_search(cfg, accelerator, model)
 
-    # ---------------------------------------------------------------- optimiser
-    optimizer = build_optimizer(cfg, model.parameters())
-    model, optimizer = accelerator.prepare(model, optimizer)
-    schedule = Schedule(cfg, optimizer, total_steps=hp["num_epochs"] * steps_per_epoch)
-    progress = Progress()
-    best_eval: dict[str, Any] | None = None
+def steps_per_epoch(cfg: Mapping[str, Any], batches_per_epoch: int) -> int:
+    return math.ceil(batches_per_epoch / cfg["train"]["gradient_accumulation_steps"])
 
-    log = StepLog(out_dir / "metrics.jsonl" if main_proc else None)
-    # Which samples each rank trained on, batch by batch: an audit trail of the data split.
-    sample_log = SampleLog(out_dir / "samples" / f"rank{rank}.txt" if tc["log_samples"] else None)
 
-    # ---------------------------------------------------------------- resume
-    if train_tasks.get("resume_training_from_ckpt"):
-        best_eval = resume(cfg["paths"]["ckpt_model_path"], accelerator, model, optimizer, schedule, train_loader,
-                           progress, logs=(log, sample_log))
-        say(f"resumed from {cfg['paths']['ckpt_model_path']} at epoch {progress.epoch}, step {progress.step}")
+def seed_everything(seed: int, deterministic: bool) -> None:
+    set_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
 
-    writer = make_tensorboard(out_dir) if (main_proc and tc["tensorboard"]) else None
-    images = EvalImages(val_loader, cfg, tc["tensorboard_images"]) if writer is not None else None
-    result = RunResult(out_dir=out_dir)
-    series = train_loader.spec.series
-    monitor, mode = saving.get("ckpt_monitor", "val_miou"), saving.get("ckpt_monitor_mode", "max")
-    patience = saving.get("ckpt_earlystopping_patience")
-    save_last = saving.get("ckpt_save_also_last", True) or tc["checkpoint_every_n_steps"] is not None
-    weights_only = saving.get("ckpt_weights_only", False)
-    log_every = saving.get("progress_rate", 10)
-    stop_after = tc["stop_after_steps"]
-    meter = Throughput()
 
-    def save(name: str, only_weights: bool) -> None:
-        save_checkpoint(ckpt_dir / f"{name}.ckpt", accelerator, model, optimizer, schedule, train_loader, progress,
-                        config_yaml, only_weights, best_eval, logs=(log, sample_log))
+def train_epoch(t: Training) -> tuple[bool, float | None]:
+    """One pass over the training split (what is left of it, after a resume in its middle).
 
-    def evaluate_and_checkpoint(train_loss: float | None) -> bool:
-        """Validate, log, keep the best checkpoint; True when early stopping says stop."""
-        nonlocal best_eval
-        if reference:
-            ev = reference_semantics.evaluate(cfg, accelerator, model, loss_fn, val_loader,
-                                              lambda ld: timed(ld, Throughput()), forward, series, tc["limit_val_batches"])
-        else:
-            ev = evaluate(cfg, accelerator, model, loss_fn, val_loader, series, tc["limit_val_batches"])
-        row = {"epoch": progress.epoch, "step": progress.step, **ev["scalars"]}
-        if train_loss is not None:
-            row["train_loss"] = train_loss
-            if train_metrics is not None:  # logged at the end of a training epoch, as the reference does
-                row.update(train_metrics.epoch_scalars(accelerator), lr=schedule.lr())
-        progress.history.append(row)
-        result.history.append(row)
-        schedule.after_validation(ev["scalars"]["val_loss"])
-        log.write({"kind": "eval", **row, "lr": schedule.lr()})
-        if writer is not None and reference:
-            reference_semantics.log_to_tensorboard(writer, row, progress.step)
-        elif writer is not None:
-            log_eval_to_tensorboard(writer, row, ev["metrics"], progress.step)
-            images.log(writer, accelerator.unwrap_model(model), lambda m, x: forward(m, x, series), accelerator.device,
-                       ev, progress.step)
-        value = row.get(monitor)
-        if value is None:  # train_loss is only known at the end of an epoch
-            return False
-        improved = progress.improved(value, mode)
-        if improved:
-            best_eval = {"metrics": ev["metrics"], "confmats": ev["confmats"], "scalars": row}
-            save("best", weights_only)
-            if main_proc:  # weights + model config for inference (trainer.model.load_model)
-                save_model(accelerator.unwrap_model(model), ckpt_dir / "best_model", train_config_yaml=config_yaml)
-        say(f"eval at epoch {progress.epoch} step {progress.step}: "
-            + " ".join(f"{k}={v:.4f}" for k, v in ev["scalars"].items() if k.count("_") == 1)
-            + f" | best {monitor}={progress.best_value:.4f}")
-        # Lightning's EarlyStopping: stop once `patience` evaluations in a row did not improve.
-        return not improved and patience is not None and progress.bad_evals >= patience
-
-    # ---------------------------------------------------------------- loop
-    stop = False
-    while progress.epoch < hp["num_epochs"] and not stop:
-        if train_loader.position == 0:  # else: resuming in the middle of this epoch
-            train_loader.set_epoch(progress.epoch)
-        model.train()
-        first_batch = batches_per_epoch - len(train_loader)
-        bar = tqdm(total=batches_per_epoch, initial=first_batch, desc=f"epoch {progress.epoch + 1}/{hp['num_epochs']}",
-                   disable=not (main_proc and saving.get("enable_progress_bar", True)), dynamic_ncols=True, leave=False)
-        epoch_loss_sum, epoch_steps, last_batch = 0.0, 0, first_batch - 1
-        window_losses: list[torch.Tensor] = []
-        meter.start()
-        for i, batch in enumerate(timed(train_loader, meter), start=first_batch):
-            last_batch = i
-            # ---- step: gradients accumulate over `accum` batches (fewer at the end of an epoch)
-            window_start = (i // accum) * accum
-            window = min(accum, batches_per_epoch - window_start)
-            sync = i - window_start + 1 == window
-            inputs = train_loader.to_model_inputs(batch, accelerator.device)
-            with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
-                with accelerator.autocast():
-                    out = forward(model, inputs, series)
-                    terms = loss_fn(out.tasks, out.aux, inputs, check_finite=False)
-                accelerator.backward(terms.total / window)
-            if train_metrics is not None:
-                train_metrics.update(out.tasks, inputs)
-            window_losses.append(terms.total.detach().float())
-            sample_log.write(progress.epoch, i, batch["patch_id"], inputs["valid"])
-            meter.samples += int(inputs["valid"].shape[0]) * world
-            bar.update(1)
-            if not sync:
-                continue
-            step_loss = reduce_loss_and_check(accelerator, torch.stack(window_losses).mean(), progress)
-            window_losses.clear()
-            if tc["max_grad_norm"] is not None:
-                accelerator.clip_grad_norm_(model.parameters(), tc["max_grad_norm"])
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if not optimizer.step_was_skipped:  # fp16: the grad scaler skips steps that overflowed
-                schedule.after_step()
-            progress.step += 1
-            progress.micro_step = i + 1
-            epoch_loss_sum += step_loss
-            epoch_steps += 1
-            result.step_losses.append(step_loss)
-
-            # ---- log
-            rates = meter.rates()
-            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{schedule.lr():.2e}", sps=f"{rates['samples_per_s']:.1f}",
-                            wait=f"{100 * rates['data_wait_share']:.0f}%")
-            log.write({"kind": "step", "epoch": progress.epoch, "step": progress.step, "loss": step_loss,
-                       "lr": schedule.lr(), **rates})
-            if writer is not None and progress.step % log_every == 0:
-                log_step_to_tensorboard(writer, step_loss, terms, schedule.lr(), rates, progress.step)
-
-            # ---- evaluate / checkpoint inside the epoch when asked to
-            if tc["val_every_n_steps"] and progress.step % tc["val_every_n_steps"] == 0 and i + 1 < batches_per_epoch:
-                stop = evaluate_and_checkpoint(None)
-                model.train()
-            if tc["checkpoint_every_n_steps"] and progress.step % tc["checkpoint_every_n_steps"] == 0:
-                save("last", False)
-            if stop_after is not None and progress.step >= stop_after:
-                stop = True
-            if stop:
-                break
-        bar.close()
-        if last_batch + 1 < batches_per_epoch:  # left in the middle of the epoch
-            if stop_after is not None and progress.step >= stop_after:
-                save("last", False)  # a resumable state, exactly where we stopped
-                say(f"stopped after {progress.step} optimizer steps (train.stop_after_steps)")
+    Returns whether it ran to its end and its mean optimizer-step loss.
+    """
+    loader, progress, total = t.train_loader, t.progress, t.batches_per_epoch
+    if loader.position == 0:  # else: resuming in the middle of this epoch
+        loader.set_epoch(progress.epoch)
+    t.model.train()
+    first_batch = total - len(loader)
+    bar = tqdm(total=total, initial=first_batch, desc=f"epoch {progress.epoch + 1}/{t.cfg['hyperparams']['num_epochs']}",
+               disable=not (t.accelerator.is_main_process and t.cfg["saving"].get("enable_progress_bar", True)),
+               dynamic_ncols=True, leave=False)
+    step_losses: list[float] = []
+    last_batch = first_batch - 1
+    t.window_losses.clear()
+    t.meter.start()
+    for i, batch in enumerate(timed(loader, t.meter), start=first_batch):
+        last_batch = i
+        terms, step_ends = forward_backward(t, batch, i)
+        bar.update(1)
+        if not step_ends:
+            continue
+        step_loss = optimizer_step(t, i)
+        step_losses.append(step_loss)
+        log_step(t, bar, step_loss, terms)
+        within_epoch_checks(t, i)
+        if t.stop:
             break
+    bar.close()
+    mean_loss = sum(step_losses) / len(step_losses) if step_losses else None
+    return last_batch + 1 >= total, mean_loss
 
-        # ---- end of epoch: evaluate, keep best and last
-        progress.epoch += 1
-        progress.micro_step = 0
-        train_loss = epoch_loss_sum / epoch_steps if epoch_steps else None
-        if writer is not None and train_loss is not None:
-            writer.add_scalar("train/epoch_loss", train_loss, progress.step)
-        if evaluate_and_checkpoint(train_loss):
-            stop = True
-            say(f"early stopping: {monitor} did not improve for {progress.bad_evals} evaluation(s)")
-        if save_last:
-            save("last", weights_only)
 
-    # ---------------------------------------------------------------- report
+def forward_backward(t: Training, batch: Mapping[str, Any], i: int) -> tuple[Any, bool]:
+    """Forward and backward of batch `i` of the epoch; gradients accumulate over
+    `train.gradient_accumulation_steps` batches (fewer at the end of an epoch) and DDP syncs them
+    on the last one. Returns the loss terms and whether this batch ends an optimizer step."""
+    accum, total = t.cfg["train"]["gradient_accumulation_steps"], t.batches_per_epoch
+    window_start = (i // accum) * accum
+    window = min(accum, total - window_start)
+    sync = i - window_start + 1 == window
+    inputs = t.train_loader.to_model_inputs(batch, t.accelerator.device)
+    with (contextlib.nullcontext() if sync else t.accelerator.no_sync(t.model)):
+        with t.accelerator.autocast():
+            out = forward(t.model, inputs, t.series)
+            terms = t.loss_fn(out.tasks, out.aux, inputs, check_finite=False)
+        t.accelerator.backward(terms.total / window)
+    if t.train_metrics is not None:
+        t.train_metrics.update(out.tasks, inputs)
+    t.window_losses.append(terms.total.detach().float())
+    t.sample_log.write(t.progress.epoch, i, batch["patch_id"], inputs["valid"])
+    t.meter.samples += int(inputs["valid"].shape[0]) * t.accelerator.num_processes
+    return terms, sync
+
+
+def optimizer_step(t: Training, i: int) -> float:
+    """Clip, step, advance the schedule and the counters; returns the step's loss (mean over ranks)."""
+    step_loss = reduce_loss_and_check(t.accelerator, torch.stack(t.window_losses).mean(), t.progress)
+    t.window_losses.clear()
+    max_norm = t.cfg["train"]["max_grad_norm"]
+    if max_norm is not None:
+        t.accelerator.clip_grad_norm_(t.model.parameters(), max_norm)
+    t.optimizer.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    if not t.optimizer.step_was_skipped:  # fp16: the grad scaler skips steps that overflowed
+        t.schedule.after_step()
+    t.progress.step += 1
+    t.progress.micro_step = i + 1
+    t.result.step_losses.append(step_loss)
+    return step_loss
+
+
+def log_step(t: Training, bar: Any, step_loss: float, terms: Any) -> None:
+    """Progress bar, metrics.jsonl and (every `saving.progress_rate` steps) TensorBoard."""
+    rates, lr, step = t.meter.rates(), t.schedule.lr(), t.progress.step
+    bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", sps=f"{rates['samples_per_s']:.1f}",
+                    wait=f"{100 * rates['data_wait_share']:.0f}%")
+    t.log.write({"kind": "step", "epoch": t.progress.epoch, "step": step, "loss": step_loss, "lr": lr, **rates})
+    if t.writer is not None and step % t.cfg["saving"].get("progress_rate", 10) == 0:
+        log_step_to_tensorboard(t.writer, step_loss, terms, lr, rates, step)
+
+
+def within_epoch_checks(t: Training, i: int) -> None:
+    """Evaluate / checkpoint / stop inside the epoch when the config asks for it (`train.val_every_n_steps`,
+    `checkpoint_every_n_steps`, `stop_after_steps`)."""
+    tc, step = t.cfg["train"], t.progress.step
+    if tc["val_every_n_steps"] and step % tc["val_every_n_steps"] == 0 and i + 1 < t.batches_per_epoch:
+        t.stop = evaluate_and_checkpoint(t, None)
+        t.model.train()
+    if tc["checkpoint_every_n_steps"] and step % tc["checkpoint_every_n_steps"] == 0:
+        save(t, "last", weights_only=False)
+    if t.step_limit_reached():
+        t.stop = True
+
+
+def end_epoch(t: Training, train_loss: float | None) -> None:
+    """Count the epoch, evaluate, keep the best checkpoint and the last one."""
+    saving = t.cfg["saving"]
+    t.progress.epoch += 1
+    t.progress.micro_step = 0
+    if t.writer is not None and train_loss is not None:
+        t.writer.add_scalar("train/epoch_loss", train_loss, t.progress.step)
+    if evaluate_and_checkpoint(t, train_loss):
+        t.stop = True
+        t.accelerator.print(f"early stopping: {saving.get('ckpt_monitor', 'val_miou')} did not improve for "
+                            f"{t.progress.bad_evals} evaluation(s)")
+    if saving.get("ckpt_save_also_last", True) or t.cfg["train"]["checkpoint_every_n_steps"] is not None:
+        save(t, "last", weights_only=saving.get("ckpt_weights_only", False))
+
+
+def evaluate_and_checkpoint(t: Training, train_loss: float | None) -> bool:
+    """Validate, log, keep the best checkpoint; True when early stopping says stop."""
+    cfg, accelerator, progress, saving = t.cfg, t.accelerator, t.progress, t.cfg["saving"]
+    limit = cfg["train"]["limit_val_batches"]
+    if t.reference:
+        ev = reference_semantics.evaluate(cfg, accelerator, t.model, t.loss_fn, t.val_loader,
+                                          lambda ld: timed(ld, Throughput()), forward, t.series, limit)
+    else:
+        ev = evaluate(cfg, accelerator, t.model, t.loss_fn, t.val_loader, t.series, limit)
+    row = {"epoch": progress.epoch, "step": progress.step, **ev["scalars"]}
+    if train_loss is not None:
+        row["train_loss"] = train_loss
+        if t.train_metrics is not None:  # logged at the end of a training epoch, as the reference does
+            row.update(t.train_metrics.epoch_scalars(accelerator), lr=t.schedule.lr())
+    progress.history.append(row)
+    t.result.history.append(row)
+    t.schedule.after_validation(ev["scalars"]["val_loss"])
+    t.log.write({"kind": "eval", **row, "lr": t.schedule.lr()})
+    if t.writer is not None and t.reference:
+        reference_semantics.log_to_tensorboard(t.writer, row, progress.step)
+    elif t.writer is not None:
+        log_eval_to_tensorboard(t.writer, row, ev["metrics"], progress.step)
+        t.images.log(t.writer, accelerator.unwrap_model(t.model), lambda m, x: forward(m, x, t.series),
+                     accelerator.device, ev, progress.step)
+    monitor, mode = saving.get("ckpt_monitor", "val_miou"), saving.get("ckpt_monitor_mode", "max")
+    value = row.get(monitor)
+    if value is None:  # train_loss is only known at the end of an epoch
+        return False
+    improved = progress.improved(value, mode)
+    if improved:
+        t.best_eval = {"metrics": ev["metrics"], "confmats": ev["confmats"], "scalars": row}
+        save(t, "best", weights_only=saving.get("ckpt_weights_only", False))
+        export_best_model(accelerator, t.model, t.ckpt_dir, t.config_yaml)
+    accelerator.print(f"eval at epoch {progress.epoch} step {progress.step}: "
+                      + " ".join(f"{k}={v:.4f}" for k, v in ev["scalars"].items() if k.count("_") == 1)
+                      + f" | best {monitor}={progress.best_value:.4f}")
+    # Lightning's EarlyStopping: stop once `patience` evaluations in a row did not improve.
+    patience = saving.get("ckpt_earlystopping_patience")
+    return not improved and patience is not None and progress.bad_evals >= patience
+
+
+def save(t: Training, name: str, weights_only: bool) -> None:
+    """`checkpoints/<name>.ckpt` (`train_checkpoint.save_checkpoint`: every rank takes part)."""
+    save_checkpoint(t.ckpt_dir / f"{name}.ckpt", t.accelerator, t.model, t.optimizer, t.schedule, t.train_loader,
+                    t.progress, t.config_yaml, weights_only, t.best_eval, logs=(t.log, t.sample_log))
+
+
+def finish(t: Training) -> RunResult:
+    """Write the report of the best checkpoint, close the logs, say what comes next."""
+    cfg, tc, saving, progress, result = t.cfg, t.cfg["train"], t.cfg["saving"], t.progress, t.result
+    main_proc = t.accelerator.is_main_process
     result.best_value = progress.best_value
-    if best_eval is not None:
-        result.best_metrics = best_eval["scalars"]
-    if main_proc and tc["report"] and best_eval is not None:
+    if t.best_eval is not None:
+        result.best_metrics = t.best_eval["scalars"]
+    if main_proc and tc["report"] and t.best_eval is not None:
+        monitor, mode = saving.get("ckpt_monitor", "val_miou"), saving.get("ckpt_monitor_mode", "max")
         summary = {
             "monitor": f"{monitor} ({mode})", "best value": progress.best_value, "best epoch": progress.best_epoch,
-            "epochs run": progress.epoch, "optimizer steps": progress.step, "world size": world,
-            "mixed precision": tc["mixed_precision"], "parameters": f"{n_params:,}",
-            **{k: round(v, 4) for k, v in meter.totals().items()},
+            "epochs run": progress.epoch, "optimizer steps": progress.step, "world size": t.accelerator.num_processes,
+            "mixed precision": tc["mixed_precision"], "parameters": f"{sum(p.numel() for p in t.model.parameters()):,}",
+            **{k: round(v, 4) for k, v in t.meter.totals().items()},
         }
-        folder = write_report(out_dir, best_eval["metrics"], {t: c.numpy() if hasattr(c, "numpy") else c
-                                                              for t, c in best_eval["confmats"].items()},
-                              config_yaml, summary)
-        say(f"report: {folder}")
-    if writer is not None:
-        writer.close()
+        folder = write_report(t.out_dir, t.best_eval["metrics"], {k: c.numpy() if hasattr(c, "numpy") else c
+                                                                  for k, c in t.best_eval["confmats"].items()},
+                              t.config_yaml, summary)
+        t.accelerator.print(f"report: {folder}")
+    if t.writer is not None:
+        t.writer.close()
     if main_proc and (cfg["tasks"].get("predict") or cfg["tasks"].get("metrics_only")):
-        say(next_step_message(cfg, ckpt_dir, out_dir))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+        t.accelerator.print(next_step_message(cfg, t.ckpt_dir, t.out_dir))
+    t.accelerator.wait_for_everyone()
+    t.accelerator.end_training()
     return result
 
 
@@ -531,92 +638,8 @@ def evaluate(cfg: Mapping[str, Any], accelerator: Accelerator, model: torch.nn.M
 
 
 # ============================================================================================
-# Checkpoints, resume, initial weights
+# TensorBoard
 # ============================================================================================
-def save_checkpoint(path: Path, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, schedule: Schedule,
-                    loader: StreamingLoader, progress: Progress, config_yaml: str, weights_only: bool,
-                    best_eval: Mapping[str, Any] | None, logs: tuple["StepLog", "SampleLog"] | None = None) -> None:
-    """Every rank contributes its RNG and loader state, and how far its logs go (to rewind them on
-    resume); rank 0 writes (temp file + rename)."""
-    ends = {"metrics": logs[0].end(), "samples": logs[1].end()} if logs is not None else {}
-    per_rank = gather_object([{"rng": capture_rng(), "loader": loader.state_dict(), "logs": ends}])
-    if accelerator.is_main_process:
-        scaler = getattr(accelerator, "scaler", None)
-        ckpt = build_checkpoint(
-            weights_only=weights_only, model_state=accelerator.unwrap_model(model).state_dict(), progress=progress,
-            config_yaml=config_yaml, optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-            schedule=schedule, scaler=scaler, per_rank=per_rank, world_size=accelerator.num_processes)
-        if best_eval is not None:
-            ckpt["best_eval"] = {"metrics": best_eval["metrics"], "scalars": best_eval["scalars"],
-                                 "confmats": {t: torch.as_tensor(c).cpu() for t, c in best_eval["confmats"].items()}}
-        atomic_torch_save(ckpt, path)
-    accelerator.wait_for_everyone()
-
-
-def resume(path: str, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, schedule: Schedule,
-           loader: StreamingLoader, progress: Progress,
-           logs: tuple["StepLog", "SampleLog"] | None = None) -> dict[str, Any] | None:
-    """Restore the full training state from one of our checkpoints; returns the best evaluation so far.
-
-    `logs` (metrics.jsonl, samples/rank<r>.txt) are cut back to where they stood at the checkpoint,
-    so the steps replayed after it appear once, not twice.
-    """
-    ckpt = load_checkpoint(path)
-    if ckpt["kind"] != "full":
-        raise CheckpointError(f"{path}: a weights-only checkpoint cannot resume a run "
-                              "(use tasks.train_tasks.init_weights_only_from_ckpt to start from its weights)")
-    inner = accelerator.unwrap_model(model)
-    check_model_state(inner, ckpt["model"], path)
-    inner.load_state_dict(ckpt["model"])
-    (optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer).load_state_dict(ckpt["optimizer"])
-    schedule.load_state_dict(ckpt["schedule"])
-    scaler = getattr(accelerator, "scaler", None)
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    restored = Progress.from_state(ckpt["progress"])
-    for name in restored.__dataclass_fields__:
-        setattr(progress, name, getattr(restored, name))
-    per_rank = ckpt["per_rank"]
-    rank = accelerator.process_index
-    if ckpt["world_size"] != accelerator.num_processes:
-        accelerator.print(f"warning: checkpoint written by {ckpt['world_size']} process(es), resuming on "
-                          f"{accelerator.num_processes}: the data continues from the same position but random "
-                          "draws (dropout, augmentation order) will differ from an uninterrupted run")
-        state = per_rank[0]
-    else:
-        state = per_rank[rank]
-    try:
-        loader.load_state_dict(state["loader"])
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: loader state does not fit this data selection ({exc})") from None
-    restore_rng(state["rng"])
-    if logs is not None:
-        rewind_logs(logs, per_rank, rank, progress)
-    best = ckpt.get("best_eval")
-    return dict(best) if best else None
-
-
-def init_weights(model: torch.nn.Module, path: str) -> None:
-    """Start from weights only: one of our training checkpoints, our exported safetensors, or a
-    reference release (`.ckpt` / `.pth` / `.safetensors`); keys and shapes must match exactly."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint not found (paths.ckpt_model_path)")
-    if p.suffix == ".ckpt":
-        try:
-            ckpt = load_checkpoint(p)
-        except CheckpointError:
-            ckpt = None  # not ours: maybe a reference Lightning checkpoint
-        if ckpt is not None:
-            check_model_state(model, ckpt["model"], str(p))
-            model.load_state_dict(ckpt["model"])
-            return
-    try:
-        load_reference_weights(model, p)
-    except (ValueError, CheckpointMismatch) as exc:
-        raise CheckpointError(str(exc)) from None
-
-
 def log_step_to_tensorboard(writer: Any, loss: float, terms: Any, lr: float, rates: Mapping[str, float], step: int) -> None:
     writer.add_scalar("train/loss", loss, step)
     for task, v in terms.main.items():
@@ -642,74 +665,6 @@ def make_tensorboard(out_dir: Path) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
-
-
-class AppendLog:
-    """A log file that only grows, one line per record; `end()` and `rewind()` let a resumed run
-    cut it back to where it stood at its checkpoint (opened in append mode, it would otherwise
-    hold the replayed steps twice)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-
-    def append(self, text: str) -> None:
-        if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(text)
-
-    def end(self) -> int | None:
-        """Bytes written so far (None when this rank keeps no such log)."""
-        if self.path is None:
-            return None
-        return self.path.stat().st_size if self.path.is_file() else 0
-
-    def rewind(self, end: int | None = None, keep: Callable[[str], bool] | None = None) -> None:
-        """Cut the file at byte `end`, or (a checkpoint older than this rule) keep the lines `keep(line)`."""
-        if self.path is None or not self.path.is_file():
-            return
-        if end is not None:
-            if self.path.stat().st_size > end:
-                with open(self.path, "r+b") as fh:
-                    fh.truncate(end)
-        elif keep is not None:
-            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-            write_text_atomic(self.path, "".join(line for line in lines if keep(line)))
-
-
-class SampleLog(AppendLog):
-    """`samples/rank<r>.txt`: `epoch batch patch_id valid` per trained sample (`train.log_samples`)."""
-
-    def write(self, epoch: int, batch_index: int, patch_ids: list[str], valid: torch.Tensor) -> None:
-        if self.path is not None:
-            rows = zip(patch_ids, valid.tolist())
-            self.append("".join(f"{epoch} {batch_index} {pid} {int(ok)}\n" for pid, ok in rows))
-
-
-class StepLog(AppendLog):
-    """`metrics.jsonl`: one JSON line per optimizer step and per evaluation (rank 0 only)."""
-
-    def write(self, row: Mapping[str, Any]) -> None:
-        self.append(json.dumps(row) + "\n")
-
-
-def rewind_logs(logs: tuple[StepLog, SampleLog], per_rank: list[Mapping[str, Any]], rank: int,
-                progress: Progress) -> None:
-    """Cut metrics.jsonl (rank 0) and this rank's sample log back to the checkpoint.
-
-    A checkpoint records each log's length; one written before that rule is cut by content:
-    metrics up to its optimizer step, samples before its (epoch, batch).
-    """
-    metrics, samples = logs
-    mine = per_rank[rank] if rank < len(per_rank) else {}
-    ends = mine.get("logs")
-    if ends is not None:
-        metrics.rewind(per_rank[0].get("logs", {}).get("metrics"))
-        samples.rewind(ends.get("samples"))
-        return
-    metrics.rewind(keep=lambda line: json.loads(line).get("step", 0) <= progress.step)
-    samples.rewind(keep=lambda line: tuple(map(int, line.split()[:2])) < (progress.epoch, progress.micro_step))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import yaml
 from inference.cli import infer_main
 from inference.predict import InferOptions, run_infer
 from inference.standin import CopyBandModel
-from trainer.checkpointing import Progress, atomic_torch_save, build_checkpoint
+from trainer.train_checkpoint import Progress, atomic_torch_save, build_checkpoint
 from trainer.model import build_model, save_model
 from trainer.optim import Schedule, build_optimizer
 from trainer.train_config import dump_config, read_config_layers

@@ -166,7 +166,7 @@ def test_checkpoint_carries_its_training_preprocessing(shards, tmp_path) -> None
     """A checkpoint saved by the trainer brings its training config: no --config, no defaults."""
     from inference.predict import infer_config
     from trainer.model import build_model, save_model
-    from trainer.model.checkpoint import read_saved_config
+    from trainer.model.weights import read_saved_config
     from trainer.train_config import dump_config
 
     raw = _tiny_model_config()

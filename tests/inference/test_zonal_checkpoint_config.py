@@ -176,7 +176,7 @@ def test_a_training_checkpoint_best_ckpt_is_reconciled_and_loaded_too(tmp_path, 
     import torch
 
     from inference.zonal import default_model_loader
-    from trainer.checkpointing import Progress, atomic_torch_save, build_checkpoint
+    from trainer.train_checkpoint import Progress, atomic_torch_save, build_checkpoint
     from trainer.model import load_model
 
     model = load_model(checkpoint)

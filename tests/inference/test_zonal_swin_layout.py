@@ -166,7 +166,7 @@ def test_reference_checkpoint_for_zonal_keys_and_other_mismatches_stay_errors(tm
 ])
 def test_full_size_swin_b_layouts_fit_on_the_meta_device(branch, trained, tiles) -> None:
     """Swin-B itself (no shrinking), shapes only: every table fitted, nothing else differs."""
-    from trainer.model.checkpoint import check_state_dict
+    from trainer.model.weights import check_state_dict
     from trainer.model.window_layout import fit_window_layout
 
     cfg = _config(branch)

@@ -11,7 +11,7 @@ import pytest
 import rasterio
 from rasterio import Affine
 
-from packer import read, schema
+from packer import geotiffs, schema
 from packer.cli import main
 from packer.errors import PackError
 from packer.index import read_index
@@ -80,7 +80,7 @@ def test_verify_checks_members_against_the_manifest(tree, tmp_path, monkeypatch,
     with its own JSON, but not with the manifest's modality table; verify says so."""
     root, pid = tree
     to_uint16(root / schema.PatchId.parse(pid).relative_path("AERIAL_RGBI"))
-    monkeypatch.setattr(read, "_check_layout", lambda patch, name, data: None)
+    monkeypatch.setattr(geotiffs, "_check_layout", lambda patch, name, data: None)
     out = tmp_path / "o"
     pack_dataset(root, out, **OPTS)
     assert main(["verify", str(out)]) == 1

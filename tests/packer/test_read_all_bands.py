@@ -8,7 +8,7 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from packer.read import read_all_bands
+from packer.geotiffs import read_all_bands
 
 
 def _write(path, arr: np.ndarray, interleave: str, nodata=None, **extra) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.checkpointing import (
+from trainer.train_checkpoint import (
     CheckpointError, Progress, atomic_torch_save, build_checkpoint, capture_rng, check_model_state,
     load_checkpoint, restore_rng,
 )

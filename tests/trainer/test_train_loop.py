@@ -15,7 +15,7 @@ import yaml
 from trainer.losses import NonFiniteLossError
 from trainer.train import main, reduce_loss_and_check, run
 from trainer.train_config import load_train_config
-from trainer.checkpointing import Progress
+from trainer.train_checkpoint import Progress
 from trainer.model import build_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,7 +162,7 @@ def test_gradient_accumulation_and_step_intervals(toy_shards, tmp_path):
 
 
 def test_init_weights_only_from_our_checkpoints(runs):
-    from trainer.train import init_weights
+    from trainer.train_checkpoint import init_weights
 
     cfg = load_train_config(spot_config(runs["shards"], runs["out"], "init"))
     best = torch.load(runs["out"] / "full" / "checkpoints" / "best.ckpt", weights_only=True)["model"]

@@ -14,26 +14,34 @@ raw samples does not import torch: only the loader's modules need it.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from trainer.lazy_exports import lazy_exports
 
 _EXPORTS = {
+    # the loader and what a sample is
     "StreamingLoader": "trainer.data.loader",
     "SampleSpec": "trainer.data.sample",
+    "preprocess_sample": "trainer.data.sample",
     "dates_key": "trainer.data.sample",
     "pad_mask_key": "trainer.data.sample",
+    "parse_dates": "trainer.data.preprocess",
+    # batches: stacking, then float conversion on the device
+    "collate_batch": "trainer.data.collate:collate",
+    "normalize_batch": "trainer.data.normalize",
+    "to_model_inputs": "trainer.data.normalize",
+    # where the shards are, and what is in them
+    "open_source": "trainer.data.sources",
+    "check_source_url": "trainer.data.sources",
+    "SourceError": "trainer.data.sources",
+    "SourceURLError": "trainer.data.sources",
+    "ShardIntegrityError": "trainer.data.sources",
+    "Catalog": "trainer.data.catalog",
+    "SelectionError": "trainer.data.catalog",
+    "prediction_loader": "trainer.data.prediction",
+    "labelled_split": "trainer.data.prediction",
+    # raw samples, without torch
     "PackedDataset": "trainer.data.dataset",
     "open_dataset": "trainer.data.dataset",
 }
 
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from packer.schema import MODALITIES, SENTINEL2_MASK_OF, TIME_SERIES_INPUTS
+from packer.schema import INPUT_MODALITIES, MODALITIES, SENTINEL2_MASK_OF, TIME_SERIES_INPUTS
 from packer.schema import batch_dates_key as dates_key
 from packer.schema import batch_pad_mask_key as pad_mask_key
 from trainer.config import active_inputs, selected_channels
@@ -69,6 +69,37 @@ class SampleSpec:
             means={m: tuple(norm.get(f"{m}_means") or ()) for m in inputs},
             stds={m: tuple(norm.get(f"{m}_stds") or ()) for m in inputs},
             pad_value=float(cfg["models"]["multitemp_model"].get("pad_value", 0) or 0),
+        )
+
+    @classmethod
+    def from_zonal_config(cls, cfg: Mapping[str, Any]) -> "SampleSpec":
+        """The same preprocessing from a validated flair-zonal config (the reference's zonal keys).
+
+        That config sets normalisation per modality; the spec carries each mono input's custom
+        statistics, and the caller applies each modality's own `normalization.type`.
+        """
+        mods = cfg["modalities"]
+        inputs = tuple(m for m in INPUT_MODALITIES if mods["inputs"].get(m))
+        means, stds = {}, {}
+        for m in inputs:
+            if m not in TIME_SERIES_INPUTS:
+                norm = mods[m]["normalization"]
+                means[m] = tuple(norm.get("means") or ())
+                stds[m] = tuple(norm.get("stds") or ())
+        s2 = mods.get(S2) or {}
+        dem = mods.get("DEM_ELEV") or {}
+        average = {m: ((mods[m].get("average_period") or "monthly") if mods[m].get("temporal_average") else False)
+                   for m in inputs if m in TIME_SERIES_INPUTS}
+        return cls(
+            inputs=inputs, tasks=(),
+            channels={m: (tuple(mods[m]["channels"]) if mods[m].get("channels") else None) for m in inputs},
+            label_channels={},
+            calc_elevation=bool(dem.get("calc_elevation", False)), stack_dsm=bool(dem.get("calc_elevation_stack_dsm", False)),
+            filter_s2=bool(S2 in inputs and s2.get("filter_clouds")),
+            max_cloud=s2.get("filter_max_cloud", 1), max_snow=s2.get("filter_max_snow", 1),
+            max_frac_cover=s2.get("filter_max_frac_cover", 0.05),
+            average=average, ref_date=cfg["multitemp_model_ref_date"], augment=False,
+            norm_type="custom", means=means, stds=stds,
         )
 
     @property

@@ -25,7 +25,7 @@ import torch
 from segmentation_models_pytorch.base import initialization as smp_init
 from torch import Tensor, nn
 
-from trainer.config import ConfigError as TrainerConfigError
+from trainer.config import ConfigError
 
 from .pretrained import KEY, library_pretrained_encoder, resolve
 from .weights_io import read_state_dict
@@ -138,7 +138,7 @@ ENCODER_DEPTH = 5
 PREFIXES = ("module.", "backbone.", "encoder.")
 
 
-class EncoderWeightsMismatch(TrainerConfigError):
+class EncoderWeightsMismatch(ConfigError):
     """A weights file does not hold this encoder's tensors; the message names the missing ones."""
 
 

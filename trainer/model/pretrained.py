@@ -35,9 +35,9 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import Tensor, nn
 
-from trainer.config import ConfigError as TrainerConfigError
+from trainer.config import ConfigError
 
-from .spec import ConfigError
+from .weights_io import read_state_dict
 
 log = logging.getLogger("flair.model")
 
@@ -46,7 +46,7 @@ HF_FILES = ("model.safetensors", "pytorch_model.bin")
 """What timm looks for in a Hub repo, in its order (`load_state_dict_from_hf`: the safe file first)."""
 
 
-class PretrainedUnavailable(TrainerConfigError):
+class PretrainedUnavailable(ConfigError):
     """The pretrained weights are neither in the local caches nor downloadable; the message says what to do."""
 
 

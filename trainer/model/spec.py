@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from packer.schema import LABEL_MODALITIES, MODALITIES, MONO_TEMPORAL_INPUTS, TIME_SERIES_INPUTS
+from trainer.config import ConfigError  # the one config error type: flair-train reports it as one line
 
 INPUT_KEYS: tuple[str, ...] = (*MONO_TEMPORAL_INPUTS, *TIME_SERIES_INPUTS)
 """Order of the branches (mono-temporal first): it fixes the fusion's concatenation order."""
@@ -32,10 +33,6 @@ MULTITEMP_KEYS = (
     "encoder_widths", "decoder_widths", "out_conv", "str_conv_k", "str_conv_s", "str_conv_p",
     "agg_mode", "encoder_norm", "n_head", "d_model", "d_k", "pad_value", "padding_mode",
 )
-
-
-class ConfigError(ValueError):
-    """A config key the model reads is missing or has a bad value; the message names it."""
 
 
 def _get(config: Mapping[str, Any], dotted: str, default: Any = ...) -> Any:

@@ -52,16 +52,22 @@ def normalise_reference_keys(state: Mapping[str, Tensor], model_keys: set[str]) 
     return out
 
 
-def check_state_dict(model: torch.nn.Module, state: Mapping[str, Tensor], source: str, shown: int = 20) -> None:
-    """Raise `CheckpointMismatch` naming every missing, unexpected and mis-shaped key."""
+def state_dict_differences(model: torch.nn.Module, state: Mapping[str, Tensor],
+                           ) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
+    """Keys of `model` missing from `state`, keys of `state` the model lacks, and (key, shape in
+    `state`, shape in the model) for each mis-shaped tensor."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected)
-        if tuple(state[k].shape) != tuple(expected[k].shape)
-    )
+    shapes = [(k, tuple(state[k].shape), tuple(expected[k].shape))
+              for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape)]
+    return missing, unexpected, shapes
+
+
+def check_state_dict(model: torch.nn.Module, state: Mapping[str, Tensor], source: str, shown: int = 20) -> None:
+    """Raise `CheckpointMismatch` naming every missing, unexpected and mis-shaped key."""
+    missing, unexpected, mis_shaped = state_dict_differences(model, state)
+    shapes = sorted(f"{k}: checkpoint {ours} vs model {theirs}" for k, ours, theirs in mis_shaped)
     if not (missing or unexpected or shapes):
         return
     lines = [f"{source} does not match the model built from the config:"]

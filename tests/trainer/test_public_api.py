@@ -1,0 +1,53 @@
+"""The middle layer's public API: what `trainer`, `trainer.data` and `trainer.model` export."""
+
+import ast
+import importlib
+import pkgutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import trainer
+import trainer.data
+import trainer.model
+
+ROOTS = (trainer, trainer.data, trainer.model)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _all_submodules(package: types.ModuleType) -> None:
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        importlib.import_module(info.name)
+
+
+@pytest.mark.parametrize("root", ROOTS, ids=lambda m: m.__name__)
+def test_every_export_is_the_named_object_even_after_every_submodule_is_imported(root):
+    # A public name equal to a submodule's name would turn into that module once it is imported.
+    _all_submodules(trainer)
+    declared = getattr(root, "_EXPORTS", {})
+    for name in root.__all__:
+        value = getattr(root, name)
+        assert not isinstance(value, types.ModuleType), f"{root.__name__}.{name} is a module"
+        if name in declared:
+            module, _, attr = declared[name].partition(":")
+            assert value is getattr(importlib.import_module(module), attr or name), f"{root.__name__}.{name}"
+
+
+def test_the_roots_do_not_import_torch():
+    code = "import sys, trainer, trainer.data, trainer.data.sources; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False"
+
+
+def test_inference_imports_trainer_only_through_its_roots():
+    allowed = {"trainer", "trainer.data", "trainer.model"}
+    for path in sorted((REPO / "inference").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "trainer":
+                assert node.module in allowed, f"{path.name}:{node.lineno} imports {node.module}"
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert alias.name.split(".")[0] != "trainer" or alias.name in allowed, f"{path.name}:{node.lineno}"
