@@ -39,7 +39,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE_REF = "28fc08b"
-"""main before issue #15: Python-list selection, stepped shuffle buffer, re-planning in every worker."""
+"""the catalog of 28fc08b: Python-list selection, stepped shuffle buffer, re-planning in every worker."""
 DEFAULT_CONFIG = REPO / "configs" / "seed" / "LC-ALL.yaml"
 
 
@@ -104,7 +104,7 @@ def counting_source(base: str):
 # One measurement (a fresh process)
 # --------------------------------------------------------------------------------------------
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
-    import trainer.data  # noqa: F401  (torch and the loader: loaded in every rank anyway)
+    import trainer.data.loader  # noqa: F401  (torch and the loader: loaded in every rank anyway)
     from trainer.data.sources import open_source
 
     if args.impl == "baseline":
