@@ -157,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         name = f"{src}-{ranks}r-{workers}w"
         if args.only is not None and name not in args.only:
             continue
-        busy = ranks * (max(1, workers) + (1 if workers else 0)) + (1 if src == "http" else 0)
+        # Cores the setting's processes could keep busy: a loader process (rank or worker) with several
+        # decode threads keeps up to `process_cores` busy (zstd and numpy release the interpreter lock),
+        # a rank receiving batches from workers one more, the loopback server one.
+        per_loader = min(cal.process_cores, float(cal.threads)) if cal.threads > 1 else 1.0
+        busy = ranks * max(1, workers) * per_loader + (ranks if workers else 0) + (1 if src == "http" else 0)
         before = process_share(data, [CONFIG], args.batch, cal.unit_cpu_s)
         server = None
         if src == "http":
