@@ -4,7 +4,6 @@ readable: the loader yields exactly the batches of a format-2 pack of the same t
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import pyarrow.parquet as pq
@@ -14,32 +13,16 @@ import zstandard
 from packer import schema
 from packer.codec import LEGACY_SHUFFLE_MAGIC
 from packer.verify import verify_dataset
-from trainer.config import validate_config
+from tests.loader_configs import loader_config
 from trainer.data import StreamingLoader
 
 ALL = ["AERIAL_RGBI", "AERIAL-RLT_PAN", "DEM_ELEV", "SPOT_RGBI", "SENTINEL2_TS", "SENTINEL1-ASC_TS", "SENTINEL1-DESC_TS"]
-CFG = {
-    "modalities": {
-        "inputs": {m: True for m in ALL},
-        "inputs_channels": {"AERIAL_RGBI": [4, 1, 2], "SPOT_RGBI": [4, 1, 2], "SENTINEL2_TS": list(range(1, 11)),
-                            "SENTINEL1-ASC_TS": [1, 2], "SENTINEL1-DESC_TS": [1, 2]},
-        "pre_processings": {"filter_sentinel2": True, "temporal_average_sentinel2": False,
-                            "temporal_average_sentinel1": False, "calc_elevation": True,
-                            "calc_elevation_stack_dsm": True, "use_augmentation": False},
-        "normalization": {"norm_type": "without"},
-    },
-    "models": {"multitemp_model": {"ref_date": "05-15"}},
-    "hyperparams": {"batch_size": 3, "seed": 2},
-    "labels": ["AERIAL_LABEL-COSIA", "ALL_LABEL-LPIS"],
-    "labels_configs": {"AERIAL_LABEL-COSIA": {"value_name": {i: str(i) for i in range(19)}},
-                       "ALL_LABEL-LPIS": {"value_name": {i: str(i) for i in range(23)}}},
-}
-
-
 def batches(out, workers=0):
-    cfg = copy.deepcopy(CFG)
-    cfg["data"] = {"source": str(out)}
-    loader = StreamingLoader.from_config(validate_config(cfg), None, rank=0, world_size=1, num_workers=workers,
+    channels = {"AERIAL_RGBI": [4, 1, 2], "SPOT_RGBI": [4, 1, 2], "SENTINEL2_TS": range(1, 11),
+                "SENTINEL1-ASC_TS": [1, 2], "SENTINEL1-DESC_TS": [1, 2]}
+    cfg = loader_config(out, {m: channels.get(m, []) for m in ALL}, seed=2, batch_size=3,
+                        labels=("AERIAL_LABEL-COSIA", "ALL_LABEL-LPIS"), norm={"norm_type": "without"})
+    loader = StreamingLoader.from_config(cfg, None, rank=0, world_size=1, num_workers=workers,
                                          shuffle=False)
     return [(tuple(b["patch_id"]), {k: v.numpy().tobytes() for k, v in b.items() if torch.is_tensor(v)})
             for b in loader]

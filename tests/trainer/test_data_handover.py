@@ -4,7 +4,6 @@ exit, an exception or a kill."""
 
 from __future__ import annotations
 
-import copy
 import gc
 import json
 import os
@@ -17,33 +16,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.config import validate_config
+from tests.loader_configs import REFERENCE_PREPROCESSING, SPOT_CUSTOM_NORM, loader_config
 from trainer.data import StreamingLoader
 
 REPO = Path(__file__).resolve().parents[2]
-CFG = {
-    "modalities": {
-        "inputs": {"SPOT_RGBI": True, "SENTINEL2_TS": True},
-        "inputs_channels": {"SPOT_RGBI": [4, 1, 2], "SENTINEL2_TS": list(range(1, 11))},
-        "pre_processings": {"filter_sentinel2": True, "temporal_average_sentinel2": False,
-                            "temporal_average_sentinel1": False, "calc_elevation": True,
-                            "calc_elevation_stack_dsm": True, "use_augmentation": True},
-        "normalization": {"norm_type": "custom", "SPOT_RGBI_means": [433.26, 508.75, 467.77, 1137.03],
-                          "SPOT_RGBI_stds": [312.76, 284.61, 226.02, 543.11]},
-    },
-    "models": {"multitemp_model": {"ref_date": "05-15"}},
-    "hyperparams": {"batch_size": 2, "seed": 13},
-    "labels": ["AERIAL_LABEL-COSIA"],
-    "labels_configs": {"AERIAL_LABEL-COSIA": {"value_name": {i: str(i) for i in range(19)}}},
-}
-
-
 def make(out, split="train", **kw):
-    cfg = copy.deepcopy(CFG)
-    cfg["data"] = {"source": str(out), "shuffle_window": 3, "decode_threads": 2}
+    cfg = loader_config(out, {"SPOT_RGBI": [4, 1, 2], "SENTINEL2_TS": range(1, 11)}, seed=13,
+                        pre={**REFERENCE_PREPROCESSING, "use_augmentation": True}, norm=SPOT_CUSTOM_NORM,
+                        shuffle_window=3, decode_threads=2)
     kw.setdefault("rank", 0)
     kw.setdefault("world_size", 1)
-    return StreamingLoader.from_config(validate_config(cfg), split, shuffle=True, **kw)
+    return StreamingLoader.from_config(cfg, split, shuffle=True, **kw)
 
 
 def fingerprint(batch):

@@ -4,7 +4,6 @@ leaves the sample out and keeps every rank's batch count equal."""
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import re
@@ -20,37 +19,17 @@ from packer import schema
 from packer.codec import member_checksum
 from packer.index import checksum_column
 from packer.manifest import file_sha256
-from trainer.config import ConfigError, validate_config
+from tests.loader_configs import SPOT_CUSTOM_NORM, loader_config
+from trainer.config import ConfigError
 from trainer.data import StreamingLoader
 from trainer.data.collate import BatchLayoutError, collate
 from trainer.data.reader import SampleError
 from trainer.data.sample import SampleSpec
 
-CFG = {
-    "modalities": {
-        "inputs": {"SPOT_RGBI": True, "SENTINEL1-ASC_TS": True},
-        "inputs_channels": {"SPOT_RGBI": [4, 1, 2], "SENTINEL1-ASC_TS": [1, 2]},
-        "pre_processings": {"filter_sentinel2": True, "temporal_average_sentinel2": False,
-                            "temporal_average_sentinel1": False, "calc_elevation": True,
-                            "calc_elevation_stack_dsm": True, "use_augmentation": False},
-        "normalization": {"norm_type": "custom", "SPOT_RGBI_means": [433.26, 508.75, 467.77, 1137.03],
-                          "SPOT_RGBI_stds": [312.76, 284.61, 226.02, 543.11]},
-    },
-    "models": {"multitemp_model": {"ref_date": "05-15"}},
-    "hyperparams": {"batch_size": 2, "seed": 5},
-    "labels": ["AERIAL_LABEL-COSIA"],
-    "labels_configs": {"AERIAL_LABEL-COSIA": {"value_name": {i: str(i) for i in range(19)}}},
-}
-
-
 def config(out, inputs=None, **data):
-    cfg = copy.deepcopy(CFG)
     if inputs is not None:
-        cfg["modalities"]["inputs"] = {m: True for m in inputs}
-        cfg["modalities"]["inputs_channels"] = {m: [1, 2, 3, 4] for m in inputs}
-        cfg["modalities"]["normalization"] = {"norm_type": "scaling"}
-    cfg["data"] = {"source": str(out), **data}
-    return validate_config(cfg)
+        return loader_config(out, {m: [1, 2, 3, 4] for m in inputs}, seed=5, **data)
+    return loader_config(out, {"SPOT_RGBI": [4, 1, 2], "SENTINEL1-ASC_TS": [1, 2]}, seed=5, norm=SPOT_CUSTOM_NORM, **data)
 
 
 def loader_for(out, split="test", inputs=None, data=None, **kw):

@@ -3,7 +3,6 @@ is one clear error naming shard, patch and member, on the ranged-read path and i
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import shutil
@@ -15,31 +14,13 @@ from packer import schema
 from packer.codec import member_checksum
 from packer.index import checksum_column
 from packer.verify import verify_dataset
-from trainer.config import validate_config
+from tests.loader_configs import SPOT_CUSTOM_NORM, loader_config
 from trainer.data import StreamingLoader
 from trainer.data.reader import SampleError
 
-CFG = {
-    "modalities": {
-        "inputs": {"SENTINEL2_TS": True, "SPOT_RGBI": True},
-        "inputs_channels": {"SPOT_RGBI": [4, 1, 2], "SENTINEL2_TS": list(range(1, 11))},
-        "pre_processings": {"filter_sentinel2": True, "temporal_average_sentinel2": False,
-                            "temporal_average_sentinel1": False, "calc_elevation": True,
-                            "calc_elevation_stack_dsm": True, "use_augmentation": False},
-        "normalization": {"norm_type": "custom", "SPOT_RGBI_means": [433.26, 508.75, 467.77, 1137.03],
-                          "SPOT_RGBI_stds": [312.76, 284.61, 226.02, 543.11]},
-    },
-    "models": {"multitemp_model": {"ref_date": "05-15"}},
-    "hyperparams": {"batch_size": 2, "seed": 3},
-    "labels": ["AERIAL_LABEL-COSIA"],
-    "labels_configs": {"AERIAL_LABEL-COSIA": {"value_name": {i: str(i) for i in range(19)}}},
-}
-
-
 def loader_for(out, split="test", **kw):
-    cfg = copy.deepcopy(CFG)
-    cfg["data"] = {"source": str(out)}
-    return StreamingLoader.from_config(validate_config(cfg), split, rank=0, world_size=1, shuffle=False, **kw)
+    cfg = loader_config(out, {"SENTINEL2_TS": range(1, 11), "SPOT_RGBI": [4, 1, 2]}, seed=3, norm=SPOT_CUSTOM_NORM)
+    return StreamingLoader.from_config(cfg, split, rank=0, world_size=1, shuffle=False, **kw)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ test ends within its outage plus the retry schedule; slow because the outages ar
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 
@@ -13,31 +12,16 @@ import pytest
 import torch
 
 from packer.retry import min_outage_s
-from trainer.config import validate_config
+from tests.loader_configs import NO_PREPROCESSING, loader_config
 from trainer.data import StreamingLoader
 
 pytestmark = pytest.mark.slow
 
-CFG = {
-    "modalities": {
-        "inputs": {"SPOT_RGBI": True, "SENTINEL2_TS": True},
-        "inputs_channels": {"SPOT_RGBI": [1, 2, 3, 4], "SENTINEL2_TS": [3, 2, 1]},
-        "pre_processings": {"filter_sentinel2": False, "temporal_average_sentinel2": False,
-                            "temporal_average_sentinel1": False, "calc_elevation": False,
-                            "calc_elevation_stack_dsm": False, "use_augmentation": False},
-        "normalization": {"norm_type": "scaling"},
-    },
-    "models": {"multitemp_model": {"ref_date": "05-15"}},
-    "hyperparams": {"batch_size": 1, "seed": 3},
-    "labels": ["AERIAL_LABEL-COSIA"],
-    "labels_configs": {"AERIAL_LABEL-COSIA": {"value_name": {i: str(i) for i in range(19)}}},
-}
-
-
 def _loader(source: str, **data) -> StreamingLoader:
-    cfg = copy.deepcopy(CFG)
-    cfg["data"] = {"source": source, "decode_threads": 1, **data}  # one thread: reads happen as batches are drawn
-    return StreamingLoader.from_config(validate_config(cfg), "train", rank=0, world_size=1)
+    # one decode thread: reads happen as batches are drawn
+    cfg = loader_config(source, {"SPOT_RGBI": [1, 2, 3, 4], "SENTINEL2_TS": [3, 2, 1]}, seed=3, batch_size=1,
+                        pre=NO_PREPROCESSING, decode_threads=1, **data)
+    return StreamingLoader.from_config(cfg, "train", rank=0, world_size=1)
 
 
 def _batches(loader: StreamingLoader, after_first=None) -> list[dict]:
