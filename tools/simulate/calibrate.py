@@ -119,7 +119,7 @@ def probe_loader(cfg: dict[str, Any], workers: int, threads: int, patch_ids: lis
         cfg["data"]["select"]["patch_ids"] = patch_ids
     ld = StreamingLoader.from_config(cfg, None, rank=0, world_size=1, num_workers=workers, shuffle=True, augment=False)
     out: dict[str, float] = {}
-    pss = 0.0
+    pss, next_pss = 0.0, 0.0
     for epoch in range(2):
         c0, t0 = time.process_time(), time.perf_counter()
         ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -129,7 +129,9 @@ def probe_loader(cfg: dict[str, Any], workers: int, threads: int, patch_ids: lis
                 first = time.perf_counter() - t0
             _touch(batch)
             n += len(batch["patch_id"])
-            pss = max(pss, _children_pss_mb())
+            if time.perf_counter() >= next_pss:  # reading smaps costs ms: sample it, don't charge it per batch
+                pss = max(pss, _children_pss_mb())
+                next_pss = time.perf_counter() + 0.5
         ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         out = {"samples": n, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
                "children_cpu_s": (ch1.ru_utime + ch1.ru_stime) - (ch0.ru_utime + ch0.ru_stime), "first_s": first or 0.0,
