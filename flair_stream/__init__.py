@@ -35,17 +35,17 @@ _EXPORTS = {
     # the pipeline's stages as functions
     "pack_dataset": "packer.pack",
     "StreamingLoader": "trainer.data.loader",
-    # the shared facts
-    "schema": "packer.schema",
 }
+_MODULES = {"schema": "packer.schema"}  # the shared facts, as a module
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", *_EXPORTS, *_MODULES]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        module = import_module(_EXPORTS[name])
-        return module if module.__name__.endswith("." + name) else getattr(module, name)
+    if name in _MODULES:
+        return import_module(_MODULES[name])
+    if name in _EXPORTS:  # a function or class, even where it shares its module's name (builtin_configs)
+        return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

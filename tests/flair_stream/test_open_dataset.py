@@ -205,3 +205,16 @@ def test_loader_gives_the_training_stream(toy_shards):
     loader = ds.loader("valid", config="LC-D", overrides=["modalities.inputs.SENTINEL2_TS=false"], batch_size=1)
     first = next(iter(loader))
     assert "SENTINEL2_TS" not in first and first["AERIAL_RGBI"].shape[0] == 1
+
+
+def test_every_export_is_the_object_it_names():
+    """`flair_stream.builtin_configs` is the function (not its module of the same name); `schema` the module."""
+    import inspect
+
+    import flair_stream
+
+    assert callable(flair_stream.builtin_configs) and "LC-A" in flair_stream.builtin_configs()
+    assert flair_stream.schema is schema
+    for name in flair_stream.__all__:
+        obj = getattr(flair_stream, name)
+        assert name in ("__version__", "schema") or not inspect.ismodule(obj), name
