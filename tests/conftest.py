@@ -77,6 +77,16 @@ def toy_shards(toy_tree: ToyTree, tmp_path_factory: pytest.TempPathFactory) -> T
     return ToyShards(out, toy_tree)
 
 
+@pytest.fixture
+def shards_copy(toy_shards: ToyShards, tmp_path: Path) -> Path:
+    """A private copy of `toy_shards`'s output folder, for tests that damage or edit it."""
+    import shutil
+
+    dst = tmp_path / "shards"
+    shutil.copytree(toy_shards.out, dst)
+    return dst
+
+
 @pytest.fixture(scope="module")
 def single_torch_thread():
     """Run a module's tiny-tensor tests on one torch thread, then restore the count.

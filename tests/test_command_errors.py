@@ -45,13 +45,10 @@ def test_s3_source_without_a_server(tmp_path, capsys, no_s3_server, one_error_li
     assert "s3://flair/shards/manifest.json" in line and "failed after 1 attempt" in line and no_s3_server in line
 
 
-def test_truncated_manifest_is_one_line(toy_shards, tmp_path, capsys, one_error_line):
-    import shutil
-
+def test_truncated_manifest_is_one_line(shards_copy, tmp_path, capsys, one_error_line):
     from trainer.train import main as train_main
 
-    data = tmp_path / "shards"
-    shutil.copytree(toy_shards.out, data)
+    data = shards_copy
     text = (data / "manifest.json").read_text()
     (data / "manifest.json").write_text(text[: len(text) // 2])
     assert train_main(_train(tmp_path, source=str(data))) == 2

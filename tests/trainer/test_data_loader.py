@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import shutil
 
 import numpy as np
 import pytest
@@ -174,13 +173,6 @@ def test_class_balanced_sampling_runs(toy_shards):
     ld = make(cfg, "train", batch_size=1)
     ids = [b["patch_id"][0] for b in ld]
     assert len(ids) == len(all_ids(toy_shards, "train")) and set(ids) <= set(all_ids(toy_shards, "train"))
-
-
-@pytest.fixture
-def shards_copy(toy_shards, tmp_path):
-    dst = tmp_path / "shards"
-    shutil.copytree(toy_shards.out, dst)
-    return dst
 
 
 def _first_shard(out, split="test"):

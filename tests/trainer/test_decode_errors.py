@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -40,13 +39,6 @@ def loader_for(out, split="test", inputs=None, data=None, **kw):
 
 def valid_ids(loaders) -> list[str]:
     return sorted(p for ld in loaders for b in ld for p, v in zip(b["patch_id"], b["valid"]) if v)
-
-
-@pytest.fixture
-def shards_copy(toy_shards, tmp_path):
-    dst = tmp_path / "shards"
-    shutil.copytree(toy_shards.out, dst)
-    return dst
 
 
 def damage_member(out, split="test", member="SENTINEL1-ASC_TS") -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -21,13 +20,6 @@ from trainer.data.reader import SampleError
 def loader_for(out, split="test", **kw):
     cfg = loader_config(out, {"SENTINEL2_TS": range(1, 11), "SPOT_RGBI": [4, 1, 2]}, seed=3, norm=SPOT_CUSTOM_NORM)
     return StreamingLoader.from_config(cfg, split, rank=0, world_size=1, shuffle=False, **kw)
-
-
-@pytest.fixture
-def shards_copy(toy_shards, tmp_path):
-    dst = tmp_path / "shards"
-    shutil.copytree(toy_shards.out, dst)
-    return dst
 
 
 def first_row(out, split="test") -> dict:
