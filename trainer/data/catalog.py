@@ -249,7 +249,7 @@ class Catalog:
         for name in required:
             off, size = member_columns(name)
             members[name] = (_ints(cols, off, keep), _ints(cols, size, keep))
-        checksums = {name: _uints(cols, checksum_column(name), keep) for name in members} if with_checksums else {}
+        checksums = {name: _ints(cols, checksum_column(name), keep, np.uint64) for name in members} if with_checksums else {}
         max_dates = {name: int(_ints(cols, f"T_{name}", keep).max(initial=0)) for name in series}
         return Selection(
             patch_ids=cols["patch_id"].filter(keep).to_pylist(),
@@ -351,18 +351,12 @@ class SourceFile(io.RawIOBase):
         return n
 
 
-def _ints(cols: Mapping[str, pa.ChunkedArray], column: str, keep: pa.BooleanArray) -> np.ndarray:
+def _ints(cols: Mapping[str, pa.ChunkedArray], column: str, keep: pa.BooleanArray,
+          dtype: type = np.int64) -> np.ndarray:
     values = cols[column].filter(keep)
     if values.null_count:
         raise SelectionError(f"index column {column} has missing values for selected rows")
-    return _as_numpy(values).astype(np.int64)
-
-
-def _uints(cols: Mapping[str, pa.ChunkedArray], column: str, keep: pa.BooleanArray) -> np.ndarray:
-    values = cols[column].filter(keep)
-    if values.null_count:
-        raise SelectionError(f"index column {column} has missing values for selected rows")
-    return _as_numpy(values).astype(np.uint64)
+    return _as_numpy(values).astype(dtype)
 
 
 def _bool_array(mask: np.ndarray) -> pa.BooleanArray:
