@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         # Cores the setting's processes could keep busy: a loader process (rank or worker) with several
         # decode threads keeps up to `process_cores` busy (zstd and numpy release the interpreter lock),
         # a rank receiving batches from workers one more, the loopback server one.
-        per_loader = min(cal.process_cores, float(cal.threads)) if cal.threads > 1 else 1.0
+        per_loader = cal.loader_process_cores(cal.threads)
         busy = ranks * max(1, workers) * per_loader + (ranks if workers else 0) + (1 if src == "http" else 0)
         before = process_share(data, [CONFIG], args.batch, cal.unit_cpu_s)
         server = None

@@ -73,6 +73,11 @@ class Calibration:
         factor = self.thread_cpu_factor if threads > 1 else 1.0
         return (self.producer_fixed_s + self.producer_per_byte_s * decoded_bytes) * factor
 
+    def loader_process_cores(self, threads: int) -> float:
+        """Cores one loader process with `threads` decode threads keeps busy (zstd and numpy release
+        the interpreter lock; its Python parts still run one at a time)."""
+        return min(self.process_cores, float(threads)) if threads > 1 else 1.0
+
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
 

@@ -106,7 +106,7 @@ def predict(work: Workload, topo: Topology, store: Storage, cal: Calibration, st
     # `share` of a core per runnable thread (1 on a dedicated node; less on a shared host, where
     # other users' processes take their turns). A training process receiving batches from workers
     # is one more server per rank. Together they cannot use more than the node's cores.
-    per_process = min(cal.process_cores, float(T)) if T > 1 else 1.0
+    per_process = cal.loader_process_cores(T)
     speed = share * per_process
 
     # ---- the network: threads looping over samples
