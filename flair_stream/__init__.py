@@ -17,8 +17,7 @@ docs/loading.md ("Python API").
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from trainer.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -35,19 +34,10 @@ _EXPORTS = {
     # the pipeline's stages as functions
     "pack_dataset": "packer.pack",
     "StreamingLoader": "trainer.data.loader",
+    # the shared facts, as a module
+    "schema": "packer:schema",
 }
-_MODULES = {"schema": "packer.schema"}  # the shared facts, as a module
 
-__all__ = ["__version__", *_EXPORTS, *_MODULES]
+__all__ = ["__version__", *_EXPORTS]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
-
-def __getattr__(name: str) -> Any:
-    if name in _MODULES:
-        return import_module(_MODULES[name])
-    if name in _EXPORTS:  # a function or class, even where it shares its module's name (builtin_configs)
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)

@@ -1,7 +1,7 @@
 """PEP 562 exports for the package roots of the middle layer (`trainer`, `trainer.data`).
 
 A root lists its public names and the module each lives in (`"module"`, or `"module:name"` when
-the public name differs); a name is imported on first use, so importing the root (or one light
+the public name differs; `"package:submodule"` exports a submodule itself); a name is imported on first use, so importing the root (or one light
 module below it, like `trainer.data.sources`) stays cheap and does not import torch.
 
 A public name must not be the name of a submodule of its package: once that submodule is
@@ -22,7 +22,10 @@ def lazy_exports(package: str, exports: Mapping[str, str],
     def __getattr__(name: str) -> Any:
         if name in exports:
             module, _, attr = exports[name].partition(":")
-            return getattr(import_module(module), attr or name)
+            target = import_module(module)
+            if not hasattr(target, attr or name):  # a submodule not imported yet
+                return import_module(f"{module}.{attr or name}")
+            return getattr(target, attr or name)
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:
