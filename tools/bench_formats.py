@@ -290,17 +290,15 @@ def _flair_loader(mode: str, batch: int, info: dict[str, Any],
                   pack: str = "flair-pack") -> Callable[[], Iterable[dict[str, Any]]]:
     from types import SimpleNamespace
 
-    from trainer.data.catalog import Catalog
-    from trainer.data.loader import StreamingLoader
-    from trainer.data.sources import open_source
+    from trainer.data import Catalog, LoaderOptions, StreamingLoader, open_source
 
     src = open_source(info[pack])
     catalog = Catalog(src)
     # No preprocessing: every stored array is a fixed-shape batch key (this tree has fixed T).
     spec = SimpleNamespace(mono=MODALITIES, series=(), tasks=(), augment=False, needed_modalities=MODALITIES)
-    loader = StreamingLoader(src, catalog, catalog.select(None, MODALITIES), spec, batch_size=batch, rank=0,
-                             world_size=1, num_workers=0 if mode == "0" else 2, shuffle=False,
-                             decode_threads=2 if mode == "0" else 1, transform=_raw_sample)
+    options = LoaderOptions(batch_size=batch, shuffle=False, num_workers=0 if mode == "0" else 2,
+                            decode_threads=2 if mode == "0" else 1, transform=_raw_sample)
+    loader = StreamingLoader(src, catalog, catalog.select(None, MODALITIES), spec, options, rank=0, world_size=1)
     return lambda: loader
 
 

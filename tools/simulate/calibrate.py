@@ -54,7 +54,7 @@ class Calibration:
     producer_per_byte_s: float  # ... and per decoded byte
     worker_extra_s: float  # CPU s per sample a DataLoader worker spends beyond the 0-worker process
     main_per_sample_s: float  # CPU s per sample in the training process when workers hand batches over
-    worker_start_cpu_s: float  # CPU s a worker spends starting, each epoch (workers are not persistent)
+    worker_start_cpu_s: float  # CPU s a worker spends starting (once per run: workers persist across epochs)
     thread_speedup: float  # rate with `threads` decode threads / rate with 1, one process, local reads
     request_cpu_s: float  # client CPU s per ranged HTTP request
     byte_cpu_s: float  # client CPU s per byte received

@@ -19,6 +19,7 @@ from trainer.lazy_exports import lazy_exports
 _EXPORTS = {
     # the loader and what a sample is
     "StreamingLoader": "trainer.data.loader",
+    "LoaderOptions": "trainer.data.loader_options",
     "SampleSpec": "trainer.data.sample",
     "preprocess_sample": "trainer.data.sample",
     "dates_key": "trainer.data.sample",

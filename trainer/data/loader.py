@@ -46,13 +46,14 @@ from trainer.data.catalog import Catalog, Selection, class_balanced_weights
 from trainer.data.collate import BatchBuilder, BatchLayout, BatchLayoutError, batch_from_buffer, batch_keys
 from trainer.data.distribution import RankPlan, cut_steps, epoch_order, steps_in_epoch
 from trainer.data.handover import BatchRing, Handed, Lease
+from trainer.data.loader_options import LoaderOptions
+from trainer.data.shared_plan import SharedPlan
 from trainer.data.normalize import to_model_inputs
 from trainer.data.reader import SampleError, SampleReader
 from trainer.data.sample import SampleSpec, preprocess_sample
 from trainer.data.sources import ShardIntegrityError, Source, SourceError, open_source
 
 STATE_VERSION = 1
-ON_ERROR = ("fail", "skip")
 TRANSPORTED = (ShardIntegrityError, SourceError, FileNotFoundError)
 """Data errors raised in a worker and re-raised as they are in the training process (one clear
 line, instead of the DataLoader's re-wrapped traceback)."""
@@ -95,24 +96,31 @@ class Batch(dict):
 class ShardStream(IterableDataset):
     """One rank's batches of one epoch, from `position` on (see the module docstring)."""
 
-    def __init__(self, reader: SampleReader, spec: SampleSpec, batch_size: int, seed: int, rank: int, world_size: int,
-                 shuffle: bool, shuffle_window: int, uneven: str, decode_threads: int,
-                 weights: np.ndarray | None = None, on_error: str = "fail",
-                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    def __init__(self, reader: SampleReader, spec: SampleSpec, options: LoaderOptions, rank: int, world_size: int,
+                 weights: np.ndarray | None = None) -> None:
         super().__init__()
-        if on_error not in ON_ERROR:
-            raise ValueError(f"data.on_error: must be one of {ON_ERROR}, got {on_error!r}")
-        self.reader, self.spec = reader, spec
-        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
-        self.shuffle, self.shuffle_window, self.uneven = shuffle, shuffle_window, uneven
-        self.decode_threads = decode_threads
+        self.reader, self.spec, self.options = reader, spec, options
+        self.batch_size, self.seed, self.rank, self.world_size = options.batch_size, options.seed, rank, world_size
+        self.shuffle, self.shuffle_window, self.uneven = options.shuffle, options.shuffle_window, options.uneven
+        self.decode_threads = options.decode_threads
         self.weights = weights
-        self.on_error = on_error
-        self.transform = transform  # raw sample -> batch sample; None: the reference's preprocessing
+        self.on_error = options.on_error
+        self.transform = options.transform  # raw sample -> batch sample; None: the reference's preprocessing
         self.epoch = 0
         self.position = 0
+        # With workers: the epoch plan in shared memory, published by the training process each
+        # epoch (persistent workers' own copies of this object keep the epoch they started in).
+        self.shared_plan: SharedPlan | None = None
         self.layout: BatchLayout | None = None  # set by the loader before workers start (or on first use)
         self.ring: BatchRing | None = None
+
+    def publish_plan(self) -> None:
+        """Training process: plan (epoch, position) once and share it with the workers."""
+        plan = self.plan()
+        if self.shared_plan is None:
+            full = steps_in_epoch(len(self.selection), 0, self.world_size, self.batch_size, self.uneven)
+            self.shared_plan = SharedPlan(full, self.batch_size)
+        self.shared_plan.publish(self.epoch, self.position, plan)
 
     @property
     def selection(self) -> Selection:
@@ -127,10 +135,10 @@ class ShardStream(IterableDataset):
         return max(2, -(-2 * self.decode_threads // self.batch_size))
 
     def plan(self) -> RankPlan:
-        """This rank's batches from (epoch, position), computed once and handed to the workers.
+        """This rank's batches from (epoch, position), computed once per epoch in the training process.
 
-        `StreamingLoader` plans in the main process before the DataLoader starts its workers, so
-        they inherit the plan (a few hundred rows) instead of each re-planning the whole epoch.
+        With workers, `StreamingLoader` publishes it (`publish_plan`) before each epoch and the
+        workers read it from shared memory instead of each re-planning the whole epoch.
         """
         key = (self.epoch, self.position)
         if getattr(self, "_plan_key", None) != key:
@@ -251,9 +259,13 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         in_worker = info is not None
+        if in_worker and self.shared_plan is not None:  # the training process planned this epoch
+            self.epoch, self.position = self.shared_plan.where()
+            plan = self.shared_plan.read()
+        else:
+            plan = self.plan()
         if self.layout is None:
             self.layout = self.probe_layout()
-        plan = self.plan()
         steps = iter(plan.worker_steps(worker, n_workers))
         pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="flair-decode") \
             if self.decode_threads > 1 else None
@@ -282,33 +294,35 @@ class ShardStream(IterableDataset):
 class StreamingLoader:
     """Batches of one split for one rank, with `state_dict()` for exact mid-epoch resume."""
 
-    def __init__(self, source: Source, catalog: Catalog, selection: Selection, spec: SampleSpec, *,
-                 batch_size: int, seed: int = 0, rank: int | None = None, world_size: int | None = None,
-                 num_workers: int = 0, shuffle: bool = True, shuffle_window: int = 512, uneven: str = "pad",
-                 decode_threads: int = 4, verify: bool = False, class_balanced_task: str | None = None,
-                 pin_memory: bool = False, prefetch_factor: int = 2, on_error: str = "fail",
-                 check_members: bool = True, ring: bool = True,
-                 multiprocessing_context: str | None = None,
-                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    def __init__(self, source: Source, catalog: Catalog, selection: Selection, spec: SampleSpec,
+                 options: LoaderOptions | None = None, *, rank: int | None = None, world_size: int | None = None,
+                 **changes: Any) -> None:
+        """`options` says how to read (`LoaderOptions`); keyword `changes` override some of its
+        settings (`StreamingLoader(..., batch_size=8, num_workers=2)`)."""
+        options = (options or LoaderOptions()).with_(**changes)
         rank, world_size = _dist_defaults(rank, world_size)
         self.source, self.catalog, self.selection, self.spec = source, catalog, selection, spec
-        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
-        self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
-        self.uneven = uneven
-        self.use_ring = ring
-        self.multiprocessing_context = multiprocessing_context
+        self.options = options
+        self.batch_size, self.seed, self.rank, self.world_size = options.batch_size, options.seed, rank, world_size
+        self.num_workers, self.pin_memory, self.prefetch_factor = (options.num_workers, options.pin_memory,
+                                                                   options.prefetch_factor)
+        self.uneven = options.uneven
+        self.use_ring = options.ring
+        self.multiprocessing_context = options.multiprocessing_context
         weights = None
-        if class_balanced_task is not None:
-            if class_balanced_task not in selection.class_counts:
-                raise ValueError(f"data.class_balanced: the index has no class counts for {class_balanced_task}")
-            weights = class_balanced_weights(selection.class_counts[class_balanced_task])
-        reader = SampleReader(source, selection, spec.needed_modalities, verify=verify, check_members=check_members)
-        self.dataset = ShardStream(reader, spec, batch_size, seed, rank, world_size, shuffle, shuffle_window, uneven,
-                                   decode_threads, weights, on_error=on_error, transform=transform)
+        task = options.class_balanced_task
+        if task is not None:
+            if task not in selection.class_counts:
+                raise ValueError(f"data.class_balanced: the index has no class counts for {task}")
+            weights = class_balanced_weights(selection.class_counts[task])
+        reader = SampleReader(source, selection, spec.needed_modalities, verify=options.verify,
+                              check_members=options.check_members)
+        self.dataset = ShardStream(reader, spec, options, rank, world_size, weights)
         self.epoch = 0
         self.position = 0  # global samples (all ranks) consumed in this epoch
         self.skipped: list[str] = []  # samples left out so far (data.on_error: skip), one line each
         self._ring: BatchRing | None = None
+        self._loader: DataLoader | None = None  # kept across epochs while its workers persist
         self._active: Any = None
 
     @classmethod
@@ -317,8 +331,8 @@ class StreamingLoader:
                     batch_size: int | None = None, shuffle: bool | None = None, augment: bool | None = None,
                     pin_memory: bool = False, **options: Any) -> "StreamingLoader":
         """Build from a validated config. `split` is a split name of the index (e.g. train/valid/test),
-        or None for every sample whatever its split. `options` go to the constructor as they are
-        (`prefetch_factor`, `multiprocessing_context`, `check_members`, `ring`, `transform`).
+        or None for every sample whatever its split. `options` override any other `LoaderOptions`
+        setting (`prefetch_factor`, `multiprocessing_context`, `check_members`, `ring`, `transform`...).
 
         Training splits shuffle and augment per the config; pass `shuffle=False, augment=False`
         for evaluation (the defaults do so for any split other than `data.train_split`).
@@ -336,14 +350,10 @@ class StreamingLoader:
         selection = catalog.select(split, spec.needed_modalities, domains=sel.get("domains") or (),
                                    patch_ids=sel.get("patch_ids"), contains_class=sel.get("contains_class"),
                                    min_class_share=sel.get("min_class_share"))
-        balanced = cfg["labels"][0] if (data["class_balanced"] and training) else None
-        return cls(src, catalog, selection, spec,
-                   batch_size=batch_size or cfg["hyperparams"]["batch_size"], seed=cfg["hyperparams"]["seed"],
-                   rank=rank, world_size=world_size,
-                   num_workers=cfg.get("hardware", {}).get("num_workers", 0) if num_workers is None else num_workers,
-                   shuffle=training if shuffle is None else shuffle, shuffle_window=data["shuffle_window"],
-                   uneven=data["uneven"], decode_threads=data["decode_threads"], verify=data["verify"],
-                   class_balanced_task=balanced, pin_memory=pin_memory, on_error=data["on_error"], **options)
+        given = {"num_workers": num_workers, "batch_size": batch_size, "shuffle": shuffle}
+        changes = {k: v for k, v in given.items() if v is not None}
+        opts = LoaderOptions.from_config(cfg, training, pin_memory=pin_memory, **changes, **options)
+        return cls(src, catalog, selection, spec, opts, rank=rank, world_size=world_size)
 
     # ---------------------------------------------------------------- iteration
     @property
@@ -388,14 +398,23 @@ class StreamingLoader:
         ds.ring = self._ring
 
     def _dataloader(self) -> DataLoader:
-        self.dataset.epoch, self.dataset.position = self.epoch, self.position
-        self.dataset.plan()  # once per rank and epoch, before the workers start (they inherit it)
-        self._prepare_ring()
-        kwargs: dict[str, Any] = {}
+        """This epoch's DataLoader: the one of the last epoch while its workers persist, else a new one."""
+        ds = self.dataset
+        ds.epoch, ds.position = self.epoch, self.position
         if self.num_workers > 0:
-            kwargs = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False,
+            ds.publish_plan()  # once per rank and epoch, here; workers read it from shared memory
+        self._prepare_ring()
+        if self._loader is not None:
+            return self._loader
+        kwargs: dict[str, Any] = {}
+        persistent = self.num_workers > 0 and self.options.persistent_workers
+        if self.num_workers > 0:
+            kwargs = {"prefetch_factor": self.prefetch_factor, "persistent_workers": persistent,
                       "multiprocessing_context": self.multiprocessing_context}
-        return DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_identity, **kwargs)
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_identity, **kwargs)
+        if persistent:
+            self._loader = loader
+        return loader
 
     def _receive(self, item: Handed) -> Batch:
         """A worker's description -> the batch dict, viewing the ring slot (or the private buffer)."""
@@ -420,22 +439,32 @@ class StreamingLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """The rest of the current epoch; afterwards the loader moves on to the next epoch."""
-        self._stop_active()
+        if self._active is not None:  # an epoch left early: stop its workers, they hold ring slots
+            self._stop_active()
         it = iter(self._dataloader())
         self._active = it
+        complete = False
         try:
             for item in it:
                 batch = self._receive(item)
                 self.position += self.samples_per_step
                 yield batch
+            complete = True
         finally:
-            self._stop_active()
+            if complete:
+                self._active = None  # persistent workers wait, idle, for the next epoch
+            else:
+                self._stop_active()
         self.epoch += 1
         self.position = 0
 
     def _stop_active(self) -> None:
-        """Stop the workers of an epoch left early, so that their ring slots can be reused."""
+        """Stop the workers of an epoch left early (or of every epoch, on close), so that their ring
+        slots can be reused."""
         it, self._active = self._active, None
+        if it is None and self._loader is not None:
+            it = getattr(self._loader, "_iterator", None)
+        self._loader = None
         shutdown = getattr(it, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()

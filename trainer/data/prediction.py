@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from trainer.data.catalog import Catalog
 from trainer.data.loader import StreamingLoader
+from trainer.data.loader_options import LoaderOptions
 from trainer.data.sample import SampleSpec
 from trainer.data.sources import open_source
 
@@ -32,9 +33,10 @@ def prediction_loader(cfg: Mapping[str, Any], url: str, split: str, *, batch_siz
         spec = dataclasses.replace(spec, tasks=())
     ids = catalog.select(split, spec.needed_modalities).patch_ids[:limit] if limit else None
     selection = catalog.select(split, spec.needed_modalities, patch_ids=ids)
-    loader = StreamingLoader(src, catalog, selection, spec, batch_size=batch_size, seed=0, rank=rank,
-                             world_size=world_size, num_workers=num_workers, shuffle=False, uneven="pad",
-                             decode_threads=data["decode_threads"], verify=data["verify"], pin_memory=pin_memory)
+    options = LoaderOptions(batch_size=batch_size, shuffle=False, uneven="pad", decode_threads=data["decode_threads"],
+                            verify=data["verify"], num_workers=num_workers, pin_memory=pin_memory,
+                            persistent_workers=False)  # one pass
+    loader = StreamingLoader(src, catalog, selection, spec, options, rank=rank, world_size=world_size)
     return loader, labelled
 
 
