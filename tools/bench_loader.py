@@ -1,11 +1,11 @@
 """Benchmark of the streaming loader against a per-file baseline shaped like the reference loader,
-and against the loader of an earlier revision ("today"), measured in the same run.
+and against the loaders of earlier revisions ("today"), measured in the same run.
 
     python -m tools.bench_loader --patches 48 --work /tmp/bench_loader [--configs all,aerial,s2] [--batch-sizes 1,8,32]
 
 1. Generates a toy tree (`tools.flair_toy`) and packs it (`packer.pack`), unless already in --work;
-   with `--today REV` (default: the revision before shard format 2) also checks that revision's
-   code out into --work (`git archive`) and packs the same tree with its packer.
+   with `--today REV[,REV...]` (default: the revision before shard format 2) also checks each
+   revision's code out into --work (`git archive`) and packs the same tree with its packer.
 2. Configs: `all` (all seven input modalities and both label tasks), `aerial` (AERIAL_RGBI +
    CoSIA) and `s2` (SENTINEL2_TS + CoSIA), each with the reference's default preprocessing (S2
    cloud/snow filter, DSM + height, custom normalisation).
@@ -20,7 +20,7 @@ and against the loader of an earlier revision ("today"), measured in the same ru
        preprocessing per sample like the reference's `flair_dataset` (float64 normalisation,
        one-hot float labels, float32 tensors), padded collate; 0 and 2 DataLoader workers.
        (a') the same with class-index labels (our label format), for a like-for-like view.
-   (today) the loader of revision --today on its own pack of the same tree.
+   (today) the loader of each --today revision on its own pack of the same tree.
    (b) this loader on the shards: local files and through a local S3 server (moto), 0 and 2
        worker processes x 1 or 2 decode threads; normalisation batched in the main process.
        One more run without the per-member checksums gives their cost, and one on half of the
@@ -87,6 +87,11 @@ def _format_version() -> int:
     return FORMAT_VERSION
 
 
+def revision_of(checkout: tuple[Path, Path]) -> str:
+    """The revision a `prepare_today` checkout holds (its directory is `today-<rev>`)."""
+    return checkout[0].name.split("-", 1)[1]
+
+
 def prepare_today(work: Path, tree: Path, rev: str) -> tuple[Path, Path] | None:
     """Revision `rev`'s code (git archive) and its own pack of `tree`, or None if git cannot provide it."""
     src, shards = work / f"today-{rev}", work / f"shards-{rev}"
@@ -108,10 +113,12 @@ def prepare_today(work: Path, tree: Path, rev: str) -> tuple[Path, Path] | None:
 
 
 def bench_config(shards: Path, config: str = "all") -> dict[str, Any]:
+    import trainer
     from trainer.config import load_config
 
     inputs, tasks = CONFIGS[config]
-    cfg = load_config(REPO / "configs" / "flair-hub")
+    # The configs of the checkout whose code runs (an earlier revision validates its own keys).
+    cfg = load_config(Path(trainer.__file__).resolve().parents[1] / "configs" / "flair-hub")
     for m in cfg["modalities"]["inputs"]:
         cfg["modalities"]["inputs"][m] = m in inputs
     cfg["labels"] = list(tasks)
@@ -407,7 +414,7 @@ Setting = tuple[str, str, int, dict]
 """(group, label, batch size, spawn keywords)."""
 
 
-def settings_for(config: str, batch_sizes: list[int], today: tuple[Path, Path] | None,
+def settings_for(config: str, batch_sizes: list[int], today: list[tuple[Path, Path]],
                  s3: tuple[str, str] | None) -> list[Setting]:
     """Every setting of one config: the core rows at every batch size, the side questions at the
     reference batch size."""
@@ -424,13 +431,13 @@ def settings_for(config: str, batch_sizes: list[int], today: tuple[Path, Path] |
     if full:
         side.append(("a'", "per-file rasterio, reference preprocessing, class-index labels, 2 workers",
                      dict(kind="baseline", workers=2, one_hot=False)))
-    if today is not None:
-        rev = today[0].name.split("-", 1)[1]
+    for checkout in today:
+        rev = revision_of(checkout)
         side += [("today", f"loader at {rev}, its own pack, 0 workers, {t}",
-                  dict(kind="today", workers=0, threads=n, today=today))
+                  dict(kind="today", workers=0, threads=n, today=checkout))
                  for n, t in ((1, "1 thread"), (2, "2 decode threads"))]
         side.append(("today", f"loader at {rev}, its own pack, 2 workers, 1 thread each",
-                     dict(kind="today", workers=2, threads=1, today=today)))
+                     dict(kind="today", workers=2, threads=1, today=checkout)))
     if full:
         side += [
             ("b", "shards, local, 2 workers, 2 decode threads each", dict(kind="local", workers=2, threads=2)),
@@ -498,9 +505,11 @@ def print_config(config: str, results: Results, batch_sizes: list[int], n_sample
     for b in batch_sizes:
         print(f"| {b} | {best_of(results, b, lambda g, _: g == 'b') / best_of(results, b, lambda g, _: g == 'a'):.2f} "
               f"| {best_of(results, b, local(2)) / best_of(results, b, local(0)):.2f} |")
-    if any(g == "today" for g, _ in results.values()):
-        print(f"\nagainst today's loader (batch {ref}): best b / best today = "
-              f"{best_of(results, ref, lambda g, _: g == 'b') / best_of(results, ref, lambda g, _: g == 'today'):.2f}")
+    revs = dict.fromkeys(label.split(",")[0].removeprefix("loader at ") for (label, _), (g, _) in results.items()
+                         if g == "today")
+    for rev in revs:
+        print(f"\nagainst the loader at {rev} (batch {ref}): best b / its best = "
+              f"{best_of(results, ref, lambda g, _: g == 'b') / best_of(results, ref, lambda g, label: g == 'today' and label.startswith(f'loader at {rev},')):.2f}")
     rate = {label: r["samples_per_s"] for (label, b), (_, r) in results.items() if b == ref}
     for w, on_label in ((0, "shards, local, 0 workers, 2 decode threads"), (2, "shards, local, 2 workers, 1 thread each")):
         on, off = rate.get(on_label), rate.get(on_label + ", member checksums off")
@@ -513,7 +522,7 @@ def print_config(config: str, results: Results, batch_sizes: list[int], n_sample
     print(f"ratio: {best_of(results, ref, lambda g, _: g == 'b') / best_of(results, ref, lambda g, _: g == 'a'):.1f}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--patches", type=int, default=48)
     ap.add_argument("--work", default="/tmp/bench_loader")
@@ -521,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all settings (best is kept)")
     ap.add_argument("--configs", default="all,aerial,s2", help=f"subset of {','.join(CONFIGS)}")
     ap.add_argument("--batch-sizes", default="1,8,32", help="batch sizes of the core rows (comma-separated)")
-    ap.add_argument("--today", default=TODAY_REV, help="git revision whose loader is measured as 'today' ('' to skip)")
+    ap.add_argument("--today", default=TODAY_REV,
+                    help="git revision(s), comma-separated, whose loaders are measured alongside ('' to skip)")
     ap.add_argument("--skip-s3", action="store_true")
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="torch intra-op threads of every setting's training process (the CPU normalisation "
@@ -544,28 +554,52 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--s3-endpoint", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.run_one:
+        return args
+    args.configs = [c for c in args.configs.split(",") if c]
+    unknown = [c for c in args.configs if c not in CONFIGS]
+    if unknown or not args.configs:
+        ap.error(f"--configs: unknown config(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(CONFIGS)}")
+    given = args.batch_sizes
+    try:
+        args.batch_sizes = [int(b) for b in given.split(",") if b]
+    except ValueError:
+        args.batch_sizes = []
+    if not args.batch_sizes or min(args.batch_sizes) < 1:
+        ap.error(f"--batch-sizes: expected positive integers separated by commas, got {given!r}")
+    return args
+
+
+def run_settings(settings: list[Setting], configs: list[str], tree: Path, shards: Path,
+                 args: argparse.Namespace) -> dict[str, Results]:
+    """Every setting, `--rounds` times, interleaved so that a change in machine load (this host is
+    shared) hits baseline and loader alike; each setting keeps its best round."""
+    from tqdm import tqdm
+
+    results: dict[str, Results] = {c: {} for c in configs}
+    with tqdm(total=args.rounds * len(settings), desc="bench_loader", unit="run") as bar:
+        for _ in range(args.rounds):
+            for group, label, bs, kw in settings:
+                res = spawn(tree, shards, epochs=args.epochs, torch_threads=args.torch_threads, **kw)
+                old = results[kw["config"]].get((label, bs))
+                if old is None or res["samples_per_s"] > old[1]["samples_per_s"]:
+                    results[kw["config"]][(label, bs)] = (group, res)
+                bar.update(1)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.run_one:
         if args.kind == "s3":
             os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
             os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
             os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
         print(json.dumps(run_setting(args)))
         return 0
-
-    from tqdm import tqdm
-
-    configs = [c for c in args.configs.split(",") if c]
-    unknown = [c for c in configs if c not in CONFIGS]
-    if unknown or not configs:
-        ap.error(f"--configs: unknown config(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(CONFIGS)}")
-    try:
-        batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
-    except ValueError:
-        batch_sizes = []
-    if not batch_sizes or min(batch_sizes) < 1:
-        ap.error(f"--batch-sizes: expected positive integers separated by commas, got {args.batch_sizes!r}")
+    configs, batch_sizes = args.configs, args.batch_sizes
     work = Path(args.work)
     tree, shards = prepare(work, args.patches)
-    today = prepare_today(work, tree, args.today) if args.today else None
+    today = [t for rev in args.today.split(",") if rev for t in [prepare_today(work, tree, rev)] if t is not None]
     manifest = json.loads((shards / "manifest.json").read_text())
     n_samples = sum(v["samples"] for v in manifest["splits"].values())
     server, s3 = None, None
@@ -573,18 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         server, url, endpoint = start_s3(shards)
         s3 = (url, endpoint)
     settings = [s for c in configs for s in settings_for(c, batch_sizes, today, s3)]
-    # Rounds interleave the settings so that a change in machine load (this host is shared)
-    # hits baseline and loader alike; each setting keeps its best round.
-    results: dict[str, Results] = {c: {} for c in configs}
     try:
-        with tqdm(total=args.rounds * len(settings), desc="bench_loader", unit="run") as bar:
-            for _ in range(args.rounds):
-                for group, label, bs, kw in settings:
-                    res = spawn(tree, shards, epochs=args.epochs, torch_threads=args.torch_threads, **kw)
-                    old = results[kw["config"]].get((label, bs))
-                    if old is None or res["samples_per_s"] > old[1]["samples_per_s"]:
-                        results[kw["config"]][(label, bs)] = (group, res)
-                    bar.update(1)
+        results = run_settings(settings, configs, tree, shards, args)
     finally:
         if server is not None:
             server.stop()
