@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,7 @@ def steady_rate(result: dict[str, Any]) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------
 # The table
 # --------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tools.validate_simulator", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="example: python -m tools.validate_simulator --work /tmp/validate_simulator")
@@ -126,80 +127,87 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=5, help=argparse.SUPPRESS)
     p.add_argument("--barrier", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.run_rank:
-        print("RESULT " + json.dumps(run_rank(args)), flush=True)
-        return 0
+    return p.parse_args(argv)
 
-    from tools.bench_loader import prepare
-    from tools.simulate.calibrate import Calibration, calibrate, process_share, speed_probe
-    from tools.simulate.cli import open_catalog
+
+Row = tuple
+"""One setting's line of the table: name, ranks, workers, store, measured and predicted samples/s,
+error, first batch (measured, predicted), binds, share of a core, CPU per sample (measured,
+predicted), cores used."""
+
+
+@dataclass
+class Setup:
+    """What every setting shares: the options, the data, the calibration and the catalog's selection."""
+
+    args: argparse.Namespace
+    data: Path
+    cal: Any  # tools.simulate.calibrate.Calibration
+    catalog: Any
+    selection: Any
+    open_s: float
+    catalog_mb: float
+
+
+def run_setting(setup: Setup, src: str, ranks: int, workers: int) -> Row:
+    """Measure one setting (its ranks, workers and store) and predict it with the simulator."""
+    from tools.simulate.calibrate import process_share, speed_probe
     from tools.simulate.model import predict
     from tools.simulate.storage import PRESETS, Storage
     from tools.simulate.workload import Topology, build
 
+    args, data, cal = setup.args, setup.data, setup.cal
+    name = f"{src}-{ranks}r-{workers}w"
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    args.work.mkdir(parents=True, exist_ok=True)
-    data = args.shards or prepare(args.work / f"toy{args.patches}", args.patches)[1]
-    if args.calibration:
-        cal = Calibration.load(args.calibration)
-    else:
-        cal = calibrate(data, [CONFIG], args.batch, say=say)
-        cal.save(args.work / "calibration.json")
-    catalog, open_s, catalog_mb = open_catalog(str(data))
     needed = tuple(cal.needed)
-    selection = catalog.select(None, needed)
-    bandwidth = args.bandwidth_mbps * 1e6 / 8
-    loopback = Storage("loopback", args.latency_ms / 1000, None, bandwidth, None, None, remote=True)
-    rows = []
-    settings = [(src, r, w) for src in ("local", "http") for r in (1, 2) for w in (0, 2)]
-    for src, ranks, workers in settings:
-        name = f"{src}-{ranks}r-{workers}w"
-        if args.only is not None and name not in args.only:
-            continue
-        # Cores the setting's processes could keep busy: a loader process (rank or worker) with several
-        # decode threads keeps up to `process_cores` busy (zstd and numpy release the interpreter lock),
-        # a rank receiving batches from workers one more, the loopback server one.
-        per_loader = cal.loader_process_cores(cal.threads)
-        busy = ranks * max(1, workers) * per_loader + (ranks if workers else 0) + (1 if src == "http" else 0)
-        before = process_share(data, [CONFIG], args.batch, cal.unit_cpu_s)
-        server = None
-        if src == "http":
-            server = subprocess.Popen([sys.executable, "-m", "tools.loopback_store", str(data), "--port", "0",
-                                       "--latency-ms", str(args.latency_ms), "--bandwidth-mbps", str(args.bandwidth_mbps)],
-                                      cwd=REPO, stdout=subprocess.PIPE, text=True)
-            source = server.stdout.readline().split(" at ")[1].split(" ")[0]
-        else:
-            source = str(data)
-        say(f"measuring {name} (a loader process gets {before:.2f} of a core)")
-        try:
-            results = measure(data, source, ranks, workers, args.epochs, args.batch)
-        finally:
-            if server is not None:
-                server.terminate()
-                server.wait(10)
-        after = process_share(data, [CONFIG], args.batch, cal.unit_cpu_s)  # the load moves: the mean of both
-        share = (before + after) / 2
-        cores = min(float(os.cpu_count() or 1), share * busy)
-        rates = [steady_rate(r) for r in results]
-        counted = [e for r in results for e in (r["epochs"][1:] or r["epochs"])]
-        # CPU seconds per sample in the ranks' processes, in uncontended seconds (the calibration's unit)
-        inflation = max(1.0, speed_probe(data, 1, 0.7)["cpu_per_unit_s"] / cal.unit_cpu_s)
-        cpu_per_sample = sum(e["cpu_s"] + e["children_cpu_s"] for e in counted) / sum(e["samples"] for e in counted)
-        cpu_per_sample /= inflation
-        measured = sum(r for r, _ in rates) / len(rates)
-        first = sum(f for _, f in rates) / len(rates)
-        topo = Topology(nodes=1, gpus_per_node=ranks, workers=workers, threads=cal.threads, batch_size=args.batch)
-        store = loopback if src == "http" else PRESETS["local"]
-        work = build(catalog, selection, needed, topo, remote=store.remote, shuffle=True)
-        pred = predict(work, topo, store, cal, cores_per_node=cores, share=share,
-                       server_on_node=src == "http",
-                       open_s=open_s, catalog_mb=catalog_mb)
-        err = pred.samples_per_s_rank / measured - 1
-        rows.append((name, ranks, workers, src, measured, pred.samples_per_s_rank, err, first, pred.first_batch_s,
-                     pred.binds, share, cpu_per_sample, pred.cpu_per_sample_s, measured * ranks * cpu_per_sample))
+    loopback = Storage("loopback", args.latency_ms / 1000, None, args.bandwidth_mbps * 1e6 / 8, None, None,
+                       remote=True)
+    # Cores the setting's processes could keep busy: a loader process (rank or worker) with several
+    # decode threads keeps up to `process_cores` busy (zstd and numpy release the interpreter lock),
+    # a rank receiving batches from workers one more, the loopback server one.
+    per_loader = cal.loader_process_cores(cal.threads)
+    busy = ranks * max(1, workers) * per_loader + (ranks if workers else 0) + (1 if src == "http" else 0)
+    before = process_share(data, [CONFIG], args.batch, cal.unit_cpu_s)
+    server = None
+    if src == "http":
+        server = subprocess.Popen([sys.executable, "-m", "tools.loopback_store", str(data), "--port", "0",
+                                   "--latency-ms", str(args.latency_ms), "--bandwidth-mbps", str(args.bandwidth_mbps)],
+                                  cwd=REPO, stdout=subprocess.PIPE, text=True)
+        source = server.stdout.readline().split(" at ")[1].split(" ")[0]
+    else:
+        source = str(data)
+    say(f"measuring {name} (a loader process gets {before:.2f} of a core)")
+    try:
+        results = measure(data, source, ranks, workers, args.epochs, args.batch)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+    after = process_share(data, [CONFIG], args.batch, cal.unit_cpu_s)  # the load moves: the mean of both
+    share = (before + after) / 2
+    cores = min(float(os.cpu_count() or 1), share * busy)
+    rates = [steady_rate(r) for r in results]
+    counted = [e for r in results for e in (r["epochs"][1:] or r["epochs"])]
+    # CPU seconds per sample in the ranks' processes, in uncontended seconds (the calibration's unit)
+    inflation = max(1.0, speed_probe(data, 1, 0.7)["cpu_per_unit_s"] / cal.unit_cpu_s)
+    cpu_per_sample = sum(e["cpu_s"] + e["children_cpu_s"] for e in counted) / sum(e["samples"] for e in counted)
+    cpu_per_sample /= inflation
+    measured = sum(r for r, _ in rates) / len(rates)
+    first = sum(f for _, f in rates) / len(rates)
+    topo = Topology(nodes=1, gpus_per_node=ranks, workers=workers, threads=cal.threads, batch_size=args.batch)
+    store = loopback if src == "http" else PRESETS["local"]
+    work = build(setup.catalog, setup.selection, needed, topo, remote=store.remote, shuffle=True)
+    pred = predict(work, topo, store, cal, cores_per_node=cores, share=share, server_on_node=src == "http",
+                   open_s=setup.open_s, catalog_mb=setup.catalog_mb)
+    err = pred.samples_per_s_rank / measured - 1
+    return (name, ranks, workers, src, measured, pred.samples_per_s_rank, err, first, pred.first_batch_s,
+            pred.binds, share, cpu_per_sample, pred.cpu_per_sample_s, measured * ranks * cpu_per_sample)
+
+
+def print_table(args: argparse.Namespace, rows: list[Row], n_samples: int, data: Path, cal: Any) -> bool:
+    """The measured-vs-predicted table; True when every samples/s error is within the tolerance."""
     store_txt = f"loopback HTTP: {args.latency_ms:g} ms per request, {args.bandwidth_mbps:g} Mb/s shared"
-    print(f"{len(selection)} samples of {data}, LC-ALL modalities, batch {args.batch}, {cal.threads} decode threads; "
+    print(f"{n_samples} samples of {data}, LC-ALL modalities, batch {args.batch}, {cal.threads} decode threads; "
           f"{store_txt}; host {cal.host} ({cal.cores} cores, shared)")
     print()
     print("| store | ranks | workers | measured samples/s per rank | predicted | error | first batch s (measured / "
@@ -216,7 +224,34 @@ def main(argv: list[str] | None = None) -> int:
           f"({'within' if ok else 'outside'} {100 * args.tolerance:.0f} % on samples/s)")
     print("'share ... / cores used': what a short pilot run of one loader process got before and after the setting "
           "(the prediction's input) and what the job's processes used (CPU s / wall s, uncontended units)")
-    return 0 if ok else 1
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.run_rank:
+        print("RESULT " + json.dumps(run_rank(args)), flush=True)
+        return 0
+
+    from tools.bench_loader import prepare
+    from tools.simulate.calibrate import Calibration, calibrate
+    from tools.simulate.cli import open_catalog
+
+    say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = args.shards or prepare(args.work / f"toy{args.patches}", args.patches)[1]
+    if args.calibration:
+        cal = Calibration.load(args.calibration)
+    else:
+        cal = calibrate(data, [CONFIG], args.batch, say=say)
+        cal.save(args.work / "calibration.json")
+    catalog, open_s, catalog_mb = open_catalog(str(data))
+    selection = catalog.select(None, tuple(cal.needed))
+    settings = [(src, r, w) for src in ("local", "http") for r in (1, 2) for w in (0, 2)]
+    setup = Setup(args, data, cal, catalog, selection, open_s, catalog_mb)
+    rows = [run_setting(setup, src, ranks, workers) for src, ranks, workers in settings
+            if args.only is None or f"{src}-{ranks}r-{workers}w" in args.only]
+    return 0 if print_table(args, rows, len(selection), data, cal) else 1
 
 
 if __name__ == "__main__":
