@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -182,7 +183,7 @@ def writer_capacity(src: Path, work: Path, n_samples: int = 30, total: int = 300
     return dict(patches_s=total / wall, mb_s=nbytes / MB / wall, cpu_ms=1000 * cpu / total, samples=total)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--patches", type=int, default=100, help="toy patches to generate (default 100)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; the best of each is kept")
@@ -195,8 +196,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="what to measure, comma-separated: floors (read floors + packs), zips (packing from "
                          "zips, locally and from a fake Hub), codec (default: all)")
     ap.add_argument("--latency-ms", type=float, default=20.0, help="per-request delay of the slow fake Hub (default 20)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+@dataclass
+class Source:
+    """The tree measured: its root, GeoTIFFs, their bytes and the patch count."""
+
+    root: Path
+    paths: list[Path]
+    nbytes: int
+    n_patches: int
+
+
+def source_tree(args: argparse.Namespace) -> Source:
+    """The tree to measure: `--src`, or a toy tree generated in `--work`."""
     if args.src is None:
         from tools.flair_toy import ToyConfig, generate
 
@@ -212,89 +226,111 @@ def main(argv: list[str] | None = None) -> int:
     n_patches = len({str(parse_file_name(p.name).patch_id(0).location_key) for p in paths})
     print(f"source: {len(paths)} GeoTIFFs, {src_bytes / MB:.1f} MB, cpu cores {os.cpu_count()}, "
           f"load average {os.getloadavg()[0]:.1f}")
+    return Source(src, paths, src_bytes, n_patches)
 
+
+def floors_section(args: argparse.Namespace, source: Source) -> None:
+    """Read-only floors (rasterio, the packer's read path) against flair-pack with 1 and 2 workers."""
+    src, paths, src_bytes, n_patches = source.root, source.paths, source.nbytes, source.n_patches
+    read_floor(paths, 1)  # warm-up: same page-cache state for every timed pass
+    # Interleaved rounds, best of each: the machine is shared, so one slow pass says little.
+    floors: dict[tuple[str, int], float] = {}
+    floor_cpu: dict[tuple[str, int], float] = {}
+    packs: dict[int, dict] = {}
+    for _ in range(args.rounds):
+        for n in (1, 2):
+            for how in FLOORS:
+                wall, cpu = read_floor(paths, n, how)
+                floors[how, n] = min(floors.get((how, n), float("inf")), wall)
+                floor_cpu[how, n] = min(floor_cpu.get((how, n), float("inf")), cpu)
+            d = run_pack(src, args.work / f"out{n}", n)
+            if n not in packs or d["elapsed_s"] < packs[n]["elapsed_s"]:
+                packs[n] = d
+            packs[n]["cpu_s"] = min(packs[n]["cpu_s"], d["cpu_s"])
+    quarter = run_pack(src, args.work / "out_quarter", 1, num_parts=4)
+    print("\n| run | patches/s, whole run | patches/s, steady | MB/s source, steady | vs rasterio read-only "
+          "(same processes), whole / steady / CPU | vs packer-read-path read-only, whole / steady / CPU "
+          "| CPU ms/patch | shard/source bytes | peak RSS main / worker |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (how, n), t in floors.items():
+        ratios = {h: (f"{floors[h, n] / t:.2f} / {floors[h, n] / t:.2f} / {floor_cpu[h, n] / floor_cpu[how, n]:.2f}")
+                  for h in FLOORS}
+        print(f"| read-only floor, {FLOORS[how]}, {n} proc | {n_patches / t:.1f} | {n_patches / t:.1f} | "
+              f"{src_bytes / MB / t:.1f} | {ratios['rasterio']} | {ratios['packer']} | "
+              f"{1000 * floor_cpu[how, n] / n_patches:.0f} | - | - |")
+
+    def steady(d: dict) -> float:
+        """Seconds per patch between the first and the last sample written (start-up excluded)."""
+        return d["stream_s"] / max(d["patches"] - 1, 1)
+
+    for n, d in packs.items():
+        per = steady(d)
+        ratios = {h: (f"{floors[h, n] / d['elapsed_s']:.2f} / {floors[h, n] / n_patches / per:.2f} / "
+                      f"{floor_cpu[h, n] / d['cpu_s']:.2f}") for h in FLOORS}
+        print(f"| flair-pack, {n} worker{'s' if n > 1 else ''} | {d['patches'] / d['elapsed_s']:.1f} | {1 / per:.1f} | "
+              f"{d['bytes_in'] / d['patches'] / MB / per:.1f} | {ratios['rasterio']} | {ratios['packer']} | "
+              f"{1000 * d['cpu_s'] / d['patches']:.0f} | {d['bytes_out'] / d['bytes_in']:.3f} | "
+              f"{d['rss_main_mb']:.0f} / {d['rss_worker_mb']:.0f} MB |")
+    q = quarter
+    print(f"| flair-pack, 1 worker, 1/4 of the patches | {q['patches'] / q['elapsed_s']:.1f} | {1 / steady(q):.1f} | "
+          f"{q['bytes_in'] / q['patches'] / MB / steady(q):.1f} | - | - | {1000 * q['cpu_s'] / q['patches']:.0f} | "
+          f"{q['bytes_out'] / q['bytes_in']:.3f} | {q['rss_main_mb']:.0f} / {q['rss_worker_mb']:.0f} MB |")
+    print(f"\n(best of {args.rounds} interleaved rounds; 'whole run' and CPU include discovery, worker start-up "
+          f"(imports), index and manifest, 'steady' is the rate between the first and the last sample written; wall incl. interpreter "
+          f"start: {packs[1]['wall_s']:.1f} s / {packs[2]['wall_s']:.1f} s; {n_patches} patches; codec: the "
+          f"default per-modality zstd settings {sorted({s['level'] for s in DEFAULT_SETTINGS.values()})})")
+
+    print(f"load average after the timed runs: {os.getloadavg()[0]:.1f} (other work on the machine skews the ratios)")
+    cap = writer_capacity(src, args.work)
+    per_worker = 1 / steady(packs[1])
+    print(f"\nwriter alone (unpickle + layout + I/O thread: sha256, write, sync), {cap['samples']} samples: "
+          f"{cap['patches_s']:.0f} patches/s, {cap['mb_s']:.0f} MB/s out, {cap['cpu_ms']:.1f} ms CPU/patch; "
+          f"at {per_worker:.1f} patches/s per worker that feeds about {cap['patches_s'] / per_worker:.0f} workers")
+
+
+def zips_section(args: argparse.Namespace, source: Source) -> None:
+    """Packing from the Hub's zips, locally and from a fake Hub."""
+    src, n_patches = source.root, source.n_patches
+    from tools import bench_zips
+
+    print(f"\n## Packing from the Hub's zips (same {n_patches} patches; load average {os.getloadavg()[0]:.1f})")
+    zips = bench_zips.make_zips(src, args.work)
+    paths_rows = bench_zips.read_paths(src, zips, args.rounds)
+    gpkg_rows = bench_zips.read_gpkg_paths(zips, args.rounds)
+    pack_rows = bench_zips.pack_rows(src, zips, args.work, args.rounds, latencies_ms=(0.0, args.latency_ms))
+    bench_zips.print_tables(paths_rows, gpkg_rows, pack_rows,
+                            f"(fake Hub on 127.0.0.1 serving the deflated zips; '{args.latency_ms:g} ms' adds that "
+                            f"delay to every request; load average after: {os.getloadavg()[0]:.1f})")
+
+
+def codec_section(args: argparse.Namespace, source: Source) -> None:
+    """Compressed size and speed of zstd levels per modality."""
+    paths = source.paths
+    levels = [int(x) for x in args.levels.split(",")]
+    rows = codec_table(paths, levels, args.codec_files)
+    dtypes = list(rows[0]["by_dtype"])
+    print(f"\ncodec on up to {args.codec_files} source files per modality (compressed / raw .npy bytes):\n")
+    print("| level | filter | ratio, all | encode MB/s | decode MB/s |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['level']} | {r['filter']} | {r['ratio']:.3f} | {r['enc_mbs']:.0f} | {r['dec_mbs']:.0f} |")
+    print("\n| modality (dtype) | " + " | ".join(f"L{r['level']} {r['filter']}" for r in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for d in dtypes:
+        print(f"| {d} | " + " | ".join(f"{r['by_dtype'][d]:.3f}" for r in rows) + " |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    source = source_tree(args)
     sections = set(args.sections.split(","))
     if "floors" in sections:
-        read_floor(paths, 1)  # warm-up: same page-cache state for every timed pass
-        # Interleaved rounds, best of each: the machine is shared, so one slow pass says little.
-        floors: dict[tuple[str, int], float] = {}
-        floor_cpu: dict[tuple[str, int], float] = {}
-        packs: dict[int, dict] = {}
-        for _ in range(args.rounds):
-            for n in (1, 2):
-                for how in FLOORS:
-                    wall, cpu = read_floor(paths, n, how)
-                    floors[how, n] = min(floors.get((how, n), float("inf")), wall)
-                    floor_cpu[how, n] = min(floor_cpu.get((how, n), float("inf")), cpu)
-                d = run_pack(src, args.work / f"out{n}", n)
-                if n not in packs or d["elapsed_s"] < packs[n]["elapsed_s"]:
-                    packs[n] = d
-                packs[n]["cpu_s"] = min(packs[n]["cpu_s"], d["cpu_s"])
-        quarter = run_pack(src, args.work / "out_quarter", 1, num_parts=4)
-        print("\n| run | patches/s, whole run | patches/s, steady | MB/s source, steady | vs rasterio read-only "
-              "(same processes), whole / steady / CPU | vs packer-read-path read-only, whole / steady / CPU "
-              "| CPU ms/patch | shard/source bytes | peak RSS main / worker |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for (how, n), t in floors.items():
-            ratios = {h: (f"{floors[h, n] / t:.2f} / {floors[h, n] / t:.2f} / {floor_cpu[h, n] / floor_cpu[how, n]:.2f}")
-                      for h in FLOORS}
-            print(f"| read-only floor, {FLOORS[how]}, {n} proc | {n_patches / t:.1f} | {n_patches / t:.1f} | "
-                  f"{src_bytes / MB / t:.1f} | {ratios['rasterio']} | {ratios['packer']} | "
-                  f"{1000 * floor_cpu[how, n] / n_patches:.0f} | - | - |")
-
-        def steady(d: dict) -> float:
-            """Seconds per patch between the first and the last sample written (start-up excluded)."""
-            return d["stream_s"] / max(d["patches"] - 1, 1)
-
-        for n, d in packs.items():
-            per = steady(d)
-            ratios = {h: (f"{floors[h, n] / d['elapsed_s']:.2f} / {floors[h, n] / n_patches / per:.2f} / "
-                          f"{floor_cpu[h, n] / d['cpu_s']:.2f}") for h in FLOORS}
-            print(f"| flair-pack, {n} worker{'s' if n > 1 else ''} | {d['patches'] / d['elapsed_s']:.1f} | {1 / per:.1f} | "
-                  f"{d['bytes_in'] / d['patches'] / MB / per:.1f} | {ratios['rasterio']} | {ratios['packer']} | "
-                  f"{1000 * d['cpu_s'] / d['patches']:.0f} | {d['bytes_out'] / d['bytes_in']:.3f} | "
-                  f"{d['rss_main_mb']:.0f} / {d['rss_worker_mb']:.0f} MB |")
-        q = quarter
-        print(f"| flair-pack, 1 worker, 1/4 of the patches | {q['patches'] / q['elapsed_s']:.1f} | {1 / steady(q):.1f} | "
-              f"{q['bytes_in'] / q['patches'] / MB / steady(q):.1f} | - | - | {1000 * q['cpu_s'] / q['patches']:.0f} | "
-              f"{q['bytes_out'] / q['bytes_in']:.3f} | {q['rss_main_mb']:.0f} / {q['rss_worker_mb']:.0f} MB |")
-        print(f"\n(best of {args.rounds} interleaved rounds; 'whole run' and CPU include discovery, worker start-up "
-              f"(imports), index and manifest, 'steady' is the rate between the first and the last sample written; wall incl. interpreter "
-              f"start: {packs[1]['wall_s']:.1f} s / {packs[2]['wall_s']:.1f} s; {n_patches} patches; codec: the "
-              f"default per-modality zstd settings {sorted({s['level'] for s in DEFAULT_SETTINGS.values()})})")
-
-        print(f"load average after the timed runs: {os.getloadavg()[0]:.1f} (other work on the machine skews the ratios)")
-        cap = writer_capacity(src, args.work)
-        per_worker = 1 / steady(packs[1])
-        print(f"\nwriter alone (unpickle + layout + I/O thread: sha256, write, sync), {cap['samples']} samples: "
-              f"{cap['patches_s']:.0f} patches/s, {cap['mb_s']:.0f} MB/s out, {cap['cpu_ms']:.1f} ms CPU/patch; "
-              f"at {per_worker:.1f} patches/s per worker that feeds about {cap['patches_s'] / per_worker:.0f} workers")
+        floors_section(args, source)
     if "zips" in sections:
-        from tools import bench_zips
-
-        print(f"\n## Packing from the Hub's zips (same {n_patches} patches; load average {os.getloadavg()[0]:.1f})")
-        zips = bench_zips.make_zips(src, args.work)
-        paths_rows = bench_zips.read_paths(src, zips, args.rounds)
-        gpkg_rows = bench_zips.read_gpkg_paths(zips, args.rounds)
-        pack_rows = bench_zips.pack_rows(src, zips, args.work, args.rounds, latencies_ms=(0.0, args.latency_ms))
-        bench_zips.print_tables(paths_rows, gpkg_rows, pack_rows,
-                                f"(fake Hub on 127.0.0.1 serving the deflated zips; '{args.latency_ms:g} ms' adds that "
-                                f"delay to every request; load average after: {os.getloadavg()[0]:.1f})")
+        zips_section(args, source)
     if "codec" in sections:
-        levels = [int(x) for x in args.levels.split(",")]
-        rows = codec_table(paths, levels, args.codec_files)
-        dtypes = list(rows[0]["by_dtype"])
-        print(f"\ncodec on up to {args.codec_files} source files per modality (compressed / raw .npy bytes):\n")
-        print("| level | filter | ratio, all | encode MB/s | decode MB/s |")
-        print("|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['level']} | {r['filter']} | {r['ratio']:.3f} | {r['enc_mbs']:.0f} | {r['dec_mbs']:.0f} |")
-        print("\n| modality (dtype) | " + " | ".join(f"L{r['level']} {r['filter']}" for r in rows) + " |")
-        print("|---|" + "---|" * len(rows))
-        for d in dtypes:
-            print(f"| {d} | " + " | ".join(f"{r['by_dtype'][d]:.3f}" for r in rows) + " |")
+        codec_section(args, source)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
