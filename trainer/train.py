@@ -462,6 +462,8 @@ def finish(t: Training) -> RunResult:
         t.accelerator.print(f"report: {folder}")
     if t.writer is not None:
         t.writer.close()
+    t.train_loader.close()  # their worker processes persist across epochs until now
+    t.val_loader.close()
     if main_proc and (cfg["tasks"].get("predict") or cfg["tasks"].get("metrics_only")):
         t.accelerator.print(next_step_message(cfg, t.ckpt_dir, t.out_dir))
     t.accelerator.wait_for_everyone()

@@ -214,3 +214,16 @@ def test_resume_after_a_crash_logs_each_step_once(toy_shards, tmp_path):
         assert batches == sorted(batches) and len(batches) == 6, (name, samples)  # 3 batches of 2, once each
         valid = [line.split()[2] for line in samples if line.endswith(" 1")]
         assert len(valid) == len(set(valid)) == 5, (name, samples)  # every train sample exactly once
+
+
+def test_workers_persist_over_the_epochs_and_end_with_the_run(runs, toy_shards, tmp_path):
+    """hardware.num_workers > 0: the same step losses as without workers (same batches), and no
+    worker process left once the run has returned."""
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    result = run(load_train_config(spot_config(toy_shards.out, tmp_path, "workers",
+                                               hardware={"accelerator": "cpu", "num_workers": 2})))
+    assert result.step_losses == pytest.approx(runs["full"].step_losses, rel=1e-5)
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.status() != "zombie"]
+    assert not left, f"worker processes left after the run: {left}"
