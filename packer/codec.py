@@ -238,6 +238,12 @@ def _array_from_payload(raw: memoryview, legacy_shuffle: bool) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, count=count, offset=start).reshape(shape, order=order)
 
 
+def array_from_payload(payload: bytes | memoryview) -> np.ndarray:
+    """A decompressed `.npy` payload (what `np.save` writes) -> the array viewing it, every length
+    checked, never unpickled (MemberError otherwise). Used for payloads kept decompressed."""
+    return _array_from_payload(memoryview(payload), legacy_shuffle=False)
+
+
 def decode_array(data: bytes | memoryview, *, format_version: int = schema.FORMAT_VERSION) -> np.ndarray:
     """A `.npy.zst` member -> its array (read-only, over the one decompressed copy); never unpickles.
 

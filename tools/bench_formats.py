@@ -20,8 +20,10 @@ missing is reported as such and left out.
    as flair-stream's loader does by default), so the timed passes are every reader's steady state.
    The last row is flair-stream's own loader
    (`StreamingLoader` without preprocessing: decode threads, per-member checksums, batches handed
-   over through its shared-memory ring), with 0 and 2 workers, on the default pack and on one made
-   with `--level DEM_ELEV=9` (the size-for-speed trade of the elevation setting).
+   over through its shared-memory ring), with 0 and 2 workers, on the default pack, on one made
+   with `--level DEM_ELEV=9` (the size-for-speed trade of the elevation setting), and with the
+   opt-in decoded cache (`data.decoded_cache`: like Mosaic, later passes read decompressed
+   members from local disk; its size is reported beside Mosaic's copies).
 3. Every cell runs in its own process: one verification pass (every array of every sample
    compared, by xxh3_64 of its bytes, with rasterio's read of the source file; every sample
    exactly once), then `--passes` timed passes; samples/s is their median. Mosaic's steady state
@@ -54,7 +56,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ("AERIAL_RGBI", "AERIAL-RLT_PAN", "DEM_ELEV", "SPOT_RGBI", "SENTINEL2_TS", "SENTINEL2_MSK-SC",
               "SENTINEL1-ASC_TS", "SENTINEL1-DESC_TS", "AERIAL_LABEL-COSIA", "ALL_LABEL-LPIS")
-FORMATS = ("per-file", "litdata", "mosaic", "webdataset", "flair-reader", "ceiling", "flair-loader", "flair-loader-dem9")
+FORMATS = ("per-file", "litdata", "mosaic", "webdataset", "flair-reader", "ceiling", "flair-loader", "flair-loader-dem9",
+           "flair-loader-cache")
 LABELS = {
     "per-file": "per-file GeoTIFF (rasterio), the reference's I/O",
     "litdata": "LitData chunks, zstd",
@@ -64,6 +67,7 @@ LABELS = {
     "ceiling": "hand-over ceiling (arrays in memory, DataLoader only)",
     "flair-loader": "flair-pack + StreamingLoader (decode threads, checksums, shared-memory ring)",
     "flair-loader-dem9": "same, packed with --level DEM_ELEV=9 (faster DEM decode, larger shards)",
+    "flair-loader-cache": "same, with the opt-in decoded cache (data.decoded_cache; steady state, as Mosaic's)",
 }
 MODES = ("0", "2-pickled", "2-shm", "2-ring")
 
@@ -104,6 +108,7 @@ def prepare(work: Path, patches: int, dates: int) -> dict[str, Any]:
 
         pack_dataset(tree, dem9, shard_size=32_000_000, keep_order=True, level={"DEM_ELEV": 9}, progress=True)
     info["flair-pack"], info["flair-pack-dem9"] = str(flair), str(dem9)
+    shutil.rmtree(decoded_cache_dir(info), ignore_errors=True)  # filled afresh by this run's first pass
     info["sizes"] = {"flair-pack": sum(f.stat().st_size for f in flair.glob("*/*.tar")),
                      "flair-pack-dem9": sum(f.stat().st_size for f in dem9.glob("*/*.tar"))}
     for name, writer in (("litdata", write_litdata), ("mosaic", write_mosaic)):
@@ -277,7 +282,8 @@ def batches(fmt: str, mode: str, batch: int, info: dict[str, Any]) -> Callable[[
     from torch.utils.data import DataLoader, default_collate
 
     if fmt.startswith("flair-loader"):
-        return _flair_loader(mode, batch, info, "flair-pack-dem9" if fmt.endswith("dem9") else "flair-pack")
+        return _flair_loader(mode, batch, info, "flair-pack-dem9" if fmt.endswith("dem9") else "flair-pack",
+                             cache=fmt.endswith("cache"))
     workers = 0 if mode == "0" else 2
     collate = numpy_stack if mode in ("0", "2-pickled") else default_collate
     ds = make_dataset(fmt, info, batch)
@@ -288,8 +294,8 @@ def batches(fmt: str, mode: str, batch: int, info: dict[str, Any]) -> Callable[[
     return lambda: loader
 
 
-def _flair_loader(mode: str, batch: int, info: dict[str, Any],
-                  pack: str = "flair-pack") -> Callable[[], Iterable[dict[str, Any]]]:
+def _flair_loader(mode: str, batch: int, info: dict[str, Any], pack: str = "flair-pack",
+                  cache: bool = False) -> Callable[[], Iterable[dict[str, Any]]]:
     from types import SimpleNamespace
 
     from trainer.data import Catalog, LoaderOptions, StreamingLoader, open_source
@@ -299,9 +305,15 @@ def _flair_loader(mode: str, batch: int, info: dict[str, Any],
     # No preprocessing: every stored array is a fixed-shape batch key (this tree has fixed T).
     spec = SimpleNamespace(mono=MODALITIES, series=(), tasks=(), augment=False, needed_modalities=MODALITIES)
     options = LoaderOptions(batch_size=batch, shuffle=False, num_workers=0 if mode == "0" else 2,
-                            decode_threads=2 if mode == "0" else 1, transform=_raw_sample)
+                            decode_threads=2 if mode == "0" else 1, transform=_raw_sample,
+                            decoded_cache=decoded_cache_dir(info) if cache else None, decoded_cache_min_free_gb=1)
     loader = StreamingLoader(src, catalog, catalog.select(None, MODALITIES), spec, options, rank=0, world_size=1)
     return lambda: loader
+
+
+def decoded_cache_dir(info: dict[str, Any]) -> str:
+    """Where the flair-loader-cache cells keep decoded members (beside the pack, like Mosaic's copies)."""
+    return info["flair-pack"] + "-decoded-cache"
 
 
 def _raw_sample(raw: dict[str, Any]) -> dict[str, Any]:
@@ -364,7 +376,8 @@ def print_tables(results: dict[tuple[str, str, int], float], info: dict[str, Any
     ratio = {"per-file": 1.0, "litdata": info["sizes"].get("litdata", 0) / src,
              "mosaic": info["sizes"].get("mosaic", 0) / src, "webdataset": info["sizes"]["flair-pack"] / src,
              "flair-reader": info["sizes"]["flair-pack"] / src, "flair-loader": info["sizes"]["flair-pack"] / src,
-             "flair-loader-dem9": info["sizes"]["flair-pack-dem9"] / src}
+             "flair-loader-dem9": info["sizes"]["flair-pack-dem9"] / src,
+             "flair-loader-cache": info["sizes"]["flair-pack"] / src}
     heads = ["0 workers", "2 workers, pickled", "2 workers, torch shared memory", "2 workers, shared-memory ring"]
     for b in batch_sizes:
         print(f"\nbatch {b}: samples/s (median of the timed passes)\n")
@@ -394,6 +407,9 @@ def print_tables(results: dict[tuple[str, str, int], float], info: dict[str, Any
     if "mosaic" in info:
         copies = dir_bytes(Path(info["mosaic"])) - info["sizes"]["mosaic"] - len("ok")
         print(f"Mosaic's decompressed copies after the first pass: +{copies / 1e6:.1f} MB on disk")
+    if Path(decoded_cache_dir(info)).is_dir():
+        print(f"flair-stream's opt-in decoded cache after the first pass: +{dir_bytes(Path(decoded_cache_dir(info))) / 1e6:.1f} "
+              "MB on disk")
 
 
 CODEC_CANDIDATES = {

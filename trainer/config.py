@@ -384,6 +384,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "source": None, "train_split": "train", "val_split": "valid", "test_split": "test",
     "verify": False, "shuffle_window": 512, "uneven": "pad", "decode_threads": 4, "retries": DEFAULT_ATTEMPTS,
     "on_error": "fail", "s3_endpoint_url": None, "hf_endpoint": None, "persistent_workers": True,
+    "decoded_cache": None, "decoded_cache_min_free_gb": 20,
     "select": {"domains": [], "patch_ids": None, "contains_class": {}, "min_class_share": {}},
     "class_balanced": False,
 }
@@ -394,6 +395,7 @@ DATA_SCHEMA: dict[str, Any] = {
         "verify": is_bool, "shuffle_window": is_int(0), "uneven": one_of(*UNEVEN_MODES),
         "decode_threads": is_int(0, 64), "retries": is_int(1, 100), "on_error": one_of(*ON_ERROR_MODES),
         "s3_endpoint_url": optional(is_str), "hf_endpoint": optional(is_str), "persistent_workers": is_bool,
+        "decoded_cache": optional(is_str), "decoded_cache_min_free_gb": is_number(0),
         "select": mapping({
             "domains": optional(list_of(is_str)),
             "patch_ids": anything,  # list of ids or a file path; checked in _check_select

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from packer.codec import Arena
 from trainer.data.catalog import Catalog, Selection, class_balanced_weights
+from trainer.data.decoded_cache import DecodedCache
 from trainer.data.collate import BatchBuilder, BatchLayout, BatchLayoutError, batch_from_buffer, batch_keys
 from trainer.data.distribution import RankPlan, cut_steps, epoch_order, steps_in_epoch
 from trainer.data.handover import BatchRing, Handed, Lease
@@ -315,8 +316,10 @@ class StreamingLoader:
             if task not in selection.class_counts:
                 raise ValueError(f"data.class_balanced: the index has no class counts for {task}")
             weights = class_balanced_weights(selection.class_counts[task])
+        cache = DecodedCache(options.decoded_cache, int(options.decoded_cache_min_free_gb * 1e9)) \
+            if options.decoded_cache else None
         reader = SampleReader(source, selection, spec.needed_modalities, verify=options.verify,
-                              check_members=options.check_members)
+                              check_members=options.check_members, cache=cache)
         self.dataset = ShardStream(reader, spec, options, rank, world_size, weights)
         self.epoch = 0
         self.position = 0  # global samples (all ranks) consumed in this epoch

@@ -23,7 +23,8 @@ class LoaderOptions:
     epoch to the next, so that an epoch does not pay for starting them again; they are stopped when
     an epoch is left early, by `close()`, or with the loader.
     `transform` replaces the reference's preprocessing (raw sample -> batch sample), e.g. to read
-    raw arrays.
+    raw arrays. `decoded_cache` (a local directory, opt-in) keeps decoded members for later epochs
+    (`trainer.data.decoded_cache`), adding none while less than `decoded_cache_min_free_gb` is free.
     """
 
     batch_size: int = 1
@@ -34,6 +35,8 @@ class LoaderOptions:
     decode_threads: int = 4
     verify: bool = False
     check_members: bool = True
+    decoded_cache: str | None = None
+    decoded_cache_min_free_gb: float = 20.0
     on_error: str = "fail"
     class_balanced_task: str | None = None
     num_workers: int = 0
@@ -71,7 +74,8 @@ class LoaderOptions:
         return cls(
             batch_size=cfg["hyperparams"]["batch_size"], seed=cfg["hyperparams"]["seed"], shuffle=training,
             shuffle_window=data["shuffle_window"], uneven=data["uneven"], decode_threads=data["decode_threads"],
-            verify=data["verify"], on_error=data["on_error"],
+            verify=data["verify"], on_error=data["on_error"], decoded_cache=data["decoded_cache"],
+            decoded_cache_min_free_gb=data["decoded_cache_min_free_gb"],
             class_balanced_task=cfg["labels"][0] if (data["class_balanced"] and training) else None,
             num_workers=cfg.get("hardware", {}).get("num_workers", 0),
             persistent_workers=data["persistent_workers"],

@@ -11,19 +11,25 @@ array must have the dtype and pixel size the pack's manifest declares for its mo
 silent cast downstream). Any failure is a `SampleError` whose message is one line naming the
 shard URL, the patch id and the member.
 
+With a `DecodedCache` (opt-in, `data.decoded_cache`), members found there are neither read from
+the shard nor decompressed; the others are decoded as usual and then added to it.
+
 No torch here: this module (and what it imports) is the raw-sample API's base.
 """
 
 from __future__ import annotations
 
+import io
 import threading
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from packer import schema
-from packer.codec import Arena, MemberError, decode_array, decode_array_into, decode_json, member_checksum
+from packer.codec import (Arena, MemberError, array_from_payload, decode_array, decode_array_into, decode_json,
+                          member_checksum)
 from trainer.data.catalog import Selection
+from trainer.data.decoded_cache import DecodedCache
 from trainer.data.sources import LocalSource, ShardIntegrityError, Source, check_shard
 
 
@@ -76,8 +82,9 @@ class SampleReader:
     """Raw samples `{"patch_id", "meta", "arrays"}` of a selection, by row number."""
 
     def __init__(self, source: Source, selection: Selection, needed: Sequence[str], verify: bool = False,
-                 max_gap: int | None = None, check_members: bool = True) -> None:
+                 max_gap: int | None = None, check_members: bool = True, cache: DecodedCache | None = None) -> None:
         self.source = source
+        self.cache = cache
         self.selection = selection
         self.needed = tuple(needed)
         self.verify = verify
@@ -119,13 +126,15 @@ class SampleReader:
     def _error(self, row: int, name: str, problem: str) -> SampleError:
         return SampleError(self.shard_url(row), self.selection.patch_ids[row], self.member_name(row, name), problem)
 
-    def read_members(self, row: int) -> dict[str, memoryview]:
-        """The stored bytes of the needed members (and the JSON metadata) of selected row `row`,
-        each checked against the index's checksum."""
+    def read_members(self, row: int, names: Sequence[str] | None = None) -> dict[str, memoryview]:
+        """The stored bytes of the needed members (and the JSON metadata) of selected row `row`
+        (or of `names` only), each checked against the index's checksum."""
         sel = self.selection
         shard = int(sel.shard[row])
         self._check(shard)
-        names = ("json", *self.needed)
+        names = ("json", *self.needed) if names is None else tuple(names)
+        if not names:
+            return {}
         ranges = [(int(sel.members[n][0][row]), int(sel.members[n][1][row])) for n in names]
         path = sel.shards[shard].path
         out: dict[str, memoryview] = {}
@@ -160,6 +169,9 @@ class SampleReader:
                 decode_array_into(data, arena, format_version=version)
         except MemberError as exc:
             raise self._error(row, name, str(exc)) from None
+        return self._checked_array(row, name, arr)
+
+    def _checked_array(self, row: int, name: str, arr: np.ndarray) -> np.ndarray:
         problem = check_array(name, arr, self.selection.modality_table.get(name))
         if problem:
             raise self._error(row, name, problem)
@@ -171,7 +183,60 @@ class SampleReader:
         Without `arena` the arrays are read-only views of their own decompressed bytes (keep them
         as long as you like); with one, they live in `arena` until its next `reset()`.
         """
+        if self.cache is not None:
+            return self._read_cached(row, arena)
         members = self.read_members(row)
         meta = self._meta(row, members.pop("json"))
         arrays = {name: self._array(row, name, data, arena) for name, data in members.items()}
         return {"patch_id": self.selection.patch_ids[row], "meta": meta, "arrays": arrays}
+
+    # ---------------------------------------------------------------- with the decoded cache
+    def _cache_key(self, row: int, name: str) -> tuple[str, int, str] | None:
+        sha = self.selection.shards[int(self.selection.shard[row])].sha256
+        if not sha:  # no content hash in the manifest: nothing safe to key on
+            return None
+        return sha, int(self.selection.members[name][0][row]), "json" if name == "json" else "npy"
+
+    def _read_cached(self, row: int, arena: Arena | None) -> dict[str, Any]:
+        into = arena.take if arena is not None else (lambda n: memoryview(np.empty(n, dtype=np.uint8)))
+        names = ("json", *self.needed)
+        keys = {name: self._cache_key(row, name) for name in names}
+        meta, arrays = None, {}
+        for name, key in keys.items():
+            payload = self.cache.get(*key, into) if key else None
+            if payload is None:
+                continue
+            try:
+                if name == "json":
+                    meta = self._meta(row, payload)
+                else:
+                    arrays[name] = self._checked_array(row, name, array_from_payload(payload))
+            except (MemberError, SampleError) as exc:
+                self.cache.drop(*key, str(exc))
+        missing = [n for n in names if (n == "json" and meta is None) or (n != "json" and n not in arrays)]
+        for name, data in self.read_members(row, missing).items():
+            key = keys[name]
+            if name == "json":
+                meta = self._meta(row, data)
+                if key:
+                    self.cache.put(*key, data)
+                continue
+            arrays[name] = arr = self._array(row, name, data, arena)
+            if key:
+                self.cache.put(*key, _npy_header(arr), _data_view(arr))
+        arrays = {name: arrays[name] for name in self.needed}
+        return {"patch_id": self.selection.patch_ids[row], "meta": meta, "arrays": arrays}
+
+
+def _npy_header(arr: np.ndarray) -> bytes:
+    """The header `np.save` writes before `arr`'s bytes."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(arr))
+    return buf.getvalue()
+
+
+def _data_view(arr: np.ndarray) -> memoryview:
+    """`arr`'s bytes in the order its header says (C, or Fortran order), without a copy."""
+    if arr.flags.c_contiguous:
+        return memoryview(arr.reshape(-1)).cast("B")
+    return memoryview(arr.T.reshape(-1)).cast("B")
