@@ -25,6 +25,8 @@ and against the loaders of earlier revisions ("today"), measured in the same run
        worker processes x 1 or 2 decode threads; normalisation batched in the main process.
        One more run without the per-member checksums gives their cost, and one on half of the
        samples shows that the per-worker peak RSS does not depend on the dataset size.
+   (b+) the same with the opt-in decoded cache (`data.decoded_cache`, filled by the warm-up
+       epoch): not a default, so kept out of the "best b" ratios and compared on its own line.
 4. Where the time goes (one thread, per sample): read (ranged reads + member checksums),
    decode (zstd into the reused arena, .npy header), preprocess, collate (into a ring slot),
    hand-over (what crosses to the training process and its tensors), normalise; and for the
@@ -238,6 +240,9 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
         from trainer.data import StreamingLoader
 
         cfg["data"]["decode_threads"] = args.threads
+        if args.decoded_cache:  # filled by the untimed warm-up epoch, read by the timed ones
+            cfg["data"]["decoded_cache"] = args.decoded_cache
+            cfg["data"]["decoded_cache_min_free_gb"] = 1
         if args.half:  # same loader on half the samples: its per-worker RSS must not shrink with N
             from trainer.data.catalog import Catalog
             from trainer.data.sources import open_source
@@ -271,7 +276,8 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
 def spawn(tree: Path, shards: Path, kind: str, workers: int, threads: int = 1, one_hot: bool = True,
           epochs: int = 1, s3: tuple[str, str] | None = None, half: bool = False,
           sharing: str | None = None, config: str = "all", today: tuple[Path, Path] | None = None,
-          no_member_checks: bool = False, batch_size: int = 4, torch_threads: int = 1) -> dict[str, Any]:
+          no_member_checks: bool = False, batch_size: int = 4, torch_threads: int = 1,
+          decoded_cache: bool = False) -> dict[str, Any]:
     # This file runs as a script so that, for "today", the packages come from that checkout.
     cmd = [sys.executable, str(Path(__file__).resolve()), "--run-one", "--tree", str(tree), "--shards", str(shards),
            "--kind", kind, "--workers", str(workers), "--threads", str(threads), "--epochs", str(epochs),
@@ -283,6 +289,10 @@ def spawn(tree: Path, shards: Path, kind: str, workers: int, threads: int = 1, o
         cmd[cmd.index("--kind") + 1] = "local"
     if no_member_checks:
         cmd.append("--no-member-checks")
+    if decoded_cache:
+        cache = shards.parent / f"decoded-cache-{config}"
+        shutil.rmtree(cache, ignore_errors=True)  # each run fills its own in the warm-up epoch
+        cmd += ["--decoded-cache", str(cache)]
     if one_hot:
         cmd.append("--one-hot")
     if half:
@@ -441,6 +451,10 @@ def settings_for(config: str, batch_sizes: list[int], today: list[tuple[Path, Pa
     if full:
         side += [
             ("b", "shards, local, 2 workers, 2 decode threads each", dict(kind="local", workers=2, threads=2)),
+            ("b+", "shards, local, 0 workers, 2 decode threads, opt-in decoded cache (data.decoded_cache)",
+             dict(kind="local", workers=0, threads=2, decoded_cache=True)),
+            ("b+", "shards, local, 2 workers, 1 thread each, opt-in decoded cache (data.decoded_cache)",
+             dict(kind="local", workers=2, threads=1, decoded_cache=True)),
             ("b-", "shards, local, 0 workers, 2 decode threads, member checksums off",
              dict(kind="local", workers=0, threads=2, no_member_checks=True)),
             ("b-", "shards, local, 2 workers, 1 thread each, member checksums off",
@@ -510,6 +524,13 @@ def print_config(config: str, results: Results, batch_sizes: list[int], n_sample
     for rev in revs:
         print(f"\nagainst the loader at {rev} (batch {ref}): best b / its best = "
               f"{best_of(results, ref, lambda g, _: g == 'b') / best_of(results, ref, lambda g, label: g == 'today' and label.startswith(f'loader at {rev},')):.2f}")
+    if any(g == "b+" for g, _ in results.values()):
+        cached = best_of(results, ref, lambda g, _: g == "b+")
+        line = f"\nopt-in decoded cache (batch {ref}): best b+ / best b = {cached / best_of(results, ref, lambda g, _: g == 'b'):.2f}"
+        for rev in revs:
+            line += (f", / best of the loader at {rev} = "
+                     f"{cached / best_of(results, ref, lambda g, label: g == 'today' and label.startswith(f'loader at {rev},')):.2f}")
+        print(line)
     rate = {label: r["samples_per_s"] for (label, b), (_, r) in results.items() if b == ref}
     for w, on_label in ((0, "shards, local, 0 workers, 2 decode threads"), (2, "shards, local, 2 workers, 1 thread each")):
         on, off = rate.get(on_label), rate.get(on_label + ", member checksums off")
@@ -549,6 +570,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--one-hot", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--half", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-member-checks", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--decoded-cache", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--sharing", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--s3-url", help=argparse.SUPPRESS)
     ap.add_argument("--s3-endpoint", help=argparse.SUPPRESS)
