@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from packer import schema
 from packer.atomic import atomic_path
 from packer.paths import check_index
-from packer.store import OutputStore, open_store
+from packer.storage.write import OutputStore, open_store
 
 
 def member_columns(name: str) -> tuple[str, str]:

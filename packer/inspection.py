@@ -19,7 +19,7 @@ from packer.index import read_index
 from packer.manifest import read_manifest
 from packer.paths import check_relative_path
 from packer.members import members_of_blob, raw_sample
-from packer.store import OutputStore, open_store
+from packer.storage.write import OutputStore, open_store
 
 
 def read_sample(out: str | Path | OutputStore, row: dict) -> dict[str, bytes]:

@@ -38,12 +38,12 @@ from packer.manifest import file_sha256, json_text, modality_table, packer_versi
 from packer.ordered_io import OrderedIO
 from packer.paths import check_relative_path, check_split_name
 from packer.ranges import fetch_stats
-from packer.retry import DEFAULT_ATTEMPTS
+from packer.storage.retry import DEFAULT_ATTEMPTS
 from packer.sample import EncodedSample, build_or_error, init_worker
 from packer.discovery import Discovery, PatchSource, discover
 from packer.source_report import SourceReport
 from packer.split_csv import parse_csv_argument
-from packer.store import OutputStore, open_store
+from packer.storage.write import OutputStore, open_store
 from packer.tarwriter import ShardFile, TarLayout, member_blocks
 from packer.tree import open_tree
 
@@ -71,7 +71,7 @@ class PackOptions:
     on_error: str = "fail"
     progress: bool = True
     overwrite: bool = False  # write into a non-empty --out that holds no pack
-    retries: int = DEFAULT_ATTEMPTS  # attempts per S3 operation (packer.retry)
+    retries: int = DEFAULT_ATTEMPTS  # attempts per S3 operation (packer.storage.retry)
     src_list: str | None = None  # zips to read, one per line (for a web folder that cannot be listed)
 
     def __post_init__(self) -> None:

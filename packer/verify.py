@@ -1,6 +1,6 @@
 """`flair-pack verify OUT`: check every shard against the manifest and the index.
 
-OUT is a local folder or an `s3://` URL (`packer.store`). Each shard is read once, as a stream:
+OUT is a local folder or an `s3://` URL (`packer.storage.write`). Each shard is read once, as a stream:
 its sha256 and size are computed from the bytes as they pass, its tar headers (member names,
 data offsets, sizes, sample order) are compared with the index rows, every member's xxh3_64 with
 the index's checksum column (format 2), and every member is decoded with the loader's own decoder
@@ -24,7 +24,7 @@ from packer.codec import decode_array, decode_json, member_checksum
 from packer.index import checksum_column, member_columns, read_index
 from packer.manifest import read_manifest, stream_sha256
 from packer.paths import UnsafePathError
-from packer.store import OutputStore, open_store
+from packer.storage.write import OutputStore, open_store
 
 
 @dataclass

@@ -81,7 +81,7 @@ def needed_modalities(config: Path) -> tuple[str, ...]:
 
 def counting_source(base: str):
     """A local folder read the way a remote store is (ranged reads), counting the bytes fetched."""
-    from trainer.data.sources import Source
+    from packer.storage.read import Source
 
     class CountingSource(Source):
         fetched = 0
@@ -105,7 +105,7 @@ def counting_source(base: str):
 # --------------------------------------------------------------------------------------------
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
     import trainer.data.loader  # noqa: F401  (torch and the loader: loaded in every rank anyway)
-    from trainer.data.sources import open_source
+    from packer.storage.read import open_source
 
     if args.impl == "baseline":
         catalog_mod, dist = load_baseline(args.baseline_ref, Path(tempfile.mkdtemp(prefix="bench_index_")))

@@ -159,7 +159,7 @@ def writer_capacity(src: Path, work: Path, n_samples: int = 30, total: int = 300
     from packer.pack import DEFAULT_SHARD_SIZE, SplitWriter
     from packer.sample import build_sample
     from packer.discovery import discover
-    from packer.store import LocalStore
+    from packer.storage.write import LocalStore
 
     patches = discover(src, schema.MODALITY_NAMES, (), None, 1, 0).patches[:n_samples]
     with rasterio.Env():

@@ -176,7 +176,7 @@ def per_file_batches(cfg: dict[str, Any], tree: Path, workers: int) -> Any:
     from tools.bench_loader import TreeDataset, pad_collate
     from trainer.data.catalog import Catalog
     from trainer.data.sample import SampleSpec, dates_key, pad_mask_key
-    from trainer.data.sources import open_source
+    from packer.storage.read import open_source
 
     spec = SampleSpec.from_config(cfg, augment=False)
     ids = Catalog(open_source(str(cfg["data"]["source"]))).select(cfg["data"]["train_split"], spec.needed_modalities).patch_ids

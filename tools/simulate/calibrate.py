@@ -164,7 +164,7 @@ def _children_pss_mb() -> float:
 def probe_http(root: Path) -> dict[str, float]:
     """Client and server CPU per ranged request and per byte, through the loader's HTTP source."""
     from tools.loopback_store import LoopbackStore  # noqa: F401  (the server runs in a subprocess)
-    from trainer.data.sources import open_source
+    from packer.storage.read import open_source
 
     shard = next(p for p in sorted(root.rglob("*.tar")))
     rel = shard.relative_to(root).as_posix()
@@ -273,7 +273,7 @@ def process_share(data: Path, config: list[Path], batch: int, unit_cpu_s: float,
     process that, like the loader, both computes and waits (a busy-loop probe gets less there).
     """
     from trainer.data.catalog import Catalog
-    from trainer.data.sources import open_source
+    from packer.storage.read import open_source
 
     ids = Catalog(open_source(str(data))).select(None, ()).patch_ids[:samples]
     factor = max(1.0, speed_probe(data, 1, 0.5)["cpu_per_unit_s"] / unit_cpu_s)
@@ -290,7 +290,7 @@ def calibrate(data: Path, config: list[Path], batch: int | None = None, threads:
     from tools.simulate.workload import decoded_bytes
     from trainer.data.catalog import Catalog
     from trainer.data.sample import SampleSpec
-    from trainer.data.sources import open_source
+    from packer.storage.read import open_source
 
     cfg = load_config(config, data, batch)
     spec = SampleSpec.from_config(cfg, augment=False)

@@ -39,7 +39,7 @@ def _rss_mb() -> float:
 def open_catalog(source: str):
     """The catalog, the seconds it took to open, and the memory it holds (what a rank pays)."""
     from trainer.data.catalog import Catalog
-    from trainer.data.sources import open_source
+    from packer.storage.read import open_source
 
     before = _rss_mb()
     t0 = time.perf_counter()

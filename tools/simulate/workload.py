@@ -17,7 +17,7 @@ from packer import schema
 from trainer.data.catalog import Catalog, Selection
 from trainer.data.distribution import cut_steps, epoch_order
 from trainer.data.reader import SampleReader, coalesce
-from trainer.data.sources import HttpSource, LocalSource
+from packer.storage.read import HttpSource, LocalSource
 
 
 @dataclass

@@ -9,7 +9,6 @@ paths of both are checked first (`packer.paths`): a crafted `../` path never rea
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -25,9 +24,7 @@ import pyarrow.parquet as pq
 from packer.index import checksum_column, member_columns
 from packer.paths import check_manifest, check_relative_path, check_split_name
 from packer.schema import FORMAT_VERSION, INDEX_FILE, MANIFEST_FILE, MODALITY_NAMES, N_CLASSES, TIME_SERIES_MODALITIES
-from trainer.data.sources import LocalSource, Source
-
-log = logging.getLogger(__name__)
+from packer.storage.read import LocalSource, Source, SourceFile
 
 log = logging.getLogger(__name__)
 
@@ -318,37 +315,6 @@ class LazyCounts(Mapping):
 
     def __len__(self) -> int:
         return len(self._tasks)
-
-
-class SourceFile(io.RawIOBase):
-    """A read-only, seekable file over `Source.read_range` (with its retries), for ranged Parquet reads."""
-
-    def __init__(self, source: Source, rel: str) -> None:
-        super().__init__()
-        self.source, self.rel = source, rel
-        self.length = source.size(rel)
-        self.pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def readinto(self, buffer) -> int:
-        n = max(0, min(len(buffer), self.length - self.pos))
-        if n:
-            buffer[:n] = self.source.read_range(self.rel, self.pos, n)
-            self.pos += n
-        return n
 
 
 def _ints(cols: Mapping[str, pa.ChunkedArray], column: str, keep: pa.BooleanArray,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from packer import schema
 from packer.members import iter_tar_samples, members_of_blob, raw_sample
-from trainer.data.sources import Source, open_source
+from packer.storage.read import Source, open_source
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     import pyarrow as pa

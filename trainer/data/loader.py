@@ -49,7 +49,7 @@ from trainer.data.handover import BatchRing, Handed, Lease
 from trainer.data.normalize import to_model_inputs
 from trainer.data.reader import SampleError, SampleReader
 from trainer.data.sample import SampleSpec, preprocess_sample
-from trainer.data.sources import ShardIntegrityError, Source, SourceError, open_source
+from packer.storage.read import ShardIntegrityError, Source, SourceError, open_source
 
 STATE_VERSION = 1
 ON_ERROR = ("fail", "skip")

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 from trainer.data.catalog import Catalog
 from trainer.data.loader import StreamingLoader
 from trainer.data.sample import SampleSpec
-from trainer.data.sources import open_source
+from packer.storage.read import open_source
 
 
 def prediction_loader(cfg: Mapping[str, Any], url: str, split: str, *, batch_size: int, num_workers: int = 0,

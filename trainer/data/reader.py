@@ -24,7 +24,7 @@ import numpy as np
 from packer import schema
 from packer.codec import Arena, MemberError, decode_array, decode_array_into, decode_json, member_checksum
 from trainer.data.catalog import Selection
-from trainer.data.sources import LocalSource, ShardIntegrityError, Source, check_shard
+from packer.storage.read import LocalSource, ShardIntegrityError, Source, check_shard
 
 
 class SampleError(ShardIntegrityError):

@@ -12,7 +12,7 @@
 Every reader offers the same three operations: the size of a file, a byte range of it, and its
 bytes as a stream of chunks. Reads are retried with backoff on transient errors (refused or reset
 connections, timeouts, throttling, HTTP 5xx/429), `data.retries` attempts in all, by the rule of
-`packer.retry` that the packer's S3 uploads follow too (docs/reliability.md gives the outage each
+`packer.storage.retry` that the packer's S3 uploads follow too (docs/reliability.md gives the outage each
 setting rides out); a missing file or a refused request fails at once.
 Readers hold no open handle when pickled, so they can be sent to DataLoader worker processes.
 """
@@ -20,15 +20,17 @@ Readers hold no open handle when pickled, so they can be sent to DataLoader work
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from abc import ABC, abstractmethod
 from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
-from packer import hub, retry
+from packer import hub
 from packer.hub import auth_headers
-from packer.retry import RemoteError, TransientError
-from packer.store import s3_endpoint, s3_filesystem
+from packer.storage import retry
+from packer.storage.retry import RemoteError, TransientError
+from packer.storage.s3 import no_bucket, s3_bucket, s3_endpoint, s3_filesystem, s3_path
 
 T = TypeVar("T")
 
@@ -36,7 +38,7 @@ CHUNK = 1 << 22
 SCHEMES = "a local path, s3://bucket/prefix, https://, http:// or hf://datasets/<owner>/<name>[@revision]/<path>"
 
 __all__ = ["SourceError", "SourceURLError", "TransientError", "ShardIntegrityError", "Source", "open_source",
-           "check_source_url", "hf_base_url", "check_shard", "with_retries"]
+           "check_source_url", "hf_base_url", "check_shard", "with_retries", "SourceFile"]
 
 
 class SourceError(RemoteError):
@@ -52,7 +54,7 @@ class ShardIntegrityError(RuntimeError):
 
 
 def with_retries(fn: Callable[[], T], what: str, retries: int = retry.DEFAULT_ATTEMPTS) -> T:
-    """Call `fn`, retrying transient failures with backoff (`packer.retry`); SourceError when out of attempts."""
+    """Call `fn`, retrying transient failures with backoff (`packer.storage.retry`); SourceError when out of attempts."""
     return retry.with_retries(fn, what, retries, give_up=lambda url, problem: SourceError(f"{url}: {problem}"))
 
 
@@ -148,7 +150,7 @@ class S3Source(Source):
         return self._h_fs
 
     def _path(self, rel: str) -> str:
-        return self.url(rel)[len("s3://"):]
+        return s3_path(self.url(rel))
 
     def _size(self, rel: str) -> int:
         return int(self._fs().info(self._path(rel))["size"])
@@ -201,6 +203,37 @@ class HttpSource(Source):
         return resp.content
 
 
+class SourceFile(io.RawIOBase):
+    """A read-only, seekable file over `Source.read_range` (with its retries), for ranged Parquet reads."""
+
+    def __init__(self, source: Source, rel: str) -> None:
+        super().__init__()
+        self.source, self.rel = source, rel
+        self.length = source.size(rel)
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        n = max(0, min(len(buffer), self.length - self.pos))
+        if n:
+            buffer[:n] = self.source.read_range(self.rel, self.pos, n)
+            self.pos += n
+        return n
+
+
 def hf_base_url(url: str, endpoint: str | None = None) -> str:
     """`hf://datasets/<owner>/<name>[@rev]/<path>` -> its resolve URL (packer.hub's one parser);
     a malformed URL raises SourceURLError naming it."""
@@ -215,8 +248,8 @@ def check_source_url(url: str) -> None:
     if url.startswith("hf://"):
         hf_base_url(url, "https://huggingface.co")
     elif url.startswith("s3://"):
-        if not url[len("s3://"):].split("/", 1)[0]:
-            raise SourceURLError(f"{url}: no bucket name (expected s3://bucket/prefix)")
+        if not s3_bucket(url):
+            raise SourceURLError(no_bucket(url))
     elif url.startswith(("https://", "http://")):
         if not urlsplit(url).hostname:
             raise SourceURLError(f"{url}: no host name")
