@@ -3,7 +3,7 @@
 The manifest is read first (it lists the shards with their size and sha256, and its presence
 means the pack finished); the index gives every sample's shard, position and member byte ranges,
 so a selection by split, domain, patch id or class content is made without opening a shard,
-and any sample can be read with ranged reads. Column names: docs/packing.md. Split names and shard
+and any sample can be read with ranged reads. Column names: `packer.shardformat.columns`. Split names and shard
 paths of both are checked first (`packer.paths`): a crafted `../` path never reaches a reader.
 """
 
@@ -21,15 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from packer.index import checksum_column, member_columns
 from packer.paths import check_manifest, check_relative_path, check_split_name
-from packer.schema import FORMAT_VERSION, INDEX_FILE, MANIFEST_FILE, MODALITY_NAMES, N_CLASSES, TIME_SERIES_MODALITIES
+from packer.schema import INDEX_FILE, MANIFEST_FILE, MODALITY_NAMES, N_CLASSES, TIME_SERIES_MODALITIES
+from packer.shardformat.columns import COUNT_COLUMNS, checksum_column, dates_column, member_columns
+from packer.shardformat.names import FORMAT_VERSION, META_SUFFIX
 from packer.storage.read import LocalSource, Source, SourceFile
 
 log = logging.getLogger(__name__)
 
-COUNT_COLUMNS = {"AERIAL_LABEL-COSIA": "cosia_counts", "ALL_LABEL-LPIS": "lpis_l1_counts"}
-"""Per-class pixel counts in the index (LPIS: level 1 only)."""
 DICTIONARY_COLUMNS = ("split", "shard", "domain")
 """Index columns with few distinct values, read dictionary-encoded (integer codes, not 241 k strings)."""
 
@@ -58,7 +57,7 @@ class Selection:
     rows: np.ndarray | None = None  # (N,) row of each selected sample in the index (for other columns)
     checksums: dict[str, np.ndarray] = field(default_factory=dict)  # member -> (N,) uint64 xxh3_64 (format 2)
     max_dates: dict[str, int] = field(default_factory=dict)  # series -> most dates of a selected sample
-    format_version: int = FORMAT_VERSION  # the pack's shard format (packer.codec reads 1 and 2)
+    format_version: int = FORMAT_VERSION  # the pack's shard format (packer.shardformat.encoding reads 1 and 2)
     modality_table: dict[str, dict] = field(default_factory=dict)  # the manifest's modality facts (dtype, sizes)
 
     def __len__(self) -> int:
@@ -99,7 +98,7 @@ class Catalog:
         self._parquet = self._open_index()
         self.num_rows: int = self._parquet.metadata.num_rows
         self.column_names: list[str] = self._parquet.schema_arrow.names
-        if checksum_column("json") not in self.column_names:
+        if checksum_column(META_SUFFIX) not in self.column_names:
             log.warning("%s: the index has no member checksums (shard format %d): members are read without "
                         "verification; re-pack with this version to check every member on read",
                         source.url(INDEX_FILE), self.format_version)
@@ -185,13 +184,13 @@ class Catalog:
         """
         self._check_packed(required)
         domains = list(domains or ())
-        needed = ["shard", "patch_id", "sample_index", "json_offset", "json_size",
-                  *(c for name in required for c in member_columns(name))]
+        members = (META_SUFFIX, *required)
+        needed = ["shard", "patch_id", "sample_index", *(c for name in members for c in member_columns(name))]
         needed += ["split"] if split is not None else []
-        with_checksums = checksum_column("json") in self.column_names
+        with_checksums = checksum_column(META_SUFFIX) in self.column_names
         series = [name for name in required if name in TIME_SERIES_MODALITIES]
-        needed += [checksum_column(name) for name in ("json", *required)] if with_checksums else []
-        needed += [f"T_{name}" for name in series]
+        needed += [checksum_column(name) for name in members] if with_checksums else []
+        needed += [dates_column(name) for name in series]
         needed += ["domain", "year"] if domains else []
         cols = self._read(needed)
         mask = np.ones(self.num_rows, dtype=bool)
@@ -242,17 +241,14 @@ class Catalog:
         by_path = sorted(used.tolist(), key=lambda k: paths[k])  # shards numbered in path order
         number = np.zeros(len(paths), dtype=np.int64)
         number[by_path] = np.arange(len(by_path))
-        members = {"json": (_ints(cols, "json_offset", keep), _ints(cols, "json_size", keep))}
-        for name in required:
-            off, size = member_columns(name)
-            members[name] = (_ints(cols, off, keep), _ints(cols, size, keep))
+        spans = {name: tuple(_ints(cols, c, keep) for c in member_columns(name)) for name in members}
         checksums = {name: _ints(cols, checksum_column(name), keep, np.uint64) for name in members} if with_checksums else {}
-        max_dates = {name: int(_ints(cols, f"T_{name}", keep).max(initial=0)) for name in series}
+        max_dates = {name: int(_ints(cols, dates_column(name), keep).max(initial=0)) for name in series}
         return Selection(
             patch_ids=cols["patch_id"].filter(keep).to_pylist(),
             shard=number[codes],
             sample_index=_ints(cols, "sample_index", keep),
-            members=members,
+            members=spans,
             shards=[self.shards[paths[k]] for k in by_path],
             class_counts=LazyCounts(self, rows),
             rows=rows,

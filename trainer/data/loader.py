@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from packer.codec import Arena
+from packer.shardformat.encoding import Arena
 from trainer.data.catalog import Catalog, Selection, class_balanced_weights
 from trainer.data.collate import BatchBuilder, BatchLayout, BatchLayoutError, batch_from_buffer, batch_keys
 from trainer.data.distribution import RankPlan, cut_steps, epoch_order, steps_in_epoch
