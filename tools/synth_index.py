@@ -206,7 +206,7 @@ def make_layout(seed: int, split_sizes: dict[str, int] = SPLIT_SIZES, n_rois: in
 # Member sizes, tar offsets, shards
 # --------------------------------------------------------------------------------------------
 def member_sizes(layout: Layout, model: SizeModel, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Bytes of every member of every patch ("json" included)."""
+    """Bytes of every member of every patch (the JSON one under `META_SUFFIX`)."""
     n = len(layout.patch_id)
     out = {}
     for name in schema.MODALITY_NAMES:
@@ -220,7 +220,7 @@ def member_sizes(layout: Layout, model: SizeModel, rng: np.random.Generator) -> 
         noise = rng.lognormal(0.0, model.spread, n)
         out[name] = np.maximum(64, np.round(raw * model.ratios[name] * noise)).astype(np.int64)
     total_t = sum(layout.t.values())
-    out["json"] = np.round(model.json[0] + model.json[1] * total_t).astype(np.int64)
+    out[META_SUFFIX] = np.round(model.json[0] + model.json[1] * total_t).astype(np.int64)
     return out
 
 
