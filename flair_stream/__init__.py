@@ -25,7 +25,7 @@ _EXPORTS = {
     # reading a packed dataset
     "open_dataset": "trainer.data.dataset",
     "PackedDataset": "trainer.data.dataset",
-    "decode_array": "packer.codec",
+    "decode_array": "packer.shardformat.encoding",
     # pictures
     "plot_sample": "packer.plot",
     # configs

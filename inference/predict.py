@@ -221,8 +221,47 @@ def run_infer(opts: InferOptions, model: Any = None) -> InferResult:
         raise ConfigError("--checkpoint: missing (or --metrics-only --pred DIR to score existing predictions)")
     acc = _accelerator(opts.device)
     device = torch.device(opts.device) if opts.device is not None else acc.device
-    rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
-    main = rank == 0
+    cfg = _run_config(opts, model)
+    todo = run_tasks(opts, cfg)
+    if todo["metrics_only"]:
+        return score_predictions(opts)
+    if opts.out is None:
+        raise ConfigError("--out: missing (the folder for predictions and metrics)")
+    run = _start_run(opts, cfg, todo, model, acc, device)
+    result = InferResult(device=str(device), params=_parameter_count(run.model))
+    _predict_split(run, result)
+    if run.scored:
+        _score(run, result)
+    result.total_s = time.perf_counter() - t_start
+    if run.main:
+        log.info("%d patches, %d files in %.1f s (read %.1f s, model %.1f s, write %.1f s)", result.n_patches,
+                 result.files, result.total_s, result.read_s, result.model_s, result.write_s)
+    return result
+
+
+@dataclass
+class _PredictionRun:
+    """What a prediction run holds from its start to its metrics: the model, the loader of this
+    rank's share of the split, and per task its class names, colours and confusion matrix."""
+
+    opts: InferOptions
+    cfg: dict[str, Any]
+    todo: dict[str, Any]
+    acc: Any
+    device: torch.device
+    main: bool
+    model: Any
+    loader: Any
+    scored: bool
+    tasks: list[str]
+    geo: dict[str, PatchGeo]
+    names: dict[str, list[str]]
+    colors: dict[str, Any]
+    confmats: dict[str, ConfusionMatrix]
+
+
+def _run_config(opts: InferOptions, model: Any) -> dict[str, Any]:
+    """The merged config the run predicts with (`infer_config`), or a ConfigError saying what is missing."""
     ckpt_doc = our_checkpoint_config(opts.checkpoint) if model is None else None
     if model is None and ckpt_doc is None and not opts.config:
         raise ConfigError(f"--config: {opts.checkpoint} is not one of our checkpoints; a reference checkpoint "
@@ -230,39 +269,48 @@ def run_infer(opts: InferOptions, model: Any = None) -> InferResult:
     cfg = infer_config(opts, ckpt_doc) if (opts.config or ckpt_doc is not None) else None
     if cfg is None:
         raise ConfigError("--config: needed to know the preprocessing when a model object is passed")
-    todo = run_tasks(opts, cfg)
-    if todo["metrics_only"]:
-        return score_predictions(opts)
-    if opts.out is None:
-        raise ConfigError("--out: missing (the folder for predictions and metrics)")
+    return cfg
+
+
+def _start_run(opts: InferOptions, cfg: dict[str, Any], todo: dict[str, Any], model: Any, acc: Any,
+               device: torch.device) -> _PredictionRun:
+    """Load the model (unless given), open this rank's loader, and set up each task's outputs."""
+    rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
     if model is None:
         model, _ = load_inference_model(opts.checkpoint, cfg, device=device)
     model.eval()
-    result = InferResult(device=str(device), params=sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else 0)
-
     tasks = list(cfg["labels"])
     loader, scored = prediction_loader(cfg, opts.data, opts.split, batch_size=opts.batch_size,
                                        num_workers=opts.num_workers, rank=rank, world_size=world, limit=opts.limit,
                                        pin_memory=device.type == "cuda")
     if not scored:
         log.warning("split %r has no labels for %s: predictions only, no metrics", opts.split, tasks)
-    spec, selection = loader.spec, loader.selection
-    geo = patch_geo(loader.catalog, selection.patch_ids)
-    out = Path(opts.out)
     channels = {t: int(cfg["labels_configs"][t].get("label_channel_nomenclature", 1)) for t in tasks}
     names = {t: task_class_names(cfg, t) for t in tasks}
-    colors = {t: map_colors(t, len(names[t]), channels[t]) for t in tasks}
-    confmats = {t: ConfusionMatrix(len(names[t]), device=device) for t in tasks}
-    out_size = MODALITIES[tasks[0]].size_px
-    if main:
+    run = _PredictionRun(
+        opts, cfg, todo, acc, device, rank == 0, model, loader, scored, tasks,
+        geo=patch_geo(loader.catalog, loader.selection.patch_ids), names=names,
+        colors={t: map_colors(t, len(names[t]), channels[t]) for t in tasks},
+        confmats={t: ConfusionMatrix(len(names[t]), device=device) for t in tasks})
+    if run.main:
         log.info("%d patches of split %r from %s on %s x %d; tasks %s; output %s",
-                 len(selection), opts.split, opts.data, device, world, tasks, opts.output)
+                 len(loader.selection), opts.split, opts.data, device, world, tasks, opts.output)
+    return run
 
+
+def _parameter_count(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else 0
+
+
+def _predict_split(run: _PredictionRun, result: InferResult) -> None:
+    """Every batch of the rank's share: predict, count into the confusion matrices, write the files."""
     from tqdm import tqdm
 
-    bar = tqdm(total=len(loader), unit="batch", desc="flair-infer", disable=not (opts.progress and main))
+    opts, tasks, device = run.opts, run.tasks, run.device
+    out_size = MODALITIES[tasks[0]].size_px
+    bar = tqdm(total=len(run.loader), unit="batch", desc="flair-infer", disable=not (opts.progress and run.main))
     t_loop = time.perf_counter()
-    it = iter(loader)
+    it = iter(run.loader)
     while True:
         t0 = time.perf_counter()
         batch = next(it, None)
@@ -270,55 +318,58 @@ def run_infer(opts: InferOptions, model: Any = None) -> InferResult:
         if batch is None:
             break
         t1 = time.perf_counter()
-        inputs = loader.to_model_inputs(batch, device)
-        logits = predict_logits(model, inputs, spec.series, out_size, tasks)
+        inputs = run.loader.to_model_inputs(batch, device)
+        logits = predict_logits(run.model, inputs, run.loader.spec.series, out_size, tasks)
         valid = inputs["valid"]
         preds = {t: logits[t].argmax(dim=1) for t in tasks}
-        if scored:
+        if run.scored:
             for t in tasks:
-                confmats[t].update(preds[t][valid], inputs[t][valid])
+                run.confmats[t].update(preds[t][valid], inputs[t][valid])
         if device.type == "cuda":
             torch.cuda.synchronize()
         result.model_s += time.perf_counter() - t1
         t2 = time.perf_counter()
-        keep = valid.cpu().numpy()
-        for k, pid in enumerate(batch["patch_id"]):
-            if not keep[k]:
-                continue  # a repeat that equalises the ranks' batch counts
-            result.n_patches += 1
-            if not todo["write"]:
-                continue
-            g = geo[pid]
-            for t in tasks:
-                if opts.output == "argmax":
-                    arr = preds[t][k].to(torch.uint8).cpu().numpy()
-                else:
-                    arr = probabilities_u8(logits[t][k].float().cpu().numpy())
-                path = prediction_path(out, t, pid, opts.output)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                crs, transform = (g.crs, g.transform(arr.shape[-1])) if todo["georeferenced"] else (None, None)
-                write_raster(path, arr, crs, transform, names[t], t, opts.output, colors[t], opts.compression)
-                result.files += 1
+        _write_batch(run, result, batch["patch_id"], valid.cpu().numpy(), preds, logits)
         result.write_s += time.perf_counter() - t2
         bar.update(1)
     bar.close()
     result.loop_s = time.perf_counter() - t_loop
 
-    if scored:
-        for t in tasks:
-            confmats[t].all_reduce(acc)
-            cm = confmats[t].matrix.cpu().numpy()
-            result.confmats[t] = cm
-            result.metrics[t] = metrics_for_task(cm, cfg, t)
-        if main:
-            write_metrics(out, result.metrics, result.confmats)
-            for t in tasks if opts.print_table else ():
-                print(class_table_markdown(t, result.metrics[t]))
-    result.total_s = time.perf_counter() - t_start
-    if main:
-        log.info("%d patches, %d files in %.1f s (read %.1f s, model %.1f s, write %.1f s)", result.n_patches,
-                 result.files, result.total_s, result.read_s, result.model_s, result.write_s)
-    return result
+
+def _write_batch(run: _PredictionRun, result: InferResult, patch_ids: Sequence[str], keep: np.ndarray,
+                 preds: Mapping[str, torch.Tensor], logits: Mapping[str, torch.Tensor]) -> None:
+    """One georeferenced raster per kept patch and task (argmax classes, or class probabilities)."""
+    opts = run.opts
+    for k, pid in enumerate(patch_ids):
+        if not keep[k]:
+            continue  # a repeat that equalises the ranks' batch counts
+        result.n_patches += 1
+        if not run.todo["write"]:
+            continue
+        g = run.geo[pid]
+        for t in run.tasks:
+            if opts.output == "argmax":
+                arr = preds[t][k].to(torch.uint8).cpu().numpy()
+            else:
+                arr = probabilities_u8(logits[t][k].float().cpu().numpy())
+            path = prediction_path(Path(opts.out), t, pid, opts.output)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            crs, transform = (g.crs, g.transform(arr.shape[-1])) if run.todo["georeferenced"] else (None, None)
+            write_raster(path, arr, crs, transform, run.names[t], t, opts.output, run.colors[t], opts.compression)
+            result.files += 1
+
+
+def _score(run: _PredictionRun, result: InferResult) -> None:
+    """Sum the confusion matrices over the ranks, compute the metrics, write and print them."""
+    for t in run.tasks:
+        run.confmats[t].all_reduce(run.acc)
+        cm = run.confmats[t].matrix.cpu().numpy()
+        result.confmats[t] = cm
+        result.metrics[t] = metrics_for_task(cm, run.cfg, t)
+    if run.main:
+        write_metrics(Path(run.opts.out), result.metrics, result.confmats)
+        for t in run.tasks if run.opts.print_table else ():
+            print(class_table_markdown(t, result.metrics[t]))
 
 
 # --------------------------------------------------------------------------------------------

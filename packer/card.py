@@ -20,7 +20,10 @@ import pyarrow.compute as pc
 import yaml
 
 from packer import schema
-from packer.codec import codec_summary
+from packer.shardformat.columns import COUNT_COLUMNS, checksum_column, dates_column
+from packer.shardformat.encoding import codec_summary
+from packer.shardformat.names import (ARRAY_SUFFIX, META_SUFFIX, member_key, member_name, meta_member_name,
+                                      wds_member_key)
 
 LICENSE = "etalab-2.0"
 HF_SPLIT_NAME = r"^\w+(\.\w+)*$"
@@ -39,9 +42,6 @@ CITATION_BIBTEX = """@article{ign2025flairhub,
 CITATION_TEXT = ("Anatol Garioud, Sébastien Giordano, Nicolas David, Nicolas Gonthier. FLAIR-HUB: Large-scale "
                  "Multimodal Dataset for Land Cover and Crop Mapping. (2025). "
                  "DOI: https://doi.org/10.13140/RG.2.2.30183.73128/1")
-
-_COUNT_COLUMNS = {"AERIAL_LABEL-COSIA": "cosia_counts", "ALL_LABEL-LPIS": "lpis_l1_counts"}
-
 
 def _size_category(n: int) -> str:
     for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
@@ -65,9 +65,9 @@ def packed_modalities(manifest: Mapping[str, Any]) -> list[str]:
 def features(manifest: Mapping[str, Any]) -> list[dict]:
     """`dataset_info.features` in the card's YAML form: the JSON metadata, one nested list per
     modality member (`(bands, H, W)` of its dtype), and webdataset's `__key__` / `__url__`."""
-    out: list[dict] = [{"name": schema.META_SUFFIX, "dtype": "json"}]
+    out: list[dict] = [{"name": META_SUFFIX, "dtype": "json"}]
     for name in packed_modalities(manifest):
-        out.append({"name": schema.member_key(name), "list": {"list": {"list": manifest["modalities"][name]["dtype"]}}})
+        out.append({"name": member_key(name), "list": {"list": {"list": manifest["modalities"][name]["dtype"]}}})
     out += [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"}]
     return out
 
@@ -124,7 +124,7 @@ def _modality_table(manifest: Mapping[str, Any], index: pa.Table) -> list[str]:
         shape = f"{info['bands_per_date']}×T × {info['size_px']}×{info['size_px']}" if info["time_series"] \
             else f"{info['bands_per_date']} × {info['size_px']}×{info['size_px']}"
         dates = ""
-        col = f"T_{name}"
+        col = dates_column(name)
         if col in index.column_names and index.column(col).null_count < index.num_rows:
             mm = pc.min_max(index.column(col)).as_py()
             dates = f"T = {mm['min']}–{mm['max']}"
@@ -135,7 +135,7 @@ def _modality_table(manifest: Mapping[str, Any], index: pa.Table) -> list[str]:
 
 
 def _class_table(task: str, index: pa.Table) -> list[str]:
-    col = _COUNT_COLUMNS[task]
+    col = COUNT_COLUMNS[task]
     totals = None
     if col in index.column_names:
         values = [c for c in index.column(col).to_pylist() if c is not None]
@@ -154,12 +154,13 @@ def _read_howto(manifest: Mapping[str, Any]) -> list[str]:
     split = next(iter(manifest["splits"]), "train")
     lines = [
         "## How to read it", "",
-        "Every sample is one patch: `<patch_id>.json` (metadata: georeference, dates, source paths) and one "
-        "`<patch_id>.<MODALITY>.npy.zst` per modality, the array `rasterio.open(tif).read()` returns "
-        "(`(bands, H, W)`, original dtype; series date-major), as `.npy` in a zstd frame.",
-        "Each `.npy.zst` member is exactly one zstd frame of the `.npy` file `np.save` writes (no pickle, no "
+        f"Every sample is one patch: `{meta_member_name('<patch_id>')}` (metadata: georeference, dates, source "
+        f"paths) and one `{member_name('<patch_id>', '<MODALITY>')}` per modality, the array "
+        "`rasterio.open(tif).read()` returns (`(bands, H, W)`, original dtype; series date-major), as `.npy` in a "
+        "zstd frame.",
+        f"Each `{ARRAY_SUFFIX}` member is exactly one zstd frame of the `.npy` file `np.save` writes (no pickle, no "
         "filter): any zstd + numpy client decodes it. The index keeps every member's xxh3_64 "
-        "(`<MODALITY>_xxh3`, `json_xxh3`) to check a ranged read.", "",
+        f"(`{checksum_column('<MODALITY>')}`, `{checksum_column(META_SUFFIX)}`) to check a ranged read.", "",
     ]
     lines += [
         "**Plain webdataset**", "", "```python",
@@ -170,14 +171,14 @@ def _read_howto(manifest: Mapping[str, Any]) -> list[str]:
         "",
         f'urls = "{split}/{split}-{{000000..{manifest["splits"][split]["shards"] - 1:06d}}}.tar"' if manifest["splits"]
         else 'urls = "train/train-{000000..000009}.tar"',
-        "for sample in wds.WebDataset(urls, shardshuffle=False).decode(wds.handle_extension(\".npy.zst\", npy_zst)):",
-        '    aerial = sample["aerial_rgbi.npy.zst"]  # webdataset lower-cases member extensions',
+        f'for sample in wds.WebDataset(urls, shardshuffle=False).decode(wds.handle_extension("{ARRAY_SUFFIX}", npy_zst)):',
+        f'    aerial = sample["{wds_member_key("AERIAL_RGBI")}"]  # webdataset lower-cases member extensions',
         "```", "",
         "**Hugging Face `datasets`** (the `configs` above map each split to its shards)", "", "```python",
         "from datasets import load_dataset",
         "",
         'ds = load_dataset("<this folder or owner/repo>", streaming=True)',
-        f'sample = next(iter(ds["{split}"]))  # {{"json": {{...}}, "AERIAL_RGBI.npy.zst": [[[...]]], ...}}',
+        f'sample = next(iter(ds["{split}"]))  # {{"{META_SUFFIX}": {{...}}, "{member_key("AERIAL_RGBI")}": [[[...]]], ...}}',
         "```", "",
         "**flair-stream** (`pip install flair-stream`: raw samples, random access by patch id, and the "
         "reference's preprocessing for training)", "", "```python",

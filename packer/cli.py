@@ -64,7 +64,7 @@ def _levels(text: str) -> int | dict[str, int]:
 def pack_parser() -> argparse.ArgumentParser:
     # Imported here: spawned pack workers re-import the console script, and should stay light.
     from packer.pack import DEFAULT_SHARD_SIZE, ON_ERROR
-    from packer.retry import DEFAULT_ATTEMPTS, min_outage_s
+    from packer.storage.retry import DEFAULT_ATTEMPTS, min_outage_s
 
     p = argparse.ArgumentParser(
         prog="flair-pack", formatter_class=HelpFormatter,

@@ -1,7 +1,7 @@
 """The Hugging Face Hub's URLs: `hf://datasets/<owner>/<name>[@rev]/<path>`, resolve URLs, and the API.
 
 One parser serves the packer (reading the published zips) and the loader (reading packed shards,
-`trainer.data.sources`). The Hub's documented HTTP endpoints used here:
+`packer.storage.read`). The Hub's documented HTTP endpoints used here:
 
 - `GET <endpoint>/datasets/<owner>/<name>/resolve/<rev>/<path>`: a file's bytes (it honours `Range`,
   usually after a redirect to a CDN);

@@ -5,7 +5,8 @@ It is also a GeoParquet file (https://geoparquet.org, version `GEOPARQUET_VERSIO
 column holds each patch's footprint as a WKB polygon and the `geo` file metadata says so (CRS as
 PROJJSON, bbox), so QGIS, geopandas, GDAL and duckdb-spatial open the index as a layer of patches
 with all their attributes. The class tables of the count columns travel in the file metadata too
-(`CLASSES_METADATA_KEY`), so `cosia_counts[i]` can be named without this package.
+(`CLASSES_METADATA_KEY`), so `cosia_counts[i]` can be named without this package. The columns
+themselves (names, types, order) are `packer.shardformat.columns`.
 """
 
 from __future__ import annotations
@@ -22,45 +23,12 @@ import pyarrow.parquet as pq
 from packer import schema
 from packer.atomic import atomic_path
 from packer.paths import check_index
-from packer.store import OutputStore, open_store
+from packer.shardformat.columns import COUNT_COLUMN_TASKS, GEOMETRY_COLUMN, INDEX_SCHEMA
+from packer.storage.write import OutputStore, open_store
 
-
-def member_columns(name: str) -> tuple[str, str]:
-    """Index columns with the data offset and size of modality `name`'s member."""
-    return f"{name}_offset", f"{name}_size"
-
-
-def checksum_column(name: str) -> str:
-    """Index column with the xxh3_64 of a member's stored bytes (`name`: a modality, or "json")."""
-    return f"{name}_xxh3"
-
-
-INDEX_SCHEMA = pa.schema(
-    [
-        ("patch_id", pa.string()), ("split", pa.string()), ("domain", pa.string()), ("year", pa.int32()),
-        ("roi", pa.string()), ("row", pa.int32()), ("col", pa.int32()),
-        ("shard", pa.string()), ("sample_index", pa.int32()),
-        ("offset", pa.int64()), ("size", pa.int64()),
-        ("json_offset", pa.int64()), ("json_size", pa.int64()),
-        *[(c, pa.int64()) for name in schema.MODALITY_NAMES for c in member_columns(name)],
-        (checksum_column("json"), pa.uint64()),
-        *[(checksum_column(name), pa.uint64()) for name in schema.MODALITY_NAMES],
-        ("modalities", pa.list_(pa.string())),
-        *[(f"T_{name}", pa.int32()) for name in schema.TIME_SERIES_MODALITIES],
-        ("crs", pa.string()),
-        ("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()), ("ymax", pa.float64()),
-        ("cosia_counts", pa.list_(pa.int64())), ("lpis_l1_counts", pa.list_(pa.int64())),
-        ("source_bytes", pa.int64()),
-        ("geometry", pa.binary()),
-    ]
-)
-
-GEOMETRY_COLUMN = "geometry"
 GEOPARQUET_VERSION = "1.1.0"
 CLASSES_METADATA_KEY = b"flair_stream:classes"
 """File metadata key: JSON {count column: {"task", "classes": [{"value", "name", "color"}, ...]}}."""
-COUNT_COLUMN_TASKS = {"cosia_counts": "AERIAL_LABEL-COSIA", "lpis_l1_counts": "ALL_LABEL-LPIS"}
-"""The per-class pixel count columns and the class table each one follows (LPIS: level 1)."""
 
 
 def footprint_wkb(xmin: float, ymin: float, xmax: float, ymax: float) -> bytes:

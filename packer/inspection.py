@@ -13,13 +13,15 @@ import numpy as np
 import pyarrow.compute as pc
 
 from packer import schema
-from packer.codec import codec_summary, decode_array
 from packer.errors import PackError
 from packer.index import read_index
 from packer.manifest import read_manifest
 from packer.paths import check_relative_path
-from packer.members import members_of_blob, raw_sample
-from packer.store import OutputStore, open_store
+from packer.shardformat.columns import COUNT_COLUMNS, dates_column
+from packer.shardformat.encoding import codec_summary, decode_array
+from packer.shardformat.names import member_name, meta_member_name
+from packer.shardformat.reader import members_of_blob, raw_sample
+from packer.storage.write import OutputStore, open_store
 
 
 def read_sample(out: str | Path | OutputStore, row: dict) -> dict[str, bytes]:
@@ -54,7 +56,7 @@ def summarize_dataset(out: str | Path | OutputStore) -> str:
     lines.append("modalities present:")
     lines += [f"  {mod:<20} {counts.get(mod, 0)}/{index.num_rows}" for mod in m["modalities"]]
     for mod in schema.TIME_SERIES_MODALITIES:
-        col = index.column(f"T_{mod}")
+        col = index.column(dates_column(mod))
         if col.null_count < len(col):
             mm = pc.min_max(col).as_py()
             lines.append(f"  T {mod:<18} {mm['min']}..{mm['max']}")
@@ -87,19 +89,19 @@ def describe_sample(out: str | Path | OutputStore, patch_id: str) -> str:
     row = _index_row(store, patch_id)
     version = read_manifest(store)["format_version"]
     members = read_sample(store, row)
-    meta = json.loads(members[schema.meta_member_name(patch_id)])
+    meta = json.loads(members[meta_member_name(patch_id)])
     lines = [f"{patch_id}: split {row['split']}, {row['shard']} #{row['sample_index']} "
              f"(bytes {row['offset']}..{row['offset'] + row['size']})",
              f"  crs {meta['crs']}, bounds {meta['bounds']}"]
     for mod in row["modalities"]:
-        arr = decode_array(members[schema.member_name(patch_id, mod)], format_version=version)
+        arr = decode_array(members[member_name(patch_id, mod)], format_version=version)
         info = meta["modalities"][mod]
         extra = f", {len(info['dates'])} dates {info['dates'][0]}..{info['dates'][-1]}" if "dates" in info else ""
         extra += f", date {info['date']}" if "date" in info else ""
         lo, hi = (arr.min(), arr.max()) if arr.size else (np.nan, np.nan)
         lines.append(f"  {mod:<20} {arr.dtype}{list(arr.shape)} min {lo} max {hi}, nodata {info['nodata']}{extra}")
         lines.append(f"  {'':<20} source {info['path']}")
-    for col in ("cosia_counts", "lpis_l1_counts"):
+    for col in COUNT_COLUMNS.values():
         if row[col] is not None:
             lines.append(f"  {col}: {row[col]}")
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from packer import schema
 from packer.atomic import write_text_atomic
 from packer.errors import PackError
 from packer.paths import check_manifest
-from packer.store import OutputStore, open_store
+from packer.storage.write import OutputStore, open_store
 
 
 def packer_version() -> str:

@@ -31,20 +31,23 @@ from tqdm import tqdm
 
 from packer import schema
 from packer.card import dataset_card
-from packer.codec import MEMBER_CHECKSUM, compression_settings
+from packer.discovery import Discovery, PatchSource, discover
+from packer.encode_patch import EncodedSample, build_or_error, init_worker
 from packer.errors import PackError, PatchError, naming
-from packer.index import INDEX_SCHEMA, member_columns, rows_to_table, write_index
+from packer.index import rows_to_table, write_index
 from packer.manifest import file_sha256, json_text, modality_table, packer_version
 from packer.ordered_io import OrderedIO
 from packer.paths import check_relative_path, check_split_name
 from packer.ranges import fetch_stats
-from packer.retry import DEFAULT_ATTEMPTS
-from packer.sample import EncodedSample, build_or_error, init_worker
-from packer.discovery import Discovery, PatchSource, discover
+from packer.shardformat import names
+from packer.shardformat.columns import INDEX_SCHEMA, member_columns
+from packer.shardformat.encoding import compression_settings, manifest_codec
+from packer.shardformat.names import name_of_key
+from packer.shardformat.writer import ShardFile, TarLayout, member_blocks
 from packer.source_report import SourceReport
 from packer.split_csv import parse_csv_argument
-from packer.store import OutputStore, open_store
-from packer.tarwriter import ShardFile, TarLayout, member_blocks
+from packer.storage.retry import DEFAULT_ATTEMPTS
+from packer.storage.write import OutputStore, open_store
 from packer.tree import open_tree
 
 DEFAULT_SHARD_SIZE = 256 * 10**6
@@ -65,13 +68,13 @@ class PackOptions:
     seed: int = 0
     keep_order: bool = False
     workers: int | None = None  # None: all cores
-    level: int | dict[str, int] | None = None  # None: per-modality settings (packer.codec.DEFAULT_SETTINGS)
+    level: int | dict[str, int] | None = None  # None: per-modality settings (packer.shardformat.encoding.DEFAULT_SETTINGS)
     num_parts: int = 1
     part: int = 0
     on_error: str = "fail"
     progress: bool = True
     overwrite: bool = False  # write into a non-empty --out that holds no pack
-    retries: int = DEFAULT_ATTEMPTS  # attempts per S3 operation (packer.retry)
+    retries: int = DEFAULT_ATTEMPTS  # attempts per S3 operation (packer.storage.retry)
     src_list: str | None = None  # zips to read, one per line (for a web folder that cannot be listed)
 
     def __post_init__(self) -> None:
@@ -289,12 +292,8 @@ class SplitWriter:
         chunks: list[bytes] = []
         for (name, _), member in zip(sample.members, blocks):
             off, n = self.layout.add(member, chunks)
-            suffix = name[len(sample.patch_id) + 1:]
-            if suffix == schema.META_SUFFIX:
-                row["json_offset"], row["json_size"] = off, n
-            else:
-                col_off, col_size = member_columns(suffix[: -len(schema.ARRAY_SUFFIX)])
-                row[col_off], row[col_size] = off, n
+            col_off, col_size = member_columns(name_of_key(name[len(sample.patch_id) + 1:]))
+            row[col_off], row[col_size] = off, n
         row["size"] = self.layout.offset - start
         self.io.submit(_write_chunks, self.file, chunks, nbytes=row["size"])
         self.rows.append(row)
@@ -501,12 +500,10 @@ def _finalise(store: OutputStore, opts: PackOptions, src: str, plan: dict[str, l
     store.put(index_path, schema.INDEX_FILE)
     skipped.sort(key=lambda s: s["patch_id"])
     manifest = {
-        "format_version": schema.FORMAT_VERSION,
+        "format_version": names.FORMAT_VERSION,
         "packer_version": packer_version(),
         "parameters": opts.recorded(src) | {"split_source": disc.split_source},
-        "codec": {"container": "npy", "compression": "zstd", "member_suffix": schema.ARRAY_SUFFIX,
-                  "settings": {m: s for m, s in compression_settings(opts.level).items() if m in opts.modalities},
-                  "member_checksum": MEMBER_CHECKSUM},
+        "codec": manifest_codec(opts.level, opts.modalities),
         "modalities": modality_table([m for m in schema.MODALITY_NAMES if m in opts.modalities]),
         "splits": split_sizes,
         "shards": shards,

@@ -1,6 +1,6 @@
 """Pictures of samples: `plot_sample(sample)` draws every modality of one patch on one figure.
 
-A raw sample (`packer.members`: `{"patch_id", "meta", "arrays"}`) becomes, top to bottom:
+A raw sample (`packer.shardformat.reader`: `{"patch_id", "meta", "arrays"}`) becomes, top to bottom:
 - the mono-temporal inputs: aerial RGB, aerial NIR false colour (NIR-R-G), historical
   panchromatic, DEM as DSM - DTM (height above ground) with a colour bar, SPOT 6-7 RGB;
 - the labels, CoSIA and LPIS level 1, in the official class colours (`packer.schema`), each with a

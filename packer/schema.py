@@ -1,7 +1,8 @@
-"""The one source of truth for FLAIR-HUB facts and the shard format.
+"""The one source of truth for FLAIR-HUB facts.
 
 Everything that knows a modality name, a dtype, a band layout, a class table, a metadata file
-name, the patch-id grammar or a shard-member name imports it from here: the synthetic generator
+name or the patch-id grammar imports it from here (the shard format built on them, member names,
+encoding and index columns, is `packer.shardformat`): the synthetic generator
 (`tools.flair_toy`), the packer, the loader, the model and inference. The facts come from the
 FLAIR-HUB dataset card (Hugging Face Hub, `IGNF/FLAIR-HUB`) and the reference code's README; where
 they do not say (SPOT/S2 uint16, mask uint8, S1 float32, historical 256 px) we follow the files.
@@ -443,31 +444,13 @@ def parse_folder_name(name: str) -> tuple[str, int | None, str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Shard format contract (docs/packing.md, "Output layout")
+# The files of a pack (docs/packing.md, "Output layout"); what is inside a shard and the index
+# columns: packer.shardformat
 # --------------------------------------------------------------------------------------------
-FORMAT_VERSION = 2
-"""2: every `.npy.zst` member is a plain zstd frame of a `.npy` file, and the index has per-member
-checksums. 1: wider dtypes could be byte-shuffled under the same suffix (still read; packer.codec)."""
-ARRAY_SUFFIX = ".npy.zst"
-META_SUFFIX = "json"
 INDEX_FILE = "index.parquet"
 MANIFEST_FILE = "manifest.json"
 CARD_FILE = "README.md"
 """The dataset card (Hugging Face format) written beside the index: `packer.card`."""
-
-
-def member_name(patch_id: str, modality_name: str) -> str:
-    """Tar member holding one modality array of a sample: `<patch_id>.<MODALITY>.npy.zst`."""
-    return f"{patch_id}.{modality_name}{ARRAY_SUFFIX}"
-
-
-def meta_member_name(patch_id: str) -> str:
-    return f"{patch_id}.{META_SUFFIX}"
-
-
-def member_key(modality_name: str) -> str:
-    """The WebDataset extension key of a modality member (what a decoded sample dict uses)."""
-    return f"{modality_name}{ARRAY_SUFFIX}"
 
 
 def shard_name(split: str, number: int) -> str:
@@ -503,11 +486,16 @@ OFFICIAL_TEST_DOMAINS: tuple[str, ...] = (
 """Domains held out as `test` in the official split 1 (train/valid is random among the others)."""
 
 
-WDS_LOWERCASES_KEYS = True
-"""webdataset's default grouping (`WebDataset(urls)`, `tarfile_to_samples`) lower-cases member
-extensions, so a decoded sample dict holds `aerial_rgbi.npy.zst`, not `AERIAL_RGBI.npy.zst`."""
+_MOVED_TO_SHARD_FORMAT = ("FORMAT_VERSION", "ARRAY_SUFFIX", "META_SUFFIX", "member_name", "meta_member_name",
+                          "member_key", "WDS_LOWERCASES_KEYS", "wds_member_key")
+"""Member names and the format version live in `packer.shardformat.names` (the shard format's own
+package); they were documented here (`packer.schema.wds_member_key`, `FORMAT_VERSION`), so this
+module still answers for them, on first use (that package imports this one)."""
 
 
-def wds_member_key(modality_name: str) -> str:
-    """The key of a modality member in a sample dict yielded by plain `webdataset.WebDataset`."""
-    return member_key(modality_name).lower() if WDS_LOWERCASES_KEYS else member_key(modality_name)
+def __getattr__(name: str):
+    if name in _MOVED_TO_SHARD_FORMAT:
+        from packer.shardformat import names
+
+        return getattr(names, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

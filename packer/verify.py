@@ -1,10 +1,10 @@
 """`flair-pack verify OUT`: check every shard against the manifest and the index.
 
-OUT is a local folder or an `s3://` URL (`packer.store`). Each shard is read once, as a stream:
+OUT is a local folder or an `s3://` URL (`packer.storage.write`). Each shard is read once, as a stream:
 its sha256 and size are computed from the bytes as they pass, its tar headers (member names,
 data offsets, sizes, sample order) are compared with the index rows, every member's xxh3_64 with
 the index's checksum column (format 2), and every member is decoded with the loader's own decoder
-(`packer.codec`) one sample at a time, so memory stays small, and checked against the manifest's
+(`packer.shardformat.encoding`) one sample at a time, so memory stays small, and checked against the manifest's
 modality table (pixel size, dtype, bands per date x the index's T: `schema.layout_problems`, the
 packer's own rule) and against the shape/dtype in the sample JSON.
 Collects every problem into a readable report instead of stopping at the first.
@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from packer import schema
-from packer.codec import decode_array, decode_json, member_checksum
-from packer.index import checksum_column, member_columns, read_index
+from packer.shardformat.encoding import decode_array, decode_json, member_checksum
+from packer.index import read_index
+from packer.shardformat.columns import SAMPLE_SPAN, checksum_column, dates_column, member_columns
+from packer.shardformat.names import META_SUFFIX, any_member_name, member_name, meta_member_name, name_of_key
 from packer.manifest import read_manifest, stream_sha256
 from packer.paths import UnsafePathError
-from packer.store import OutputStore, open_store
+from packer.storage.write import OutputStore, open_store
 
 
 @dataclass
@@ -69,20 +71,18 @@ def _check_layout(arr, mod: str, row: dict, table: dict, where: str, report: Ver
     if facts is None:
         report.problems.append(f"{where}: member of {mod}, which the manifest's modality table does not list")
         return
-    n_dates = row.get(f"T_{mod}") if facts["time_series"] else None
+    n_dates = row.get(dates_column(mod)) if facts["time_series"] else None
     for problem in schema.layout_problems(arr.shape, arr.dtype, name=mod, dtype_expected=facts["dtype"],
                                           bands_per_date=facts["bands_per_date"], size_px=facts["size_px"],
                                           time_series=facts["time_series"], n_dates=n_dates):
-        report.problems.append(f"{where}: {schema.member_name(row['patch_id'], mod)}: {problem} (manifest/index)")
+        report.problems.append(f"{where}: {member_name(row['patch_id'], mod)}: {problem} (manifest/index)")
 
 
 def _check_checksums(data: dict[str, bytes], row: dict, where: str, report: VerifyReport) -> None:
     """Each member's xxh3_64 against the index (format-2 indexes; format 1 has no such columns)."""
     pid = row["patch_id"]
     for name, blob in data.items():
-        suffix = name[len(pid) + 1:]
-        key = "json" if suffix == schema.META_SUFFIX else suffix[: -len(schema.ARRAY_SUFFIX)]
-        want = row.get(checksum_column(key))
+        want = row.get(checksum_column(name_of_key(name[len(pid) + 1:])))
         if want is not None and member_checksum(blob) != want:
             report.problems.append(f"{where}: {name}: xxh3_64 {member_checksum(blob):016x} differs from the index's "
                                    f"{want:016x} (damaged member)")
@@ -90,7 +90,7 @@ def _check_checksums(data: dict[str, bytes], row: dict, where: str, report: Veri
 
 def _check_sample(data: dict[str, bytes], pid: str, where: str, report: VerifyReport, format_version: int,
                   row: dict | None = None, table: dict | None = None) -> None:
-    meta_name = schema.meta_member_name(pid)
+    meta_name = meta_member_name(pid)
     if meta_name not in data:
         report.problems.append(f"{where}: sample {pid} has no {meta_name}")
         return
@@ -102,7 +102,7 @@ def _check_sample(data: dict[str, bytes], pid: str, where: str, report: VerifyRe
     for name, blob in data.items():
         if name == meta_name:
             continue
-        mod = name[len(pid) + 1: -len(schema.ARRAY_SUFFIX)]
+        mod = name_of_key(name[len(pid) + 1:])
         try:
             arr = decode_array(blob, format_version=format_version)
         except Exception as exc:  # any decoding failure is a finding, not a crash of verify
@@ -154,10 +154,10 @@ def verify_dataset(out: str | Path | OutputStore, decode: bool = True) -> Verify
 def _expected_members(row: dict) -> dict[str, tuple[int, int]]:
     """Member name -> (data offset, size) that the index row promises."""
     pid = row["patch_id"]
-    expected = {schema.meta_member_name(pid): (row["json_offset"], row["json_size"])}
-    for mod in row["modalities"]:
-        c_off, c_size = member_columns(mod)
-        expected[schema.member_name(pid, mod)] = (row[c_off], row[c_size])
+    expected = {}
+    for name in (META_SUFFIX, *row["modalities"]):
+        c_off, c_size = member_columns(name)
+        expected[any_member_name(pid, name)] = (row[c_off], row[c_size])
     return expected
 
 
@@ -190,7 +190,8 @@ def _verify_shard(store: OutputStore, entry: dict, rows: list[dict], decode: boo
             got = seen[pid].get(name)
             if got != want:
                 report.problems.append(f"{where}: {name} is at {got} in the tar, index says {want}")
-        if row["offset"] + row["size"] > size:
+        span_offset, span_size = SAMPLE_SPAN
+        if row[span_offset] + row[span_size] > size:
             report.problems.append(f"{where}: sample span runs past the end of the shard")
         extra = [n for n in seen[pid] if n not in expected[pid]]
         if extra:

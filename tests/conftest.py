@@ -368,7 +368,7 @@ def _legacy_encode(arr, filter: str = "shuffle", level: int = 3) -> bytes:
     import numpy as np
     import zstandard
 
-    from packer.codec import LEGACY_SHUFFLE_MAGIC
+    from packer.shardformat.encoding import LEGACY_SHUFFLE_MAGIC
 
     arr = np.ascontiguousarray(arr)
     buf = io.BytesIO()
@@ -395,15 +395,16 @@ def legacy_shards(toy_tree: ToyTree, tmp_path_factory: pytest.TempPathFactory) -
     import pyarrow.parquet as pq
 
     from packer import pack as pack_mod
-    from packer import sample as sample_mod
     from packer import schema
     from packer.manifest import file_sha256
+    from packer.shardformat import names
+    from packer.shardformat import writer as sample_mod
 
     out = tmp_path_factory.mktemp("legacy_shards") / "shards"
     mp = pytest.MonkeyPatch()
     try:
         mp.setattr(sample_mod, "encode_array", lambda arr, setting: _legacy_encode(arr))
-        mp.setattr(schema, "FORMAT_VERSION", 1)
+        mp.setattr(names, "FORMAT_VERSION", 1)
         pack_mod.pack_dataset(toy_tree.root, out, shard_size=5_000_000, workers=1, progress=False)
     finally:
         mp.undo()

@@ -32,7 +32,7 @@ missing is reported as such and left out.
    load on a shared host hits every format alike.
 4. Prints one table per batch size and the ratios of every cell to per-file, LitData and Mosaic
    in the same column.
-5. The member-encoding table behind `packer.codec.DEFAULT_SETTINGS`: per modality, each candidate
+5. The member-encoding table behind `packer.shardformat.encoding.DEFAULT_SETTINGS`: per modality, each candidate
    zstd setting's size (vs raw `.npy` and vs the source files) and its encode and decode cost (CPU
    ms per member, median of repeated decodes into a reused arena, as the loader decodes), next to
    format 1's byte-shuffle (`--codec-only` prints just this table).
@@ -201,9 +201,7 @@ class FlairReader:
     """flair-pack's raw-sample API in a map-style Dataset."""
 
     def __init__(self, pack: str) -> None:
-        from trainer.data.catalog import Catalog
-        from trainer.data.reader import SampleReader
-        from trainer.data.sources import open_source
+        from trainer.data import Catalog, SampleReader, open_source
 
         src = open_source(pack)
         sel = Catalog(src).select(None, MODALITIES)
@@ -424,7 +422,7 @@ def codec_table(tree: Path, ids: list[str], per_modality: int = 8, reps: int = 7
     import io
     import zstandard
 
-    from packer.codec import DEFAULT_SETTINGS, LEGACY_SHUFFLE_MAGIC, Arena, decode_array, decode_array_into, encode_array
+    from packer.shardformat.encoding import DEFAULT_SETTINGS, LEGACY_SHUFFLE_MAGIC, Arena, decode_array, decode_array_into, encode_array
     from packer.schema import PatchId
 
     def legacy(arr: np.ndarray) -> bytes:  # format 1's default: byte planes after the .npy header

@@ -73,15 +73,15 @@ def load_baseline(ref: str, into: Path) -> tuple[Any, Any]:
 
 
 def needed_modalities(config: Path) -> tuple[str, ...]:
-    from trainer.data.sample import SampleSpec
-    from trainer.train_config import load_train_config
+    from trainer import load_train_config
+    from trainer.data import SampleSpec
 
     return SampleSpec.from_config(load_train_config([config]), augment=False).needed_modalities
 
 
 def counting_source(base: str):
     """A local folder read the way a remote store is (ranged reads), counting the bytes fetched."""
-    from trainer.data.sources import Source
+    from packer.storage.read import Source
 
     class CountingSource(Source):
         fetched = 0
@@ -104,14 +104,15 @@ def counting_source(base: str):
 # One measurement (a fresh process)
 # --------------------------------------------------------------------------------------------
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
-    import trainer.data.loader  # noqa: F401  (torch and the loader: loaded in every rank anyway)
-    from trainer.data.sources import open_source
+    from trainer.data import StreamingLoader  # noqa: F401  (torch and the loader: loaded in every rank anyway)
+    from trainer.data import open_source
 
     if args.impl == "baseline":
         catalog_mod, dist = load_baseline(args.baseline_ref, Path(tempfile.mkdtemp(prefix="bench_index_")))
     else:
-        from trainer.data import catalog as catalog_mod
-        from trainer.data import distribution as dist
+        import trainer.data as catalog_mod  # Catalog, epoch_order and cut_steps, as the baseline modules have them
+
+        dist = catalog_mod
     needed = tuple(args.needed.split(","))
     if args.count_bytes:
         src = counting_source(str(args.index))

@@ -54,7 +54,7 @@ def prepare(work: Path, patches: int, zonal_patches: int) -> tuple[Path, Path, A
 
 
 def model_config(arch: str) -> dict[str, Any]:
-    from trainer.train_config import read_config_layers
+    from trainer import read_config_layers
 
     raw = read_config_layers([REPO / "configs" / "seed" / "LC-A.yaml"])
     raw["models"]["monotemp_model"] = {"arch": arch, "new_channels_init_mode": "random"}
@@ -92,10 +92,8 @@ def bench_per_file_baseline(tree: Path, ckpt: Path, out: Path, device: str) -> d
 
     from inference.model_io import load_inference_model
     from packer.schema import PatchId
-    from trainer.data.preprocess import normalize_custom, select_channels
-    from trainer.metrics import ConfusionMatrix
-
-    from trainer.train_config import read_config_layers
+    from trainer import ConfusionMatrix, read_config_layers
+    from trainer.data import normalize_custom, select_channels
 
     cfg = read_config_layers([REPO / "configs" / "seed" / "LC-A.yaml"])  # its preprocessing keys
     chans = cfg["modalities"]["inputs_channels"]["AERIAL_RGBI"]

@@ -227,8 +227,7 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
     tree, shards = Path(args.tree), Path(args.shards)
     cfg = bench_config(shards, args.config)
     if args.kind == "baseline":
-        from trainer.data.catalog import Catalog
-        from trainer.data.sources import open_source
+        from trainer.data import Catalog, open_source
 
         ids = Catalog(open_source(str(shards))).select(None, ()).patch_ids
         ds = TreeDataset(tree, ids, cfg, one_hot=args.one_hot)
@@ -244,8 +243,7 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
             cfg["data"]["decoded_cache"] = args.decoded_cache
             cfg["data"]["decoded_cache_min_free_gb"] = 1
         if args.half:  # same loader on half the samples: its per-worker RSS must not shrink with N
-            from trainer.data.catalog import Catalog
-            from trainer.data.sources import open_source
+            from trainer.data import Catalog, open_source
 
             ids = Catalog(open_source(str(shards))).select(None, ()).patch_ids
             cfg["data"]["select"]["patch_ids"] = ids[: len(ids) // 2]
@@ -321,7 +319,7 @@ def breakdown(tree: Path, shards: Path, config: str = "all",
 
     import torch
 
-    from packer.codec import Arena
+    from packer.shardformat.encoding import Arena
     from trainer.data import StreamingLoader
     from trainer.data.collate import BatchBuilder, batch_from_buffer, batch_keys
     from trainer.data.sample import preprocess_sample

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from packer.codec import DEFAULT_SETTINGS, compression_settings, decode_array, encode_array
+from packer.shardformat.encoding import DEFAULT_SETTINGS, compression_settings, decode_array, encode_array
 from packer.geotiffs import read_all_bands
 from packer.schema import parse_file_name
 
@@ -125,7 +125,7 @@ def codec_table(paths: list[Path], levels: list[int], per_modality: int) -> list
     rows = []
     for level in [None, *levels]:
         settings = compression_settings(level)
-        for filt in ("none",):  # format 2 writes plain zstd .npy only (packer/codec.py)
+        for filt in ("none",):  # format 2 writes plain zstd .npy only (packer/shardformat/encoding.py)
             t0 = time.perf_counter()
             blobs = [encode_array(a, settings[mod]) for mod, a in arrays]
             t_enc = time.perf_counter() - t0
@@ -158,9 +158,9 @@ def writer_capacity(src: Path, work: Path, n_samples: int = 30, total: int = 300
     from packer import schema
     from packer.ordered_io import OrderedIO
     from packer.pack import DEFAULT_SHARD_SIZE, SplitWriter
-    from packer.sample import build_sample
+    from packer.encode_patch import build_sample
     from packer.discovery import discover
-    from packer.store import LocalStore
+    from packer.storage.write import LocalStore
 
     patches = discover(src, schema.MODALITY_NAMES, (), None, 1, 0).patches[:n_samples]
     with rasterio.Env():

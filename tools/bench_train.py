@@ -51,8 +51,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     """One setting: loader-fed training, then the no-loader baseline (runs in a subprocess)."""
     import torch
 
-    from trainer.train import run
-    from trainer.train_config import load_train_config
+    from trainer import load_train_config
+    from trainer import run_training as run
 
     gpu = args.setting != "demo"
     steps = args.warmup + args.steps
@@ -116,11 +116,10 @@ def train_steps(cfg: dict[str, Any], batches: Any, steps: int, warmup: int) -> d
     import torch
     from accelerate import Accelerator
 
-    from trainer.data.loader import StreamingLoader
-    from trainer.losses import CompositeLoss
+    from trainer import CompositeLoss, build_optimizer
+    from trainer import model_forward as forward
+    from trainer.data import StreamingLoader
     from trainer.model import build_model
-    from trainer.optim import build_optimizer
-    from trainer.train import forward
 
     acc = Accelerator(cpu=cfg["hardware"]["accelerator"] == "cpu" or not torch.cuda.is_available(),
                       mixed_precision=cfg["train"]["mixed_precision"])
@@ -174,9 +173,7 @@ def per_file_batches(cfg: dict[str, Any], tree: Path, workers: int) -> Any:
     from torch.utils.data import DataLoader
 
     from tools.bench_loader import TreeDataset, pad_collate
-    from trainer.data.catalog import Catalog
-    from trainer.data.sample import SampleSpec, dates_key, pad_mask_key
-    from trainer.data.sources import open_source
+    from trainer.data import Catalog, SampleSpec, dates_key, open_source, pad_mask_key
 
     spec = SampleSpec.from_config(cfg, augment=False)
     ids = Catalog(open_source(str(cfg["data"]["source"]))).select(cfg["data"]["train_split"], spec.needed_modalities).patch_ids

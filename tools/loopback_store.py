@@ -2,7 +2,7 @@
 
     python -m tools.loopback_store shards/ --latency-ms 20 --bandwidth-mbps 400 --port 8765
 
-The loader's `https://` source (`trainer.data.sources.HttpSource`) reads it like any web host or
+The loader's `https://` source (`packer.storage.read.HttpSource`) reads it like any web host or
 the Hub's resolve URLs: HEAD for sizes, GET with `Range: bytes=a-b`. What it adds to a plain file
 server, for benchmarks (`tools/validate_simulator.py`) and tests (the two-node run):
 

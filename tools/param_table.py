@@ -25,9 +25,8 @@ import yaml
 from tqdm import tqdm
 
 from packer.schema import CLASS_TABLES
-from trainer.builtin_configs import builtin_config
-from trainer.model import build_model
-from trainer.model.spec import INPUT_KEYS
+from trainer import builtin_config
+from trainer.model import INPUT_KEYS, build_model
 
 MODELS_YAML = builtin_config("flair-hub") / "config_models.yaml"
 TOLERANCE_M = 0.1

@@ -19,7 +19,7 @@ Where the figures come from (the FLAIR-HUB dataset card and its split and metada
   on a `flair-toy` pack (48 patches, byte-shuffle + zstd 3, the packer's defaults); `--calibrate-from`
   measures them on any packed dataset instead. Toy labels compress far better than real ones
   (about 1 % of raw), so label members here are probably too small; aerial and DEM dominate anyway.
-- tar layout: the packer's own header sizes (`packer.tarwriter.member_header`) and 512-byte padding;
+- tar layout: the packer's own header sizes (`packer.shardformat.writer.member_header`) and 512-byte padding;
   shards filled in the packer's shuffled order up to a byte target (total / `--target-shards`).
 
 The manifest is the packer's (`packer.pack._finalise` layout) with `parameters.synthetic: true`;
@@ -41,10 +41,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packer import schema
-from packer.codec import MEMBER_CHECKSUM, compression_settings
-from packer.index import INDEX_SCHEMA, checksum_column, member_columns, write_index
+from packer.index import write_index
 from packer.manifest import file_sha256, json_text, modality_table, packer_version
-from packer.tarwriter import BLOCK, END_OF_ARCHIVE, member_header
+from packer.shardformat.columns import COUNT_COLUMNS, INDEX_SCHEMA, checksum_column, dates_column, member_columns
+from packer.shardformat.encoding import manifest_codec
+from packer.shardformat.names import FORMAT_VERSION, META_SUFFIX, any_member_name
+from packer.shardformat.writer import BLOCK, END_OF_ARCHIVE, member_header
 from tools.toy.plan import roi_names
 
 SPLIT_SIZES = {"train": 152_225, "valid": 38_175, "test": 50_700}
@@ -83,11 +85,12 @@ class SizeModel:
         ratios = {}
         for name in schema.MODALITY_NAMES:
             sizes, raws = [], []
+            size_col = member_columns(name)[1]
             for i in range(n):
-                if t[f"{name}_size"][i] is None:
+                if t[size_col][i] is None:
                     continue
-                sizes.append(t[f"{name}_size"][i])
-                raws.append(raw_npy_bytes(name, t.get(f"T_{name}", [None] * n)[i]))
+                sizes.append(t[size_col][i])
+                raws.append(raw_npy_bytes(name, t.get(dates_column(name), [None] * n)[i]))
             if sizes:
                 ratios[name] = float(np.sum(sizes) / np.sum(raws))
         missing = set(schema.MODALITY_NAMES) - set(ratios)
@@ -95,10 +98,11 @@ class SizeModel:
             raise SystemExit(f"synth_index: error: {packed}: no member of {sorted(missing)} to measure")
         total_t = np.zeros(n)
         for s in T_RANGES:
-            total_t += np.array([v or 0 for v in t[f"T_{s}"]])
-        b, a = np.polyfit(total_t, np.array(t["json_size"], dtype=float), 1) if np.ptp(total_t) > 0 else (0.0, 0.0)
+            total_t += np.array([v or 0 for v in t[dates_column(s)]])
+        json_size = t[member_columns(META_SUFFIX)[1]]
+        b, a = np.polyfit(total_t, np.array(json_size, dtype=float), 1) if np.ptp(total_t) > 0 else (0.0, 0.0)
         if a <= 0:
-            a, b = float(np.mean(t["json_size"])), 0.0
+            a, b = float(np.mean(json_size)), 0.0
         return cls(ratios=ratios, json=(float(a), float(b)))
 
 
@@ -202,7 +206,7 @@ def make_layout(seed: int, split_sizes: dict[str, int] = SPLIT_SIZES, n_rois: in
 # Member sizes, tar offsets, shards
 # --------------------------------------------------------------------------------------------
 def member_sizes(layout: Layout, model: SizeModel, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Bytes of every member of every patch ("json" included)."""
+    """Bytes of every member of every patch (the JSON one under `META_SUFFIX`)."""
     n = len(layout.patch_id)
     out = {}
     for name in schema.MODALITY_NAMES:
@@ -216,7 +220,7 @@ def member_sizes(layout: Layout, model: SizeModel, rng: np.random.Generator) -> 
         noise = rng.lognormal(0.0, model.spread, n)
         out[name] = np.maximum(64, np.round(raw * model.ratios[name] * noise)).astype(np.int64)
     total_t = sum(layout.t.values())
-    out["json"] = np.round(model.json[0] + model.json[1] * total_t).astype(np.int64)
+    out[META_SUFFIX] = np.round(model.json[0] + model.json[1] * total_t).astype(np.int64)
     return out
 
 
@@ -234,11 +238,10 @@ def lay_out_shards(layout: Layout, sizes: dict[str, np.ndarray], target_shards: 
     in its shuffled packing order, as `flair-pack` writes it.
     """
     n = len(layout.patch_id)
-    members = ["json", *schema.MODALITY_NAMES]  # the packer's member order: metadata first
+    members = [META_SUFFIX, *schema.MODALITY_NAMES]  # the packer's member order: metadata first
     cache: dict[int, int] = {}
     pid_len = np.fromiter((len(p) for p in layout.patch_id), dtype=np.int64, count=n)
-    suffix_len = {"json": 1 + len(schema.META_SUFFIX),
-                  **{m: 1 + len(m) + len(schema.ARRAY_SUFFIX) for m in schema.MODALITY_NAMES}}
+    suffix_len = {m: len(any_member_name("", m)) for m in members}  # the member name after the patch id
     header = {m: np.array([_header_len(int(k) + suffix_len[m], cache) for k in range(pid_len.max() + 1)])[pid_len]
               for m in members}
     span = {m: header[m] + sizes[m] + (-sizes[m] % BLOCK) for m in members}
@@ -246,7 +249,7 @@ def lay_out_shards(layout: Layout, sizes: dict[str, np.ndarray], target_shards: 
     target = sample_bytes.sum() / target_shards
     cols = {c: np.zeros(n, dtype=np.int64) for c in ("offset", "size", "sample_index", "shard_no")}
     for m in members:
-        off, size = ("json_offset", "json_size") if m == "json" else member_columns(m)
+        off, size = member_columns(m)
         cols[off], cols[size] = np.zeros(n, dtype=np.int64), sizes[m]
     shards: list[dict] = []
     order: list[np.ndarray] = []
@@ -265,8 +268,7 @@ def lay_out_shards(layout: Layout, sizes: dict[str, np.ndarray], target_shards: 
             count += 1
             cursor = pos
             for m in members:
-                off = "json_offset" if m == "json" else member_columns(m)[0]
-                cols[off][r] = cursor + header[m][r]
+                cols[member_columns(m)[0]][r] = cursor + header[m][r]
                 cursor += span[m][r]
             cols["size"][r] = cursor - pos
             pos = cursor
@@ -329,16 +331,16 @@ def generate(out: Path, seed: int = 0, target_shards: int = 1000, model: SizeMod
         "shard": np.asarray([shards[k]["path"] for k in cols["shard_no"][order]], dtype=object),
         "modalities": modalities, "crs": np.full(n, f"EPSG:{schema.CRS_EPSG}", dtype=object),
         "xmin": xmin, "ymin": ymax - schema.PATCH_METERS, "xmax": xmin + schema.PATCH_METERS, "ymax": ymax,
-        "cosia_counts": class_counts(n, schema.N_CLASSES["AERIAL_LABEL-COSIA"], rng, (2, 9)),
-        "lpis_l1_counts": class_counts(n, schema.N_CLASSES["ALL_LABEL-LPIS"], rng, (1, 4)),
+        COUNT_COLUMNS["AERIAL_LABEL-COSIA"]: class_counts(n, schema.N_CLASSES["AERIAL_LABEL-COSIA"], rng, (2, 9)),
+        COUNT_COLUMNS["ALL_LABEL-LPIS"]: class_counts(n, schema.N_CLASSES["ALL_LABEL-LPIS"], rng, (1, 4)),
         "source_bytes": np.round(SOURCE_BYTES_PER_PATCH * rng.lognormal(0, 0.1, n)).astype(np.int64),
     }
     for c, v in cols.items():
         if c != "shard_no":
             known[c] = v[order]
     for name in schema.TIME_SERIES_MODALITIES:
-        known[f"T_{name}"] = layout.t[schema.dates_key(name)][order]
-    for name in ("json", *schema.MODALITY_NAMES):  # member checksums: random, as a hash of unseen bytes would be
+        known[dates_column(name)] = layout.t[schema.dates_key(name)][order]
+    for name in (META_SUFFIX, *schema.MODALITY_NAMES):  # member checksums: random, as a hash of unseen bytes would be
         known[checksum_column(name)] = pa.array(rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64),
                                                 type=pa.uint64())
     arrays = []
@@ -356,13 +358,12 @@ def generate(out: Path, seed: int = 0, target_shards: int = 1000, model: SizeMod
                            "shards": sum(1 for r in shards if r["split"] == s),
                            "bytes": sum(r["bytes"] for r in shards if r["split"] == s)} for s in splits}
     manifest = {
-        "format_version": schema.FORMAT_VERSION,
+        "format_version": FORMAT_VERSION,
         "packer_version": packer_version(),
         "parameters": {"synthetic": True, "generator": "tools.synth_index", "seed": seed,
                        "target_shards": target_shards, "size_ratios": model.ratios, "json_fit": list(model.json),
                        "modalities": list(schema.MODALITY_NAMES)},
-        "codec": {"container": "npy", "compression": "zstd", "member_suffix": schema.ARRAY_SUFFIX,
-                  "member_checksum": MEMBER_CHECKSUM, "settings": compression_settings(None)},
+        "codec": manifest_codec(None, schema.MODALITY_NAMES),
         "modalities": modality_table(list(schema.MODALITY_NAMES)),
         "splits": split_sizes_out,
         "shards": shards,

@@ -29,7 +29,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from packer.atomic import atomic_path
-from trainer.builtin_configs import builtin_config
+from trainer import builtin_config
 from packer.metadata import read_series_dates
 from packer.schema import (
     CLASS_TABLES,

@@ -5,8 +5,8 @@ checkpoints of a training run, metrics and their report), `trainer.data` (shards
 and `trainer.model` (the model and its weight files). `inference/` and `tools/` import from
 these roots only; every other module is the trainer's own business and may change.
 
-Names are imported on first use (PEP 562): `import trainer.data.sources` or reading a config
-does not import torch.
+Names are imported on first use (PEP 562): `import trainer.data` or reading a config does not
+import torch.
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ _EXPORTS = {
     "read_config_layers": "trainer.config",
     "deep_merge": "trainer.config",
     "load_train_config": "trainer.train_config",
+    # a training run, its loss, optimiser and forward pass (benchmarks drive them piece by piece)
+    "run_training": "trainer.train:run",
+    "model_forward": "trainer.train:forward",
+    "CompositeLoss": "trainer.losses",
+    "build_optimizer": "trainer.optim",
     # validators, to check the keys of other tools' configs (flair-zonal's) with the same messages
     "anything": "trainer.config",
     "is_bool": "trainer.config",

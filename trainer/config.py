@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from packer.retry import DEFAULT_ATTEMPTS
+from packer.storage.retry import DEFAULT_ATTEMPTS
 from packer.schema import (
     INPUT_MODALITIES, LABEL_MODALITIES, LPIS_LEVEL_CLASS_COUNTS, MODALITIES, MONO_TEMPORAL_INPUTS, TIME_SERIES_INPUTS,
 )
@@ -444,7 +444,7 @@ def validate_config(cfg: Mapping[str, Any], require_data: bool = False) -> dict[
 
 def _check_source(cfg: dict[str, Any]) -> None:
     """`data.source`: a scheme some reader handles, well formed (no I/O: the source is opened later)."""
-    from trainer.data.sources import SourceURLError, check_source_url
+    from packer.storage.read import SourceURLError, check_source_url
 
     if cfg["data"]["source"]:
         try:

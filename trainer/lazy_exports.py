@@ -2,7 +2,7 @@
 
 A root lists its public names and the module each lives in (`"module"`, or `"module:name"` when
 the public name differs; `"package:submodule"` exports a submodule itself); a name is imported on first use, so importing the root (or one light
-module below it, like `trainer.data.sources`) stays cheap and does not import torch.
+module below it, like `trainer.data.catalog`) stays cheap and does not import torch.
 
 A public name must not be the name of a submodule of its package: once that submodule is
 imported, Python sets the package attribute to the module and `__getattr__` is never asked

@@ -49,7 +49,7 @@ from trainer.config import ConfigError
 from trainer.data.catalog import SelectionError
 from trainer.data.loader import StreamingLoader
 from trainer.data.sample import dates_key, pad_mask_key
-from trainer.data.sources import ShardIntegrityError, SourceError
+from packer.storage.read import ShardIntegrityError, SourceError
 from trainer.losses import CompositeLoss, NonFiniteLossError
 from trainer.metrics import ConfusionMatrix, compute_metrics, task_class_names, task_class_weights
 from trainer.model import CheckpointMismatch, build_model

@@ -7,7 +7,7 @@ from typing import Callable
 
 import pytest
 
-from packer import tarwriter
+from packer.shardformat import writer as tarwriter
 
 
 @pytest.fixture

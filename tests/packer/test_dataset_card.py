@@ -124,7 +124,7 @@ def test_card_human_part_describes_the_pack(plain_pack):
 
 
 def test_datasets_streams_every_split_of_the_pack(plain_pack, tmp_path):
-    from packer.codec import decode_array
+    from packer.shardformat.encoding import decode_array
     from packer.inspection import read_sample
     from packer.index import read_index
 

@@ -115,7 +115,7 @@ def test_verify_refuses_a_crafted_manifest(work, capsys, one_error_line):
 
 def test_the_loader_refuses_a_crafted_index(work, tmp_path):
     from trainer.data.catalog import Catalog
-    from trainer.data.sources import open_source
+    from packer.storage.read import open_source
 
     outside = tmp_path / "outside.tar"
     outside.write_bytes(b"\0" * 1024)

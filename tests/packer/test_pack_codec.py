@@ -7,7 +7,7 @@ import pytest
 import zstandard
 
 from packer import schema
-from packer.codec import (DEFAULT_SETTINGS, LEGACY_SHUFFLE_MAGIC, Arena, MemberError, compression_settings,
+from packer.shardformat.encoding import (DEFAULT_SETTINGS, LEGACY_SHUFFLE_MAGIC, Arena, MemberError, compression_settings,
                           decode_array, decode_array_into, encode_array, member_checksum, wds_decoder)
 
 SETTINGS = [3, *DEFAULT_SETTINGS.values()]

@@ -16,7 +16,7 @@ import yaml
 
 from packer import schema
 from packer.cli import main
-from packer.codec import decode_array
+from packer.shardformat.encoding import decode_array
 from packer.errors import PackError
 from packer.index import read_index
 from packer.inspection import read_sample

@@ -16,7 +16,7 @@ import rasterio
 import zstandard
 
 from packer import schema
-from packer.codec import wds_decoder
+from packer.shardformat.encoding import wds_decoder
 
 wds = pytest.importorskip("webdataset")
 

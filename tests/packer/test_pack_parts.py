@@ -4,7 +4,7 @@ import pytest
 
 from packer import schema
 from packer.cli import main
-from packer.codec import decode_array
+from packer.shardformat.encoding import decode_array
 from packer.errors import PackError
 from packer.index import read_index
 from packer.inspection import read_sample

@@ -11,8 +11,9 @@ import rasterio
 import webdataset as wds
 
 from packer import schema
-from packer.codec import decode_array
-from packer.index import member_columns, read_index
+from packer.shardformat.encoding import decode_array
+from packer.index import read_index
+from packer.shardformat.columns import member_columns
 from packer.inspection import read_sample
 from packer.manifest import read_manifest
 from packer.metadata import read_series_dates

@@ -50,7 +50,7 @@ def test_s3_pack_is_byte_identical_to_a_local_pack(toy_tree, bucket, local_pack,
 
 def test_large_shards_go_up_as_multipart_uploads(toy_tree, bucket, tmp_path, monkeypatch):
     """Real shards (256 MB) are uploaded in parts; here 5 MiB parts (the S3 minimum) and ~10 MB shards."""
-    from packer.store import S3Store
+    from packer.storage.write import S3Store
 
     monkeypatch.setattr(S3Store, "upload_chunk", 5 * 2**20)
     opts = dict(OPTS, shard_size=30_000_000)

@@ -1,4 +1,4 @@
-"""`flair-pack --out s3://` rides out an outage of the endpoint (packer.retry): a real TCP proxy on
+"""`flair-pack --out s3://` rides out an outage of the endpoint (packer.storage.retry): a real TCP proxy on
 127.0.0.1 in front of the moto server goes down for 60 s while the real command uploads shards;
 the command waits, retries, finishes with status 0, and the bucket holds exactly the bytes of a
 local pack. Slow: the outage is real time."""
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from packer.pack import SLOW_ENV, STATE_DIR, pack_dataset
-from packer.retry import min_outage_s
+from packer.storage.retry import min_outage_s
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import requests
 
 from tools import loopback_store
 from tools.loopback_store import Link, LoopbackStore
-from trainer.data.sources import open_source
+from packer.storage.read import open_source
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from tools.simulate.workload import Topology, build
 from tools.synth_index import generate
 from trainer.data.catalog import Catalog
 from trainer.data.reader import SampleReader
-from trainer.data.sources import LocalSource, Source, open_source
+from packer.storage.read import LocalSource, Source, open_source
 
 NEEDED = ("AERIAL_RGBI", "SENTINEL2_TS", "SENTINEL2_MSK-SC", "AERIAL_LABEL-COSIA")
 

@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from packer import schema
-from packer.index import INDEX_SCHEMA, member_columns
-from packer.tarwriter import member_header
+from packer.shardformat.columns import INDEX_SCHEMA, member_columns
+from packer.shardformat.writer import member_header
 from tools.synth_index import SizeModel, TOY_RATIOS, generate, raw_npy_bytes
 from trainer.data.catalog import Catalog
-from trainer.data.sources import open_source
+from packer.storage.read import open_source
 
 SMALL = {"train": 300, "valid": 80, "test": 100}
 

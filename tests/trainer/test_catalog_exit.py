@@ -19,7 +19,7 @@ CODE = """
 import sys
 import torch
 from trainer.data.catalog import Catalog
-from trainer.data.sources import open_source
+from packer.storage.read import open_source
 print(Catalog(open_source(sys.argv[1])).table.num_rows)
 """
 

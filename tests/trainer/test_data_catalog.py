@@ -11,7 +11,7 @@ import pytest
 from packer.schema import N_CLASSES
 from tools.synth_index import generate
 from trainer.data.catalog import COUNT_COLUMNS, Catalog, SelectionError
-from trainer.data.sources import Source, open_source
+from packer.storage.read import Source, open_source
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_a_process_that_read_a_remote_index_exits_cleanly(synth):
     code = textwrap.dedent(f"""
         import os
         from trainer.data.catalog import Catalog
-        from trainer.data.sources import Source
+        from packer.storage.read import Source
 
         class Remote(Source):
             def _size(self, rel):

@@ -11,7 +11,7 @@ import torch
 import zstandard
 
 from packer import schema
-from packer.codec import LEGACY_SHUFFLE_MAGIC
+from packer.shardformat.encoding import LEGACY_SHUFFLE_MAGIC
 from packer.verify import verify_dataset
 from tests.loader_configs import loader_config
 from trainer.data import StreamingLoader

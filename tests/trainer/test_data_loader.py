@@ -11,7 +11,7 @@ import torch
 from trainer.config import validate_config
 from trainer.data import StreamingLoader
 from trainer.data.catalog import SelectionError
-from trainer.data.sources import ShardIntegrityError
+from packer.storage.read import ShardIntegrityError
 
 CFG = {
     "modalities": {

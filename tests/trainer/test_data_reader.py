@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zstandard
 
-from packer.codec import decode_array
+from packer.shardformat.encoding import decode_array
 from trainer.data.reader import coalesce
 
 

@@ -13,7 +13,7 @@ import torch
 
 from trainer.config import validate_config
 from trainer.data import StreamingLoader
-from trainer.data.sources import ShardIntegrityError, hf_base_url, open_source
+from packer.storage.read import ShardIntegrityError, hf_base_url, open_source
 
 CFG = {
     "modalities": {

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from packer import schema
-from packer.codec import member_checksum
-from packer.index import checksum_column
+from packer.shardformat.encoding import member_checksum
+from packer.shardformat.columns import checksum_column
 from packer.manifest import file_sha256
 from tests.loader_configs import SPOT_CUSTOM_NORM, loader_config
 from trainer.config import ConfigError
@@ -101,8 +101,8 @@ def test_on_error_is_validated():
 
 def test_a_format_1_payload_in_a_format_2_pack_is_an_error(toy_tree, tmp_path, monkeypatch, legacy_encode):
     """A member whose suffix (and the pack's format) says plain .npy but holds a byte-shuffled payload."""
-    from packer import sample as sample_mod
-    from packer.codec import encode_array
+    from packer.shardformat import writer as sample_mod
+    from packer.shardformat.encoding import encode_array
     from packer.pack import pack_dataset
 
     monkeypatch.setattr(sample_mod, "encode_array",
@@ -121,7 +121,7 @@ def test_a_format_1_payload_in_a_format_2_pack_is_an_error(toy_tree, tmp_path, m
 def test_an_ill_typed_member_is_refused_not_cast(toy_tree, tmp_path, monkeypatch, change, match):
     """A uint16 aerial where the schema says uint8, or a 256 px one: one clear error naming patch and
     member, instead of a silent cast to an all-zero sample or a numpy broadcast error in collate."""
-    from packer import sample as sample_mod
+    from packer import encode_patch as sample_mod
     from packer.pack import pack_dataset
 
     bad = toy_tree.result.ids_of("test")[0]

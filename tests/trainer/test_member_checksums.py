@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from packer import schema
-from packer.codec import member_checksum
-from packer.index import checksum_column
+from packer.shardformat.encoding import member_checksum
+from packer.shardformat.columns import checksum_column
 from packer.verify import verify_dataset
 from tests.loader_configs import SPOT_CUSTOM_NORM, loader_config
 from trainer.data import StreamingLoader

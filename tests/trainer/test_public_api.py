@@ -51,3 +51,31 @@ def test_inference_imports_trainer_only_through_its_roots():
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     assert alias.name.split(".")[0] != "trainer" or alias.name in allowed, f"{path.name}:{node.lineno}"
+
+
+TOOLS_USING_INTERNALS = {
+    # Times the loader's stages one by one (collate's batch builder, preprocess_series, the S2 mask
+    # rule), which are not part of the public API on purpose.
+    "bench_loader.py",
+}
+
+
+def _trainer_imports(path: Path):
+    """(line, module) of every import of a trainer module in `path` (top level or inside functions)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] == "trainer":
+                yield node.lineno, node.module
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "trainer":
+                    yield node.lineno, alias.name
+
+
+def test_tools_import_trainer_only_through_its_roots():
+    allowed = {"trainer", "trainer.data", "trainer.model"}
+    paths = sorted(p for p in (REPO / "tools").rglob("*.py") if p.name not in TOOLS_USING_INTERNALS)
+    assert len(paths) > 10
+    bad = [f"{p.relative_to(REPO)}:{line} imports {module}" for p in paths for line, module in _trainer_imports(p)
+           if module not in allowed]
+    assert not bad, "\n".join(bad)

@@ -1,4 +1,4 @@
-"""S3 outages are ridden out (packer.retry): a real TCP proxy on 127.0.0.1 in front of the moto
+"""S3 outages are ridden out (packer.storage.retry): a real TCP proxy on 127.0.0.1 in front of the moto
 server goes down for 20 s, then 60 s, in the middle of an epoch; the loader waits, retries, and
 yields exactly the batches of an undisturbed run (no sample lost, none repeated). Bounded: each
 test ends within its outage plus the retry schedule; slow because the outages are real time."""
@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from packer.retry import min_outage_s
+from packer.storage.retry import min_outage_s
 from tests.loader_configs import NO_PREPROCESSING, loader_config
 from trainer.data import StreamingLoader
 

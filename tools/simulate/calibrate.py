@@ -92,7 +92,7 @@ class Calibration:
 # Probes (each runs in its own process)
 # --------------------------------------------------------------------------------------------
 def load_config(config: list[Path], data: Path, batch: int | None) -> dict[str, Any]:
-    from trainer.train_config import load_train_config
+    from trainer import load_train_config
 
     overrides = [f"data.source={data}"] + ([f"hyperparams.batch_size={batch}"] if batch else [])
     return load_train_config(config, overrides)
@@ -164,7 +164,7 @@ def _children_pss_mb() -> float:
 def probe_http(root: Path) -> dict[str, float]:
     """Client and server CPU per ranged request and per byte, through the loader's HTTP source."""
     from tools.loopback_store import LoopbackStore  # noqa: F401  (the server runs in a subprocess)
-    from trainer.data.sources import open_source
+    from packer.storage.read import open_source
 
     shard = next(p for p in sorted(root.rglob("*.tar")))
     rel = shard.relative_to(root).as_posix()
@@ -197,7 +197,7 @@ def _proc_cpu(pid: int) -> float:
 
 SPEED_PROBE = """
 import json, sys, time
-from packer.codec import decode_array
+from packer.shardformat.encoding import decode_array
 path, ranges, seconds = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
 with open(path, "rb") as f:
     members = []
@@ -225,7 +225,7 @@ def speed_probe(data: Path, processes: int, seconds: float = 1.5) -> dict[str, f
     """
     import pyarrow.parquet as pq
 
-    from packer.index import member_columns
+    from packer.shardformat.columns import member_columns
     from packer.schema import INDEX_FILE, MODALITY_NAMES
 
     row = pq.read_table(Path(data) / INDEX_FILE).slice(0, 1).to_pylist()[0]
@@ -272,8 +272,8 @@ def process_share(data: Path, config: list[Path], batch: int, unit_cpu_s: float,
     On a dedicated node that is about 1; on a shared host it is what the scheduler leaves a
     process that, like the loader, both computes and waits (a busy-loop probe gets less there).
     """
-    from trainer.data.catalog import Catalog
-    from trainer.data.sources import open_source
+    from trainer.data import Catalog
+    from packer.storage.read import open_source
 
     ids = Catalog(open_source(str(data))).select(None, ()).patch_ids[:samples]
     factor = max(1.0, speed_probe(data, 1, 0.5)["cpu_per_unit_s"] / unit_cpu_s)
@@ -288,9 +288,9 @@ def process_share(data: Path, config: list[Path], batch: int, unit_cpu_s: float,
 def calibrate(data: Path, config: list[Path], batch: int | None = None, threads: int | None = None,
               say=lambda msg: None) -> Calibration:
     from tools.simulate.workload import decoded_bytes
-    from trainer.data.catalog import Catalog
-    from trainer.data.sample import SampleSpec
-    from trainer.data.sources import open_source
+    from trainer.data import Catalog
+    from trainer.data import SampleSpec
+    from packer.storage.read import open_source
 
     cfg = load_config(config, data, batch)
     spec = SampleSpec.from_config(cfg, augment=False)

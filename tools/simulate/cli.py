@@ -38,8 +38,8 @@ def _rss_mb() -> float:
 
 def open_catalog(source: str):
     """The catalog, the seconds it took to open, and the memory it holds (what a rank pays)."""
-    from trainer.data.catalog import Catalog
-    from trainer.data.sources import open_source
+    from trainer.data import Catalog
+    from packer.storage.read import open_source
 
     before = _rss_mb()
     t0 = time.perf_counter()
@@ -101,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
     from tools.simulate.calibrate import Calibration, calibrate, default_data, load_config
     from tools.simulate.model import predict
     from tools.simulate.workload import Topology, build
-    from trainer.data.distribution import cut_steps, epoch_order
-    from trainer.data.sample import SampleSpec
+    from trainer.data import cut_steps, epoch_order
+    from trainer.data import SampleSpec
 
     cfg = load_config(args.config, Path("."), args.batch_size)
     needed = tuple(args.modalities) if args.modalities else tuple(SampleSpec.from_config(cfg, augment=False).needed_modalities)

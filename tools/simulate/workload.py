@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from packer import schema
-from trainer.data.catalog import Catalog, Selection
-from trainer.data.distribution import cut_steps, epoch_order
-from trainer.data.reader import SampleReader, coalesce
-from trainer.data.sources import HttpSource, LocalSource
+from packer.shardformat.columns import dates_column
+from packer.shardformat.names import META_SUFFIX
+from packer.storage.read import HttpSource, LocalSource
+from trainer.data import Catalog, SampleReader, Selection, coalesce_ranges, cut_steps, epoch_order
 
 
 @dataclass
@@ -85,7 +85,7 @@ def decoded_bytes(catalog: Catalog, selection: Selection, needed: tuple[str, ...
         mod = schema.modality(name)
         per_band = mod.size_px**2 * mod.np_dtype.itemsize
         if mod.time_series:
-            t = catalog.column(f"T_{name}").combine_chunks().to_numpy(zero_copy_only=False)[selection.rows]
+            t = catalog.column(dates_column(name)).combine_chunks().to_numpy(zero_copy_only=False)[selection.rows]
             total += per_band * mod.bands_per_date * np.nan_to_num(t.astype(np.float64))
         else:
             total += per_band * mod.bands_per_date
@@ -97,7 +97,7 @@ def build(catalog: Catalog, selection: Selection, needed: tuple[str, ...], topo:
           verify: bool = False) -> Workload:
     """The epoch `epoch` of `selection` on `topo` (see the module docstring)."""
     gap = reader_gap(remote, catalog, selection, needed)
-    names = ("json", *needed)
+    names = (META_SUFFIX, *needed)
     offs = np.stack([selection.members[n][0] for n in names], axis=1)
     sizes = np.stack([selection.members[n][1] for n in names], axis=1)
     n = len(selection)
@@ -108,7 +108,7 @@ def build(catalog: Catalog, selection: Selection, needed: tuple[str, ...], topo:
     uniq, inverse = np.unique(layout, axis=0, return_inverse=True)
     k = len(names)
     for u, row in enumerate(uniq):
-        groups = coalesce(list(zip(row[:k].tolist(), row[k:].tolist())), gap)
+        groups = coalesce_ranges(list(zip(row[:k].tolist(), row[k:].tolist())), gap)
         requests[inverse.ravel() == u] = len(groups)
         fetched[inverse.ravel() == u] = sum(length for _, length, _ in groups)
     decoded = decoded_bytes(catalog, selection, needed)

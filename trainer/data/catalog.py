@@ -3,13 +3,12 @@
 The manifest is read first (it lists the shards with their size and sha256, and its presence
 means the pack finished); the index gives every sample's shard, position and member byte ranges,
 so a selection by split, domain, patch id or class content is made without opening a shard,
-and any sample can be read with ranged reads. Column names: docs/packing.md. Split names and shard
+and any sample can be read with ranged reads. Column names: `packer.shardformat.columns`. Split names and shard
 paths of both are checked first (`packer.paths`): a crafted `../` path never reaches a reader.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -22,17 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from packer.index import checksum_column, member_columns
 from packer.paths import check_manifest, check_relative_path, check_split_name
-from packer.schema import FORMAT_VERSION, INDEX_FILE, MANIFEST_FILE, MODALITY_NAMES, N_CLASSES, TIME_SERIES_MODALITIES
-from trainer.data.sources import LocalSource, Source
+from packer.schema import INDEX_FILE, MANIFEST_FILE, MODALITY_NAMES, N_CLASSES, TIME_SERIES_MODALITIES
+from packer.shardformat.columns import COUNT_COLUMNS, checksum_column, dates_column, member_columns
+from packer.shardformat.names import FORMAT_VERSION, META_SUFFIX
+from packer.storage.read import LocalSource, Source, SourceFile
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
-COUNT_COLUMNS = {"AERIAL_LABEL-COSIA": "cosia_counts", "ALL_LABEL-LPIS": "lpis_l1_counts"}
-"""Per-class pixel counts in the index (LPIS: level 1 only)."""
 DICTIONARY_COLUMNS = ("split", "shard", "domain")
 """Index columns with few distinct values, read dictionary-encoded (integer codes, not 241 k strings)."""
 
@@ -61,7 +57,7 @@ class Selection:
     rows: np.ndarray | None = None  # (N,) row of each selected sample in the index (for other columns)
     checksums: dict[str, np.ndarray] = field(default_factory=dict)  # member -> (N,) uint64 xxh3_64 (format 2)
     max_dates: dict[str, int] = field(default_factory=dict)  # series -> most dates of a selected sample
-    format_version: int = FORMAT_VERSION  # the pack's shard format (packer.codec reads 1 and 2)
+    format_version: int = FORMAT_VERSION  # the pack's shard format (packer.shardformat.encoding reads 1 and 2)
     modality_table: dict[str, dict] = field(default_factory=dict)  # the manifest's modality facts (dtype, sizes)
 
     def __len__(self) -> int:
@@ -102,7 +98,7 @@ class Catalog:
         self._parquet = self._open_index()
         self.num_rows: int = self._parquet.metadata.num_rows
         self.column_names: list[str] = self._parquet.schema_arrow.names
-        if checksum_column("json") not in self.column_names:
+        if checksum_column(META_SUFFIX) not in self.column_names:
             log.warning("%s: the index has no member checksums (shard format %d): members are read without "
                         "verification; re-pack with this version to check every member on read",
                         source.url(INDEX_FILE), self.format_version)
@@ -188,82 +184,81 @@ class Catalog:
         """
         self._check_packed(required)
         domains = list(domains or ())
-        needed = ["shard", "patch_id", "sample_index", "json_offset", "json_size",
-                  *(c for name in required for c in member_columns(name))]
-        needed += ["split"] if split is not None else []
-        with_checksums = checksum_column("json") in self.column_names
+        members = (META_SUFFIX, *required)
+        with_checksums = checksum_column(META_SUFFIX) in self.column_names
         series = [name for name in required if name in TIME_SERIES_MODALITIES]
-        needed += [checksum_column(name) for name in ("json", *required)] if with_checksums else []
-        needed += [f"T_{name}" for name in series]
+        needed = ["shard", "patch_id", "sample_index", *(c for name in members for c in member_columns(name))]
+        needed += ["split"] if split is not None else []
+        needed += [checksum_column(name) for name in members] if with_checksums else []
+        needed += [dates_column(name) for name in series]
         needed += ["domain", "year"] if domains else []
         cols = self._read(needed)
         mask = np.ones(self.num_rows, dtype=bool)
         if split is not None:
-            splits = cols["split"].combine_chunks()
-            names = splits.dictionary.to_pylist()
-            for name in names:
-                check_split_name(name, self.source.url(INDEX_FILE))
-            if split not in names:
-                raise SelectionError(f"split {split!r} not in the index (has {sorted(names)})")
-            mask &= _as_numpy(splits.indices) == names.index(split)
+            mask &= self._split_mask(cols["split"], split)
         for name in required:
             mask &= _as_numpy(cols[member_columns(name)[1]].is_valid())
         if domains:
-            dom = cols["domain"].cast(pa.string())
-            dom_year = pc.binary_join_element_wise(dom, pc.utf8_lpad(cols["year"].cast(pa.string()), 4, "0"), "-")
-            wanted_domains = pa.array(domains, type=pa.string())
-            mask &= _as_numpy(pc.or_(pc.is_in(dom, value_set=wanted_domains), pc.is_in(dom_year, value_set=wanted_domains)))
+            mask &= _domain_mask(cols["domain"], cols["year"], domains)
         if patch_ids is not None:
-            if isinstance(patch_ids, str):
-                patch_ids = [ln.strip() for ln in Path(patch_ids).read_text().splitlines() if ln.strip()]
-            wanted = pa.array(sorted(set(patch_ids)), type=pa.string())
-            ids = cols["patch_id"].combine_chunks()
-            unknown = wanted.filter(pc.invert(pc.is_in(wanted, value_set=ids)))
-            if len(unknown):
-                raise SelectionError(f"patch ids not in the index: {unknown.to_pylist()[:5]}")
-            mask &= _as_numpy(pc.is_in(ids, value_set=wanted))
-        for task, c in (contains_class or {}).items():
+            mask &= _patch_id_mask(cols["patch_id"], patch_ids)
+        self._filter_classes(mask, contains_class or {}, min_class_share or {})
+        rows = np.flatnonzero(mask)
+        if len(rows) == 0:
+            raise SelectionError(f"no sample of split {split!r} matches the selection (required members {list(required)})")
+        keep = _bool_array(mask)
+        shard, shards = self._shard_numbers(cols["shard"], rows)
+        return Selection(
+            patch_ids=cols["patch_id"].filter(keep).to_pylist(),
+            shard=shard,
+            sample_index=_ints(cols, "sample_index", keep),
+            members={name: tuple(_ints(cols, c, keep) for c in member_columns(name)) for name in members},
+            shards=shards,
+            class_counts=LazyCounts(self, rows),
+            rows=rows,
+            checksums={name: _ints(cols, checksum_column(name), keep, np.uint64) for name in members}
+            if with_checksums else {},
+            max_dates={name: int(_ints(cols, dates_column(name), keep).max(initial=0)) for name in series},
+            format_version=self.format_version,
+            modality_table=dict(self.manifest.get("modalities", {})),
+        )
+
+    def _split_mask(self, column: pa.ChunkedArray, split: str) -> np.ndarray:
+        """Rows of `split` (every split name of the index checked first: it becomes a path elsewhere)."""
+        splits = column.combine_chunks()
+        names = splits.dictionary.to_pylist()
+        for name in names:
+            check_split_name(name, self.source.url(INDEX_FILE))
+        if split not in names:
+            raise SelectionError(f"split {split!r} not in the index (has {sorted(names)})")
+        return _as_numpy(splits.indices) == names.index(split)
+
+    def _filter_classes(self, mask: np.ndarray, contains_class: Mapping[str, int],
+                        min_class_share: Mapping[str, Mapping[int, float]]) -> None:
+        """Clear in `mask` the rows without a task's class (`contains_class`) or with too little of it."""
+        for task, c in contains_class.items():
             cnt = self._need_counts(task)
             if not 0 <= c < cnt.shape[1]:
                 raise SelectionError(f"data.select.contains_class.{task}: class {c} outside 0..{cnt.shape[1] - 1}")
             mask &= cnt[:, c] > 0
-        for task, shares in (min_class_share or {}).items():
+        for task, shares in min_class_share.items():
             cnt = self._need_counts(task)
             total = np.maximum(cnt.sum(axis=1), 1)
             for c, share in shares.items():
                 if not 0 <= int(c) < cnt.shape[1]:
                     raise SelectionError(f"data.select.min_class_share.{task}: class {c} outside 0..{cnt.shape[1] - 1}")
                 mask &= cnt[:, int(c)] / total >= share
-        rows = np.flatnonzero(mask)
-        if len(rows) == 0:
-            raise SelectionError(f"no sample of split {split!r} matches the selection (required members {list(required)})")
-        keep = _bool_array(mask)
-        shard_codes = cols["shard"].combine_chunks()
+
+    def _shard_numbers(self, column: pa.ChunkedArray, rows: np.ndarray) -> tuple[np.ndarray, list[ShardInfo]]:
+        """Each selected row's shard as a number into the selection's shards, numbered in path order."""
+        shard_codes = column.combine_chunks()
         paths = shard_codes.dictionary.to_pylist()
         codes = _as_numpy(shard_codes.indices)[rows].astype(np.int64)
         used = np.flatnonzero(np.bincount(codes, minlength=len(paths)))
-        by_path = sorted(used.tolist(), key=lambda k: paths[k])  # shards numbered in path order
+        by_path = sorted(used.tolist(), key=lambda k: paths[k])
         number = np.zeros(len(paths), dtype=np.int64)
         number[by_path] = np.arange(len(by_path))
-        members = {"json": (_ints(cols, "json_offset", keep), _ints(cols, "json_size", keep))}
-        for name in required:
-            off, size = member_columns(name)
-            members[name] = (_ints(cols, off, keep), _ints(cols, size, keep))
-        checksums = {name: _ints(cols, checksum_column(name), keep, np.uint64) for name in members} if with_checksums else {}
-        max_dates = {name: int(_ints(cols, f"T_{name}", keep).max(initial=0)) for name in series}
-        return Selection(
-            patch_ids=cols["patch_id"].filter(keep).to_pylist(),
-            shard=number[codes],
-            sample_index=_ints(cols, "sample_index", keep),
-            members=members,
-            shards=[self.shards[paths[k]] for k in by_path],
-            class_counts=LazyCounts(self, rows),
-            rows=rows,
-            checksums=checksums,
-            max_dates=max_dates,
-            format_version=self.format_version,
-            modality_table=dict(self.manifest.get("modalities", {})),
-        )
+        return number[codes], [self.shards[paths[k]] for k in by_path]
 
     def _check_packed(self, required: Sequence[str]) -> None:
         """A modality the dataset was packed without is named as such (the manifest lists the packed
@@ -320,35 +315,24 @@ class LazyCounts(Mapping):
         return len(self._tasks)
 
 
-class SourceFile(io.RawIOBase):
-    """A read-only, seekable file over `Source.read_range` (with its retries), for ranged Parquet reads."""
+def _domain_mask(domain: pa.ChunkedArray, year: pa.ChunkedArray, domains: Sequence[str]) -> np.ndarray:
+    """Rows whose domain (`D006`) or domain-year (`D006-2020`) is one of `domains`."""
+    dom = domain.cast(pa.string())
+    dom_year = pc.binary_join_element_wise(dom, pc.utf8_lpad(year.cast(pa.string()), 4, "0"), "-")
+    wanted = pa.array(domains, type=pa.string())
+    return _as_numpy(pc.or_(pc.is_in(dom, value_set=wanted), pc.is_in(dom_year, value_set=wanted)))
 
-    def __init__(self, source: Source, rel: str) -> None:
-        super().__init__()
-        self.source, self.rel = source, rel
-        self.length = source.size(rel)
-        self.pos = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def readinto(self, buffer) -> int:
-        n = max(0, min(len(buffer), self.length - self.pos))
-        if n:
-            buffer[:n] = self.source.read_range(self.rel, self.pos, n)
-            self.pos += n
-        return n
+def _patch_id_mask(column: pa.ChunkedArray, patch_ids: Iterable[str] | str) -> np.ndarray:
+    """Rows of the listed patch ids (`patch_ids`: ids, or a text file with one per line); every one must exist."""
+    if isinstance(patch_ids, str):
+        patch_ids = [ln.strip() for ln in Path(patch_ids).read_text().splitlines() if ln.strip()]
+    wanted = pa.array(sorted(set(patch_ids)), type=pa.string())
+    ids = column.combine_chunks()
+    unknown = wanted.filter(pc.invert(pc.is_in(wanted, value_set=ids)))
+    if len(unknown):
+        raise SelectionError(f"patch ids not in the index: {unknown.to_pylist()[:5]}")
+    return _as_numpy(pc.is_in(ids, value_set=wanted))
 
 
 def _ints(cols: Mapping[str, pa.ChunkedArray], column: str, keep: pa.BooleanArray,

@@ -6,14 +6,14 @@
     ds.index                                           # the index as a pyarrow Table (GeoParquet)
     ds.loader("train", config="LC-D", batch_size=8)    # the preprocessed training stream (torch)
 
-A raw sample is `{"patch_id", "meta", "arrays": {MODALITY: ndarray}}` (`packer.members`): the
+A raw sample is `{"patch_id", "meta", "arrays": {MODALITY: ndarray}}` (`packer.shardformat.reader`): the
 arrays exactly as `rasterio.open(tif).read()` returns them, the metadata the sample's JSON.
 
 This module is a thin layer over the loader's own parts, so what users read is what training
 reads: `sources` (every URL scheme), `catalog` (manifest, index, selections), `reader` (ranged
 reads of only the members asked for) and `loader.StreamingLoader` for `loader()`. Raw reading
 never imports torch. Without pyarrow, `samples()` still works: it streams each shard of the
-split front to back (`packer.members.iter_tar_samples`), reading the manifest only; selections
+split front to back (`packer.shardformat.reader.iter_tar_samples`), reading the manifest only; selections
 that need the index (class filters, random access, `index`) then ask for pyarrow.
 """
 
@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from packer import schema
-from packer.members import iter_tar_samples, members_of_blob, raw_sample
-from trainer.data.sources import Source, open_source
+from packer.shardformat.names import member_key
+from packer.shardformat.reader import iter_tar_samples, members_of_blob, raw_sample
+from packer.storage.read import Source, open_source
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     import pyarrow as pa
@@ -62,7 +63,7 @@ class PackedDataset:
 
     @property
     def format_version(self) -> int:
-        """The pack's shard format (the manifest's; `packer.codec` reads 1 and 2)."""
+        """The pack's shard format (the manifest's; `packer.shardformat.encoding` reads 1 and 2)."""
         return int(self.manifest.get("format_version", 1))
 
     @property
@@ -185,7 +186,7 @@ class PackedDataset:
                     p = schema.PatchId.parse(pid)
                     if p.domain not in wanted_domains and p.domain_year not in wanted_domains:
                         continue
-                if modalities is not None and any(schema.member_key(m) not in members for m in modalities):
+                if modalities is not None and any(member_key(m) not in members for m in modalities):
                     continue
                 yield raw_sample(pid, members, modalities, format_version=self.format_version)
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from packer.codec import Arena
+from packer.shardformat.encoding import Arena
 from trainer.data.catalog import Catalog, Selection, class_balanced_weights
 from trainer.data.decoded_cache import DecodedCache
 from trainer.data.collate import BatchBuilder, BatchLayout, BatchLayoutError, batch_from_buffer, batch_keys
@@ -52,7 +52,7 @@ from trainer.data.shared_plan import SharedPlan
 from trainer.data.normalize import to_model_inputs
 from trainer.data.reader import SampleError, SampleReader
 from trainer.data.sample import SampleSpec, preprocess_sample
-from trainer.data.sources import ShardIntegrityError, Source, SourceError, open_source
+from packer.storage.read import ShardIntegrityError, Source, SourceError, open_source
 
 STATE_VERSION = 1
 TRANSPORTED = (ShardIntegrityError, SourceError, FileNotFoundError)

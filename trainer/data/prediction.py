@@ -16,7 +16,7 @@ from trainer.data.catalog import Catalog
 from trainer.data.loader import StreamingLoader
 from trainer.data.loader_options import LoaderOptions
 from trainer.data.sample import SampleSpec
-from trainer.data.sources import open_source
+from packer.storage.read import open_source
 
 
 def prediction_loader(cfg: Mapping[str, Any], url: str, split: str, *, batch_size: int, num_workers: int = 0,

@@ -6,10 +6,11 @@ first read of a shard in a process its size is checked against the manifest, and
 verification is on, its sha256 (one extra full read of that shard per process).
 
 Every member read is checked against the xxh3_64 the index records for it (format-2 packs; the
-JSON member included) and decoded with the one member decoder (`packer.codec`); each decoded
-array must have the dtype and pixel size the pack's manifest declares for its modality (no
-silent cast downstream). Any failure is a `SampleError` whose message is one line naming the
-shard URL, the patch id and the member.
+JSON member included), decoded with the one member decoder (`packer.shardformat.encoding`), and
+checked by the format's own rule (`packer.shardformat.reader.check_array`): each array must have
+the dtype and pixel size the pack's manifest declares for its modality (no silent cast
+downstream). Any failure is a `SampleError` whose message is one line naming the shard URL, the
+patch id and the member.
 
 With a `DecodedCache` (opt-in, `data.decoded_cache`), members found there are neither read from
 the shard nor decompressed; the others are decoded as usual and then added to it.
@@ -21,16 +22,17 @@ from __future__ import annotations
 
 import io
 import threading
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from packer import schema
-from packer.codec import (Arena, MemberError, array_from_payload, decode_array, decode_array_into, decode_json,
-                          member_checksum)
+from packer.shardformat.encoding import (Arena, MemberError, array_from_payload, decode_array, decode_array_into,
+                                        decode_json, member_checksum)
+from packer.shardformat.names import META_SUFFIX, any_member_name
+from packer.shardformat.reader import check_array
+from packer.storage.read import LocalSource, ShardIntegrityError, Source, check_shard
 from trainer.data.catalog import Selection
 from trainer.data.decoded_cache import DecodedCache
-from trainer.data.sources import LocalSource, ShardIntegrityError, Source, check_shard
 
 
 class SampleError(ShardIntegrityError):
@@ -59,23 +61,6 @@ def coalesce(ranges: Sequence[tuple[int, int]], max_gap: int) -> list[tuple[int,
         else:
             groups.append((off, size, [i]))
     return groups
-
-
-def check_array(name: str, arr: np.ndarray, facts: Mapping[str, Any] | None) -> str | None:
-    """Why `arr` does not fit modality `name` as the pack declares it (dtype, pixels, bands), or None."""
-    mod = schema.MODALITIES.get(name)
-    dtype = (facts or {}).get("dtype") or (mod.dtype if mod else None)
-    size = (facts or {}).get("size_px") or (mod.size_px if mod else None)
-    per_date = (facts or {}).get("bands_per_date") or (mod.bands_per_date if mod else None)
-    series = (facts or {}).get("time_series", mod.time_series if mod else False)
-    if dtype is not None and arr.dtype != np.dtype(dtype):
-        return f"array is {arr.dtype}, the pack declares {np.dtype(dtype)} for {name} (refusing to cast)"
-    if arr.ndim != 3 or (size is not None and arr.shape[1:] != (size, size)):
-        return f"array has shape {list(arr.shape)}, expected (bands, {size}, {size}) for {name}"
-    if per_date and (arr.shape[0] % per_date if series else arr.shape[0] != per_date):
-        what = f"a multiple of {per_date}" if series else str(per_date)
-        return f"array has {arr.shape[0]} bands, expected {what} for {name}"
-    return None
 
 
 class SampleReader:
@@ -110,8 +95,7 @@ class SampleReader:
 
     def member_name(self, row: int, name: str) -> str:
         """The tar member name of `name` ("json" or a modality) in row `row`'s sample."""
-        pid = self.selection.patch_ids[row]
-        return schema.meta_member_name(pid) if name == "json" else schema.member_name(pid, name)
+        return any_member_name(self.selection.patch_ids[row], name)
 
     def _check(self, shard: int) -> None:
         if shard in self._checked:
@@ -132,7 +116,7 @@ class SampleReader:
         sel = self.selection
         shard = int(sel.shard[row])
         self._check(shard)
-        names = ("json", *self.needed) if names is None else tuple(names)
+        names = (META_SUFFIX, *self.needed) if names is None else tuple(names)
         if not names:
             return {}
         ranges = [(int(sel.members[n][0][row]), int(sel.members[n][1][row])) for n in names]
@@ -156,10 +140,10 @@ class SampleReader:
         try:
             meta = decode_json(data)
         except MemberError as exc:
-            raise self._error(row, "json", str(exc)) from None
+            raise self._error(row, META_SUFFIX, str(exc)) from None
         pid = self.selection.patch_ids[row]
         if meta.get("patch_id", pid) != pid:
-            raise self._error(row, "json", f"holds the metadata of {meta.get('patch_id')} (index and shard disagree)")
+            raise self._error(row, META_SUFFIX, f"holds the metadata of {meta.get('patch_id')} (index and shard disagree)")
         return meta
 
     def _array(self, row: int, name: str, data: memoryview, arena: Arena | None) -> np.ndarray:
@@ -186,7 +170,7 @@ class SampleReader:
         if self.cache is not None:
             return self._read_cached(row, arena)
         members = self.read_members(row)
-        meta = self._meta(row, members.pop("json"))
+        meta = self._meta(row, members.pop(META_SUFFIX))
         arrays = {name: self._array(row, name, data, arena) for name, data in members.items()}
         return {"patch_id": self.selection.patch_ids[row], "meta": meta, "arrays": arrays}
 
@@ -195,11 +179,11 @@ class SampleReader:
         sha = self.selection.shards[int(self.selection.shard[row])].sha256
         if not sha:  # no content hash in the manifest: nothing safe to key on
             return None
-        return sha, int(self.selection.members[name][0][row]), "json" if name == "json" else "npy"
+        return sha, int(self.selection.members[name][0][row]), "json" if name == META_SUFFIX else "npy"
 
     def _read_cached(self, row: int, arena: Arena | None) -> dict[str, Any]:
         into = arena.take if arena is not None else (lambda n: memoryview(np.empty(n, dtype=np.uint8)))
-        names = ("json", *self.needed)
+        names = (META_SUFFIX, *self.needed)
         keys = {name: self._cache_key(row, name) for name in names}
         meta, arrays = None, {}
         for name, key in keys.items():
@@ -207,16 +191,16 @@ class SampleReader:
             if payload is None:
                 continue
             try:
-                if name == "json":
+                if name == META_SUFFIX:
                     meta = self._meta(row, payload)
                 else:
                     arrays[name] = self._checked_array(row, name, array_from_payload(payload))
             except (MemberError, SampleError) as exc:
                 self.cache.drop(*key, str(exc))
-        missing = [n for n in names if (n == "json" and meta is None) or (n != "json" and n not in arrays)]
+        missing = [n for n in names if (n == META_SUFFIX and meta is None) or (n != META_SUFFIX and n not in arrays)]
         for name, data in self.read_members(row, missing).items():
             key = keys[name]
-            if name == "json":
+            if name == META_SUFFIX:
                 meta = self._meta(row, data)
                 if key:
                     self.cache.put(*key, data)

@@ -5,7 +5,7 @@
 """
 
 from .flair_uperfuse import FlairUPerFuse, ModelOutput, build_model
-from .spec import ConfigError, ModelSpec, model_config_subset
+from .spec import INPUT_KEYS, ConfigError, ModelSpec, model_config_subset
 from .weights import (
     CheckpointMismatch, check_state_dict, load_model, load_reference_weights, normalise_reference_keys,
     read_saved_config, save_model, state_dict_differences,
@@ -14,6 +14,7 @@ from .weights_io import read_state_dict
 from .window_layout import fit_window_layout
 
 __all__ = [
+    "INPUT_KEYS",
     "CheckpointMismatch",
     "ConfigError",
     "FlairUPerFuse",

@@ -9,9 +9,8 @@ manifest last, and a rerun resumes from what the store holds (for S3, on any mac
 state lives in the bucket under `<prefix>/.pack/`; the local staging folder only holds the shard
 being written).
 
-S3 endpoint and credentials come from the environment, as for the loader: `$FLAIR_S3_ENDPOINT_URL`
-or `$AWS_ENDPOINT_URL` for a non-AWS endpoint, the usual `AWS_*` variables for credentials.
-Every S3 operation is retried through an outage by the loader's rule (`packer.retry`,
+S3 endpoint and credentials come from the environment, as for the loader (`packer.storage.s3`).
+Every S3 operation is retried through an outage by the loader's rule (`packer.storage.retry`,
 `flair-pack --retries`): an upload is redone whole, and an object only appears once complete.
 """
 
@@ -24,9 +23,10 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import BinaryIO
 
-from packer import retry
 from packer.atomic import write_text_atomic
 from packer.errors import PackError, naming
+from packer.storage import retry
+from packer.storage.s3 import no_bucket, s3_bucket, s3_endpoint, s3_filesystem, s3_path
 
 
 class OutputStore(ABC):
@@ -107,23 +107,6 @@ class LocalStore(OutputStore):
         (self.work / rel).unlink(missing_ok=True)
 
 
-def s3_endpoint(explicit: str | None = None) -> str | None:
-    """`explicit`, else `$FLAIR_S3_ENDPOINT_URL`, else `$AWS_ENDPOINT_URL`, else None (AWS itself).
-
-    The one place the endpoint rule lives: the packer's output and the loader's source use it alike.
-    """
-    return explicit or os.environ.get("FLAIR_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-
-
-def s3_filesystem(endpoint_url: str | None = None, attempts: int = retry.DEFAULT_ATTEMPTS):
-    """A fresh s3fs client for `s3_endpoint(endpoint_url)`, with botocore's retries set by `packer.retry`."""
-    import s3fs
-
-    endpoint = s3_endpoint(endpoint_url)
-    kwargs = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
-    return s3fs.S3FileSystem(skip_instance_cache=True, config_kwargs=retry.s3_client_config(attempts), **kwargs)
-
-
 class S3Store(OutputStore):
     """`s3://bucket/prefix`, through s3fs (already a dependency of the loader)."""
 
@@ -133,9 +116,9 @@ class S3Store(OutputStore):
     def __init__(self, url: str, staging: str | os.PathLike | None = None, create: bool = True,
                  retries: int = retry.DEFAULT_ATTEMPTS):
         self.url = url.rstrip("/")
-        bucket = self.url[len("s3://"):].split("/", 1)[0]
+        bucket = s3_bucket(self.url)
         if not bucket:
-            raise PackError("--out", f"{url}: no bucket name (expected s3://bucket/prefix)")
+            raise PackError("--out", no_bucket(url))
         default = Path(tempfile.gettempdir()) / f"flair-pack-{hashlib.sha1(self.url.encode()).hexdigest()[:12]}"
         self.work = Path(staging) if staging is not None else default
         if create:
@@ -149,11 +132,11 @@ class S3Store(OutputStore):
             raise PackError("--out", f"{url}: bucket {bucket!r} cannot be listed ({exc})") from None
 
     def _retried(self, fn, what: str):
-        """`fn()` through an outage (`packer.retry`); PackError naming `what` once out of attempts."""
+        """`fn()` through an outage (`packer.storage.retry`); PackError naming `what` once out of attempts."""
         return retry.with_retries(fn, what, self.retries, give_up=PackError)
 
     def _key(self, rel: str) -> str:
-        return f"{self.url[len('s3://'):]}/{rel.lstrip('/')}"
+        return f"{s3_path(self.url)}/{rel.lstrip('/')}"
 
     def size(self, rel: str) -> int | None:
         key = self._key(rel)
@@ -170,7 +153,7 @@ class S3Store(OutputStore):
         return self._retried(lambda: self.fs.cat_file(self._key(rel)), f"s3://{self._key(rel)}").decode("utf-8")
 
     def entries(self) -> list[str]:
-        prefix = self.url[len("s3://"):]
+        prefix = s3_path(self.url)
 
         def ls() -> list[str]:
             try:

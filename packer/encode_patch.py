@@ -1,27 +1,25 @@
-"""One patch -> one WebDataset sample: the member bytes and the patch's index-row fields.
+"""One patch -> one WebDataset sample: its GeoTIFFs read and checked, its metadata, its members'
+bytes (`packer.shardformat.writer.sample_members`) and its index-row fields.
 
-Runs in the worker processes; the writer only adds tar headers and offsets.
+Runs in the worker processes; the shard writer only adds tar headers and offsets.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 from dataclasses import dataclass
 
 import rasterio
 
 from packer import schema
-from packer.codec import encode_array, member_checksum
 from packer.errors import PatchError
-from packer.lifetime import die_with_parent
-from packer.ranges import fetch_stats
 from packer.geotiffs import class_counts, read_patch
-from packer.index import checksum_column
+from packer.lifetime import die_with_parent
 from packer.patch import PatchSource
-
-LABEL_COUNT_COLUMNS = {"AERIAL_LABEL-COSIA": "cosia_counts", "ALL_LABEL-LPIS": "lpis_l1_counts"}
-"""Index columns with per-class pixel counts (LPIS: band 1 = level 1)."""
+from packer.ranges import fetch_stats
+from packer.shardformat import names
+from packer.shardformat.columns import COUNT_COLUMNS, dates_column
+from packer.shardformat.writer import sample_members
 
 
 @dataclass
@@ -34,13 +32,8 @@ class EncodedSample:
     fetched: tuple[int, int] = (0, 0)  # (requests, bytes) this patch cost its source (zips, HTTP)
 
 
-def json_bytes(obj: object) -> bytes:
-    """Deterministic compact JSON (sorted keys) so identical input gives identical bytes."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-
-
 def build_sample(patch: PatchSource, settings: dict[str, dict[str, int]]) -> EncodedSample:
-    """Read, check and encode one patch (zstd `settings` per modality, `packer.codec`).
+    """Read, check and encode one patch (zstd `settings` per modality, `packer.shardformat.encoding`).
     Raises PatchError naming the file at fault."""
     datas = read_patch(patch)
     pid = schema.PatchId.parse(patch.patch_id)
@@ -54,7 +47,7 @@ def build_sample(patch: PatchSource, settings: dict[str, dict[str, int]]) -> Enc
             entry["date"] = patch.single_dates[name]
         modalities[name] = entry
     meta = {
-        "format_version": schema.FORMAT_VERSION,
+        "format_version": names.FORMAT_VERSION,
         "patch_id": patch.patch_id,
         "domain": pid.domain, "year": pid.year, "roi": pid.roi, "row": pid.row, "col": pid.col,
         "split": patch.split,
@@ -62,12 +55,7 @@ def build_sample(patch: PatchSource, settings: dict[str, dict[str, int]]) -> Enc
         "bounds": first["bounds"],
         "modalities": modalities,
     }
-    members = [(schema.meta_member_name(patch.patch_id), json_bytes(meta))]
-    checksums = {checksum_column("json"): member_checksum(members[0][1])}
-    for name, d in datas.items():
-        data = encode_array(d.array, settings[name])
-        members.append((schema.member_name(patch.patch_id, name), data))
-        checksums[checksum_column(name)] = member_checksum(data)
+    members, checksums = sample_members(patch.patch_id, meta, {name: d.array for name, d in datas.items()}, settings)
 
     row = {
         "patch_id": patch.patch_id, "split": patch.split, "domain": pid.domain, "year": pid.year,
@@ -78,8 +66,8 @@ def build_sample(patch: PatchSource, settings: dict[str, dict[str, int]]) -> Enc
         **checksums,
     }
     for name in schema.TIME_SERIES_MODALITIES:
-        row[f"T_{name}"] = len(patch.dates[name]) if name in datas else None
-    for name, column in LABEL_COUNT_COLUMNS.items():
+        row[dates_column(name)] = len(patch.dates[name]) if name in datas else None
+    for name, column in COUNT_COLUMNS.items():
         row[column] = class_counts(patch, name, datas[name].array[0]) if name in datas else None
     source_bytes = sum(patch.source_size(m) for m in patch.files)
     row["source_bytes"] = source_bytes

@@ -1,11 +1,11 @@
-"""Shard members: the one definition of their encoding, writer and reader side by side.
+"""Shard members' bytes: the one definition of their encoding, encoder and decoder side by side.
 
 A member named `<patch_id>.<MODALITY>.npy.zst` is exactly one zstd frame (content size and
 checksum in the frame header) of the `.npy` file that `np.save(f, arr, allow_pickle=False)`
 writes, nothing else: plain webdataset, Hugging Face `datasets` and any zstd + numpy client
 decode it (`np.load(io.BytesIO(zstd.decompress(b)), allow_pickle=False)`). `<patch_id>.json`
-is UTF-8 JSON. That is shard format 2 (`packer.schema.FORMAT_VERSION`, the manifest's
-`format_version`).
+is compact UTF-8 JSON with sorted keys (`encode_json`). That is shard format 2
+(`packer.shardformat.names.FORMAT_VERSION`, the manifest's `format_version`).
 
 Format 1 (packs written before format 2) could also hold, for dtypes wider than one byte, a
 byte-shuffled payload under the same suffix (`FSHUF1\\n` + the `.npy` header + the array bytes
@@ -35,15 +35,16 @@ from __future__ import annotations
 import io
 import json
 import threading
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import xxhash
 import zstandard
 
 from packer import schema
+from packer.shardformat import names
+from packer.shardformat.names import ARRAY_SUFFIX
 
-ARRAY_SUFFIX = schema.ARRAY_SUFFIX
 MEMBER_CHECKSUM = "xxh3_64"
 """Algorithm of the per-member checksums in the index (`<member>_xxh3` columns)."""
 
@@ -113,6 +114,11 @@ def encode_array(arr: np.ndarray, setting: Mapping[str, int] | int | None = None
     np.save(buf, arr, allow_pickle=False)  # numpy's own writer: the payload is np.save's, byte for byte
     payload = buf.getbuffer()
     return _compressor(setting or FALLBACK_SETTING).compress(payload)
+
+
+def encode_json(obj: object) -> bytes:
+    """A `<patch_id>.json` member: compact JSON with sorted keys, so the same object gives the same bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _compressor(setting: Mapping[str, int]) -> zstandard.ZstdCompressor:
@@ -244,7 +250,7 @@ def array_from_payload(payload: bytes | memoryview) -> np.ndarray:
     return _array_from_payload(memoryview(payload), legacy_shuffle=False)
 
 
-def decode_array(data: bytes | memoryview, *, format_version: int = schema.FORMAT_VERSION) -> np.ndarray:
+def decode_array(data: bytes | memoryview, *, format_version: int = names.FORMAT_VERSION) -> np.ndarray:
     """A `.npy.zst` member -> its array (read-only, over the one decompressed copy); never unpickles.
 
     `format_version` is the pack's (manifest); format 1 may hold byte-shuffled payloads.
@@ -281,7 +287,7 @@ class Arena:
 
 
 def decode_array_into(data: bytes | memoryview, arena: Arena, *,
-                      format_version: int = schema.FORMAT_VERSION) -> np.ndarray:
+                      format_version: int = names.FORMAT_VERSION) -> np.ndarray:
     """As `decode_array`, but decompressed into `arena` (writable; valid until `arena.reset()`)."""
     _check_version(format_version)
     size = _content_size(data)
@@ -316,9 +322,16 @@ def decode_json(data: bytes | memoryview) -> dict[str, Any]:
 
 
 def _check_version(format_version: int) -> None:
-    if format_version not in (1, schema.FORMAT_VERSION):
-        raise MemberError(f"shard format {format_version} is not one this reader knows (1 to {schema.FORMAT_VERSION}); "
+    if format_version not in (1, names.FORMAT_VERSION):
+        raise MemberError(f"shard format {format_version} is not one this reader knows (1 to {names.FORMAT_VERSION}); "
                           "update flair-stream")
+
+
+def manifest_codec(level: int | Mapping[str, int] | None, modalities: Iterable[str]) -> dict[str, Any]:
+    """The manifest's `codec` entry of a pack of `modalities` written with `compression_settings(level)`."""
+    return {"container": "npy", "compression": "zstd", "member_suffix": ARRAY_SUFFIX,
+            "settings": {m: s for m, s in compression_settings(level).items() if m in modalities},
+            "member_checksum": MEMBER_CHECKSUM}
 
 
 def codec_summary(codec: Mapping[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""A minimal deterministic tar writer that reports where every member's bytes land.
+"""Writing shards: a sample's members (`sample_members`) and a minimal deterministic tar writer
+that reports where every member's bytes land.
 
 Headers have fixed mtime/uid/gid/uname/gname/mode, so the same members always give the same bytes;
 the offsets go into the index (one ranged read per sample or per member). Laying members out
@@ -13,11 +14,30 @@ import hashlib
 import os
 import tarfile
 from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from packer.shardformat.columns import checksum_column
+from packer.shardformat.encoding import encode_array, encode_json, member_checksum
+from packer.shardformat.names import META_SUFFIX, member_name, meta_member_name
 
 BLOCK = 512
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 SYNC_EVERY = 32 * 2**20
 """`ShardFile` flushes to disk every this many bytes, so closing a 256 MB shard never waits for all of it."""
+
+
+def sample_members(patch_id: str, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
+                   settings: Mapping[str, Mapping[str, int]]) -> tuple[list[tuple[str, bytes]], dict[str, int]]:
+    """One sample's tar members in shard order (the JSON metadata first, then `arrays` in their
+    order), each array encoded with its modality's zstd setting, and the index's checksum columns
+    of their stored bytes."""
+    members = [(meta_member_name(patch_id), encode_json(meta))]
+    for name, arr in arrays.items():
+        members.append((member_name(patch_id, name), encode_array(arr, settings[name])))
+    keys = [META_SUFFIX, *arrays]
+    return members, {checksum_column(key): member_checksum(data) for key, (_, data) in zip(keys, members)}
 
 
 def member_header(name: str, size: int) -> bytes:

@@ -1,4 +1,5 @@
-"""Shard bytes -> raw samples: the reading side of `packer.tarwriter` + `packer.codec`.
+"""Shard bytes -> raw samples: the reading side of `writer` + `encoding`, and the check of a
+decoded array against what the pack declares.
 
 A raw sample is the plain dict every reader of this project hands out:
 `{"patch_id": str, "meta": <the sample's JSON>, "arrays": {MODALITY: ndarray (bands, H, W)}}`.
@@ -11,6 +12,10 @@ Two ways in, both needing nothing beyond the standard library, numpy and zstanda
 
 Tar entries are only ever read into memory, never extracted, and every member name is checked
 against the shard contract (`<patch_id>.<suffix>`, no folder) before it is used.
+
+`check_array` is what every ranged reader applies to a decoded member (the loader's
+`trainer.data.reader.SampleReader`): the dtype, pixel size and band count the pack's manifest
+declares for its modality, so nothing is silently cast downstream.
 """
 
 from __future__ import annotations
@@ -18,18 +23,14 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator, Mapping
+
+import numpy as np
 
 from packer import schema
-from packer.codec import decode_array
-
-
-def split_member_name(name: str) -> tuple[str, str]:
-    """`<patch_id>.<suffix>` -> (patch_id, suffix); ValueError for names outside the contract."""
-    pid, dot, suffix = name.partition(".")
-    if not dot or not pid or "/" in name or "\\" in name or not schema.PATCH_ID_RE.match(pid):
-        raise ValueError(f"tar member {name!r} is not <patch_id>.<suffix> (not a flair-stream shard?)")
-    return pid, suffix
+from packer.shardformat import names
+from packer.shardformat.encoding import decode_array
+from packer.shardformat.names import member_key, split_member_name
 
 
 def members_of_blob(blob: bytes) -> dict[str, bytes]:
@@ -64,19 +65,40 @@ def iter_tar_samples(fileobj: IO[bytes], where: str = "shard") -> Iterator[tuple
 
 
 def raw_sample(patch_id: str, members: dict[str, bytes], modalities: Iterable[str] | None = None,
-               format_version: int = schema.FORMAT_VERSION) -> dict[str, Any]:
+               format_version: int = names.FORMAT_VERSION) -> dict[str, Any]:
     """Decode the members of one sample (keyed by full member name or by suffix) into a raw sample.
 
     `modalities=None` decodes every modality the sample has; otherwise only those (KeyError when
-    one is absent from the sample). `format_version`: the pack's (its manifest's), see `packer.codec`.
+    one is absent from the sample). `format_version`: the pack's (its manifest's), see `packer.shardformat.encoding`.
     """
     by_suffix = {name[len(patch_id) + 1:] if name.startswith(patch_id + ".") else name: data
                  for name, data in members.items()}
-    meta = json.loads(by_suffix[schema.META_SUFFIX])
-    present = [m for m in schema.MODALITY_NAMES if schema.member_key(m) in by_suffix]
+    meta = json.loads(by_suffix[names.META_SUFFIX])
+    present = [m for m in schema.MODALITY_NAMES if member_key(m) in by_suffix]
     wanted = present if modalities is None else list(modalities)
     missing = [m for m in wanted if m not in present]
     if missing:
         raise KeyError(f"{patch_id} has no {', '.join(missing)} (it has {', '.join(present)})")
     return {"patch_id": patch_id, "meta": meta,
-            "arrays": {m: decode_array(by_suffix[schema.member_key(m)], format_version=format_version) for m in wanted}}
+            "arrays": {m: decode_array(by_suffix[member_key(m)], format_version=format_version) for m in wanted}}
+
+
+def check_array(name: str, arr: np.ndarray, facts: Mapping[str, Any] | None) -> str | None:
+    """Why `arr` does not fit modality `name` as the pack declares it (dtype, pixels, bands), or None.
+
+    `facts` is the manifest's entry for the modality (its modality table); the schema's own values
+    stand in for what it does not say.
+    """
+    mod = schema.MODALITIES.get(name)
+    dtype = (facts or {}).get("dtype") or (mod.dtype if mod else None)
+    size = (facts or {}).get("size_px") or (mod.size_px if mod else None)
+    per_date = (facts or {}).get("bands_per_date") or (mod.bands_per_date if mod else None)
+    series = (facts or {}).get("time_series", mod.time_series if mod else False)
+    if dtype is not None and arr.dtype != np.dtype(dtype):
+        return f"array is {arr.dtype}, the pack declares {np.dtype(dtype)} for {name} (refusing to cast)"
+    if arr.ndim != 3 or (size is not None and arr.shape[1:] != (size, size)):
+        return f"array has shape {list(arr.shape)}, expected (bands, {size}, {size}) for {name}"
+    if per_date and (arr.shape[0] % per_date if series else arr.shape[0] != per_date):
+        what = f"a multiple of {per_date}" if series else str(per_date)
+        return f"array has {arr.shape[0]} bands, expected {what} for {name}"
+    return None
