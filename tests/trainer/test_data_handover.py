@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tests.loader_configs import REFERENCE_PREPROCESSING, SPOT_CUSTOM_NORM, loader_config
+from tests.processes import alive
 from trainer.data import StreamingLoader
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,14 +105,6 @@ for _ in it:
 
 def shm_entries() -> set[str]:
     return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="checks /proc and /dev/shm")

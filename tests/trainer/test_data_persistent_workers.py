@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.loader_configs import REFERENCE_PREPROCESSING, SPOT_CUSTOM_NORM, loader_config
+from tests.processes import alive
 from trainer.data import LoaderOptions, StreamingLoader
 
 
@@ -31,14 +32,6 @@ def fingerprint(batch):
 
 def worker_pids(loader) -> list[int]:
     return [w.pid for w in loader._loader._iterator._workers]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_same_workers_every_epoch_same_batches_as_fresh_ones(toy_shards):
