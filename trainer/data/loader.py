@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from packer.shardformat.encoding import Arena
+from packer.shardformat.names import META_SUFFIX
 from trainer.data.catalog import Catalog, Selection, class_balanced_weights
 from trainer.data.decoded_cache import DecodedCache
 from trainer.data.collate import BatchBuilder, BatchLayout, BatchLayoutError, batch_from_buffer, batch_keys
@@ -164,7 +165,7 @@ class ShardStream(IterableDataset):
             return preprocess_sample(raw, self.spec, self.seed, self.epoch)
         except ValueError as exc:
             raise SampleError(self.reader.shard_url(row), self.selection.patch_ids[row],
-                              self.reader.member_name(row, "json"), f"preprocessing failed: {exc}") from None
+                              self.reader.member_name(row, META_SUFFIX), f"preprocessing failed: {exc}") from None
 
     def _fill(self, builder: BatchBuilder, i: int, row: int) -> SampleError | None:
         """Put row `row`'s sample into batch row `i`; a data problem is returned, not raised."""
@@ -177,7 +178,7 @@ class ShardStream(IterableDataset):
             return exc
         except BatchLayoutError as exc:
             return SampleError(self.reader.shard_url(int(row)), self.selection.patch_ids[int(row)],
-                               self.reader.member_name(int(row), "json"), str(exc))
+                               self.reader.member_name(int(row), META_SUFFIX), str(exc))
         return None
 
     def probe_layout(self) -> BatchLayout:
