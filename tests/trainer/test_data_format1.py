@@ -17,11 +17,11 @@ from tests.loader_configs import loader_config
 from trainer.data import StreamingLoader
 
 ALL = ["AERIAL_RGBI", "AERIAL-RLT_PAN", "DEM_ELEV", "SPOT_RGBI", "SENTINEL2_TS", "SENTINEL1-ASC_TS", "SENTINEL1-DESC_TS"]
-def batches(out, workers=0):
+def batches(out, workers=0, **data):
     channels = {"AERIAL_RGBI": [4, 1, 2], "SPOT_RGBI": [4, 1, 2], "SENTINEL2_TS": range(1, 11),
                 "SENTINEL1-ASC_TS": [1, 2], "SENTINEL1-DESC_TS": [1, 2]}
     cfg = loader_config(out, {m: channels.get(m, []) for m in ALL}, seed=2, batch_size=3,
-                        labels=("AERIAL_LABEL-COSIA", "ALL_LABEL-LPIS"), norm={"norm_type": "without"})
+                        labels=("AERIAL_LABEL-COSIA", "ALL_LABEL-LPIS"), norm={"norm_type": "without"}, **data)
     loader = StreamingLoader.from_config(cfg, None, rank=0, world_size=1, num_workers=workers,
                                          shuffle=False)
     return [(tuple(b["patch_id"]), {k: v.numpy().tobytes() for k, v in b.items() if torch.is_tensor(v)})
@@ -38,6 +38,17 @@ def test_a_format_1_pack_gives_the_same_batches_as_format_2(legacy_shards, toy_s
         assert a.keys() == b.keys()
         for k in a:
             assert a[k] == b[k], f"{ids} {k}"
+
+
+def test_a_format_1_pack_through_the_decoded_cache(legacy_shards, toy_shards, tmp_path):
+    """The cache keeps the un-shuffled arrays as plain .npy payloads: filled, then read, same batches."""
+    want = batches(toy_shards.out)
+    cache = tmp_path / "cache"
+    assert batches(legacy_shards.out, decoded_cache=str(cache)) == want  # fills it
+    written = {p: p.stat().st_mtime_ns for p in cache.rglob("*.npy")}
+    assert written
+    assert batches(legacy_shards.out, decoded_cache=str(cache)) == want  # reads it
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.npy")} == written, "every entry read, none rewritten"
 
 
 def test_flair_pack_verify_accepts_a_format_1_pack(legacy_shards):
