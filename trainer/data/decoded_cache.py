@@ -24,7 +24,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 from typing import Callable
 
@@ -50,20 +49,8 @@ class DecodedCache:
             probe.close()
         except OSError as exc:
             raise DecodedCacheError(f"data.decoded_cache: cannot write to {self.root} ({exc.strerror or exc})") from None
-        self.hits = self.misses = self.written = self.damaged = 0
+        self.hits = self.written = self.damaged = 0
         self._full = False
-        self._lock = threading.Lock()
-        self._dirs: set[str] = set()
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_lock"] = None
-        state["_dirs"] = set()
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def path(self, shard_sha256: str, offset: int, kind: str) -> Path:
         return self.root / shard_sha256 / f"{int(offset)}.{kind}"
@@ -84,7 +71,6 @@ class DecodedCache:
                         raise ValueError(f"truncated at {got} of {size + TRAILER} bytes")
                     got += n
         except FileNotFoundError:
-            self.misses += 1
             return None
         except (OSError, ValueError) as exc:
             self._drop(path, str(exc))
@@ -103,12 +89,9 @@ class DecodedCache:
         if self._full or not self._room():
             return False
         final = self.path(shard_sha256, offset, kind)
-        folder = str(final.parent)
         try:
-            if folder not in self._dirs:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                self._dirs.add(folder)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{final.name}.")
+            final.parent.mkdir(parents=True, exist_ok=True)  # one stat when it exists, beside MBs written
+            fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.")
             try:
                 digest = xxhash.xxh3_64()
                 with os.fdopen(fd, "wb") as f:
@@ -136,11 +119,10 @@ class DecodedCache:
             return True
         free = shutil.disk_usage(self.root).free
         if free < self.min_free_bytes:
-            with self._lock:
-                if not self._full:
-                    log.warning("data.decoded_cache: %s has %.1f GB free, under the %.1f GB to keep free; "
-                                "no more entries are added", self.root, free / 1e9, self.min_free_bytes / 1e9)
-                self._full = True
+            if not self._full:
+                log.warning("data.decoded_cache: %s has %.1f GB free, under the %.1f GB to keep free; "
+                            "no more entries are added", self.root, free / 1e9, self.min_free_bytes / 1e9)
+            self._full = True
             return False
         return True
 
