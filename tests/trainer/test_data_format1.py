@@ -44,10 +44,10 @@ def test_a_format_1_pack_through_the_decoded_cache(legacy_shards, toy_shards, tm
     """The cache keeps the un-shuffled arrays as plain .npy payloads: filled, then read, same batches."""
     want = batches(toy_shards.out)
     cache = tmp_path / "cache"
-    assert batches(legacy_shards.out, decoded_cache=str(cache)) == want  # fills it
+    assert batches(legacy_shards.out, decoded_cache=str(cache), decoded_cache_min_free_gb=0) == want  # fills it
     written = {p: p.stat().st_mtime_ns for p in cache.rglob("*.npy")}
     assert written
-    assert batches(legacy_shards.out, decoded_cache=str(cache)) == want  # reads it
+    assert batches(legacy_shards.out, decoded_cache=str(cache), decoded_cache_min_free_gb=0) == want  # reads it
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.npy")} == written, "every entry read, none rewritten"
 
 

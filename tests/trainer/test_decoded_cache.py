@@ -20,7 +20,8 @@ NORM = {**SPOT_CUSTOM_NORM, "DEM_ELEV_means": [400.0, 10.0], "DEM_ELEV_stds": [1
 
 def make(out, cache=None, workers=0, **data):
     cfg = loader_config(out, INPUTS, seed=2, batch_size=2, pre={**REFERENCE_PREPROCESSING, "use_augmentation": True},
-                        norm=NORM, decode_threads=2, decoded_cache=str(cache) if cache else None, **data)
+                        norm=NORM, decode_threads=2, decoded_cache=str(cache) if cache else None,
+                        decoded_cache_min_free_gb=0, **data)
     return StreamingLoader.from_config(cfg, "train", rank=0, world_size=1, num_workers=workers, shuffle=True)
 
 
@@ -83,7 +84,7 @@ def test_a_damaged_entry_is_dropped_and_read_from_the_shard(toy_shards, tmp_path
 
 
 def test_entries_are_checksummed_payloads(tmp_path):
-    cache = DecodedCache(tmp_path)
+    cache = DecodedCache(tmp_path, min_free_bytes=0)  # whatever this host has free
     assert cache.put("ab" * 32, 1536, "npy", b"payload")
     raw = cache.path("ab" * 32, 1536, "npy").read_bytes()
     assert raw[:-TRAILER] == b"payload" and len(raw) == len(b"payload") + TRAILER
@@ -110,5 +111,5 @@ def test_an_unusable_directory_is_one_line_naming_it(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(DecodedCacheError, match=f"data.decoded_cache: cannot write to {blocker}"):
-        DecodedCache(blocker / "cache")
+        DecodedCache(blocker / "cache", min_free_bytes=0)
 

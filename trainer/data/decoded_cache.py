@@ -40,7 +40,7 @@ class DecodedCacheError(OSError):
 class DecodedCache:
     """Decoded member payloads on local disk, keyed by (shard sha256, member offset)."""
 
-    def __init__(self, root: str | Path, min_free_bytes: int = 20 << 30) -> None:
+    def __init__(self, root: str | Path, min_free_bytes: int) -> None:
         self.root = Path(root).expanduser()
         self.min_free_bytes = int(min_free_bytes)
         try:
