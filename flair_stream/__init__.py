@@ -26,6 +26,7 @@ _EXPORTS = {
     "open_dataset": "trainer.data.dataset",
     "PackedDataset": "trainer.data.dataset",
     "decode_array": "packer.shardformat.encoding",
+    "wds_decoder": "packer.shardformat.encoding",  # webdataset handler: .npy.zst, .npy.blosc and .json members
     # pictures
     "plot_sample": "packer.plot",
     # configs

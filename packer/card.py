@@ -21,9 +21,9 @@ import yaml
 
 from packer import schema
 from packer.shardformat.columns import COUNT_COLUMNS, checksum_column, dates_column
-from packer.shardformat.encoding import codec_summary
-from packer.shardformat.names import (ARRAY_SUFFIX, META_SUFFIX, member_key, member_name, meta_member_name,
-                                      wds_member_key)
+from packer.shardformat.encoding import codec_summary, member_suffixes
+from packer.shardformat.names import (ARRAY_SUFFIX, META_SUFFIX, SHUFFLED_ARRAY_SUFFIX, member_key, member_name,
+                                      meta_member_name, wds_member_key)
 
 LICENSE = "etalab-2.0"
 HF_SPLIT_NAME = r"^\w+(\.\w+)*$"
@@ -66,8 +66,12 @@ def features(manifest: Mapping[str, Any]) -> list[dict]:
     """`dataset_info.features` in the card's YAML form: the JSON metadata, one nested list per
     modality member (`(bands, H, W)` of its dtype), and webdataset's `__key__` / `__url__`."""
     out: list[dict] = [{"name": META_SUFFIX, "dtype": "json"}]
+    suffixes = member_suffixes(manifest.get("codec"))
     for name in packed_modalities(manifest):
-        out.append({"name": member_key(name), "list": {"list": {"list": manifest["modalities"][name]["dtype"]}}})
+        if suffixes[name] == SHUFFLED_ARRAY_SUFFIX:  # the builder has no Blosc decoder: it hands out the bytes
+            out.append({"name": member_key(name, suffixes[name]), "dtype": "binary"})
+        else:
+            out.append({"name": member_key(name), "list": {"list": {"list": manifest["modalities"][name]["dtype"]}}})
     out += [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"}]
     return out
 
@@ -150,6 +154,33 @@ def _class_table(task: str, index: pa.Table) -> list[str]:
     return _table(["value", "class", "colour", "% of pixels here"], rows, align="rllr")
 
 
+def _blosc_howto(manifest: Mapping[str, Any]) -> list[str]:
+    """How to read the `.npy.blosc` members of a `--shuffle` pack (nothing for a default pack)."""
+    shuffled = [m for m, s in member_suffixes(manifest.get("codec")).items()
+                if s == SHUFFLED_ARRAY_SUFFIX and m in manifest["modalities"]]
+    if not shuffled:
+        return []
+    return [
+        f"**`{SHUFFLED_ARRAY_SUFFIX}` members.** This pack was made with `flair-pack --shuffle`: "
+        f"{', '.join(f'`{m}`' for m in shuffled)} are stored as `{member_name('<patch_id>', '<MODALITY>', SHUFFLED_ARRAY_SUFFIX)}`, "
+        "exactly one Blosc chunk (c-blosc 1 format: byte-shuffle, then LZ4HC or zstd) of the same `.npy` file. "
+        "[numcodecs](https://numcodecs.readthedocs.io) (zarr's codec library) or python-blosc2 decode it; "
+        "Hugging Face `datasets` hands these members out as bytes. Blosc chunks carry no checksum: the index's "
+        "xxh3_64 is what detects a damaged one.", "", "```python",
+        "import io, numcodecs.blosc, numpy as np, webdataset as wds",
+        "",
+        "def npy_blosc(data):",
+        "    return np.load(io.BytesIO(numcodecs.blosc.decompress(data)), allow_pickle=False)",
+        "",
+        f'handlers = [wds.handle_extension("{ARRAY_SUFFIX[1:]}", npy_zst), wds.handle_extension("{SHUFFLED_ARRAY_SUFFIX[1:]}", npy_blosc)]',
+        "for sample in wds.WebDataset(urls, shardshuffle=False).decode(*handlers):",
+        f'    dem = sample["{wds_member_key("DEM_ELEV", SHUFFLED_ARRAY_SUFFIX)}"]',
+        "```", "",
+        "or `flair_stream.wds_decoder`, the handler for every member of either kind: "
+        "`wds.WebDataset(urls).decode(flair_stream.wds_decoder)`.", "",
+    ]
+
+
 def _read_howto(manifest: Mapping[str, Any]) -> list[str]:
     split = next(iter(manifest["splits"]), "train")
     lines = [
@@ -171,9 +202,12 @@ def _read_howto(manifest: Mapping[str, Any]) -> list[str]:
         "",
         f'urls = "{split}/{split}-{{000000..{manifest["splits"][split]["shards"] - 1:06d}}}.tar"' if manifest["splits"]
         else 'urls = "train/train-{000000..000009}.tar"',
-        f'for sample in wds.WebDataset(urls, shardshuffle=False).decode(wds.handle_extension("{ARRAY_SUFFIX}", npy_zst)):',
+        f'for sample in wds.WebDataset(urls, shardshuffle=False).decode(wds.handle_extension("{ARRAY_SUFFIX[1:]}", npy_zst)):',
         f'    aerial = sample["{wds_member_key("AERIAL_RGBI")}"]  # webdataset lower-cases member extensions',
         "```", "",
+    ]
+    lines += _blosc_howto(manifest)
+    lines += [
         "**Hugging Face `datasets`** (the `configs` above map each split to its shards)", "", "```python",
         "from datasets import load_dataset",
         "",

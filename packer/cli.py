@@ -102,6 +102,10 @@ def pack_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=_levels, default=None, metavar="N | MODALITY=N,...",
                    help="zstd level (1-22) for every modality, or for the listed ones "
                         "(default: per-modality settings, docs/packing.md)")
+    p.add_argument("--shuffle", action="store_true",
+                   help="opt-in: store the modalities of wider dtypes (DEM, SPOT, Sentinel series) as byte-shuffled "
+                        "Blosc members (.npy.blosc, shard format 3): smaller and faster to read, but plain "
+                        "webdataset and Hugging Face datasets then need numcodecs to decode them (docs/packing.md)")
     p.add_argument("--num-parts", type=int, default=1, help="split the patches into N parts (job arrays)")
     p.add_argument("--part", type=int, default=0, help="which part (0..N-1) this run packs")
     p.add_argument("--on-error", choices=ON_ERROR, default="fail",
@@ -123,6 +127,7 @@ def run_pack(argv: list[str]) -> int:
     summary = pack_dataset(
         a.src, a.out, staging=a.staging, modalities=a.modalities, splits_csv=a.splits_csv, split_column=a.split_column,
         shard_size=a.shard_size, seed=a.seed, keep_order=a.keep_order, workers=a.workers, level=a.level,
+        shuffle=a.shuffle,
         num_parts=a.num_parts, part=a.part, on_error=a.on_error, progress=not a.no_progress,
         overwrite=a.overwrite, retries=a.retries, src_list=a.src_list,
     )

@@ -19,6 +19,7 @@ from packer.patch import PatchSource
 from packer.ranges import fetch_stats
 from packer.shardformat import names
 from packer.shardformat.columns import COUNT_COLUMNS, dates_column
+from packer.shardformat.encoding import member_suffix
 from packer.shardformat.writer import sample_members
 
 
@@ -33,7 +34,7 @@ class EncodedSample:
 
 
 def build_sample(patch: PatchSource, settings: dict[str, dict[str, int]]) -> EncodedSample:
-    """Read, check and encode one patch (zstd `settings` per modality, `packer.shardformat.encoding`).
+    """Read, check and encode one patch (`settings` per modality, `packer.shardformat.encoding`).
     Raises PatchError naming the file at fault."""
     datas = read_patch(patch)
     pid = schema.PatchId.parse(patch.patch_id)
@@ -47,7 +48,7 @@ def build_sample(patch: PatchSource, settings: dict[str, dict[str, int]]) -> Enc
             entry["date"] = patch.single_dates[name]
         modalities[name] = entry
     meta = {
-        "format_version": names.FORMAT_VERSION,
+        "format_version": names.format_version_of(member_suffix(s) for s in settings.values()),
         "patch_id": patch.patch_id,
         "domain": pid.domain, "year": pid.year, "roi": pid.roi, "row": pid.row, "col": pid.col,
         "split": patch.split,

@@ -19,8 +19,8 @@ from packer.manifest import read_manifest
 from packer.paths import check_relative_path
 from packer.shardformat.columns import COUNT_COLUMNS, dates_column
 from packer.shardformat.encoding import codec_summary, decode_array
-from packer.shardformat.names import member_name, meta_member_name
-from packer.shardformat.reader import members_of_blob, raw_sample
+from packer.shardformat.names import array_suffix_of_key, meta_member_name
+from packer.shardformat.reader import array_keys, members_of_blob, raw_sample
 from packer.storage.write import OutputStore, open_store
 
 
@@ -93,8 +93,10 @@ def describe_sample(out: str | Path | OutputStore, patch_id: str) -> str:
     lines = [f"{patch_id}: split {row['split']}, {row['shard']} #{row['sample_index']} "
              f"(bytes {row['offset']}..{row['offset'] + row['size']})",
              f"  crs {meta['crs']}, bounds {meta['bounds']}"]
+    keys = array_keys(m[len(patch_id) + 1:] for m in members if m.startswith(patch_id + "."))
     for mod in row["modalities"]:
-        arr = decode_array(members[member_name(patch_id, mod)], format_version=version)
+        key = keys[mod]
+        arr = decode_array(members[f"{patch_id}.{key}"], format_version=version, suffix=array_suffix_of_key(key))
         info = meta["modalities"][mod]
         extra = f", {len(info['dates'])} dates {info['dates'][0]}..{info['dates'][-1]}" if "dates" in info else ""
         extra += f", date {info['date']}" if "date" in info else ""

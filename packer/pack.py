@@ -41,7 +41,7 @@ from packer.paths import check_relative_path, check_split_name
 from packer.ranges import fetch_stats
 from packer.shardformat import names
 from packer.shardformat.columns import INDEX_SCHEMA, member_columns
-from packer.shardformat.encoding import compression_settings, manifest_codec
+from packer.shardformat.encoding import compression_settings, manifest_codec, member_suffix
 from packer.shardformat.names import name_of_key
 from packer.shardformat.writer import ShardFile, TarLayout, member_blocks
 from packer.source_report import SourceReport
@@ -69,6 +69,7 @@ class PackOptions:
     keep_order: bool = False
     workers: int | None = None  # None: all cores
     level: int | dict[str, int] | None = None  # None: per-modality settings (packer.shardformat.encoding.DEFAULT_SETTINGS)
+    shuffle: bool = False  # opt-in: wider dtypes as byte-shuffled Blosc `.npy.blosc` members (shard format 3)
     num_parts: int = 1
     part: int = 0
     on_error: str = "fail"
@@ -95,12 +96,20 @@ class PackOptions:
                 raise PackError("--level", f"unknown modality {name!r}")
             if level is not None and not 1 <= level <= 22:
                 raise PackError("--level", f"zstd level must be 1..22, got {level}" + (f" for {name}" if name else ""))
+        try:
+            self.settings()
+        except ValueError as exc:
+            raise PackError("--level", str(exc)) from None
         if self.num_parts < 1 or not 0 <= self.part < self.num_parts:
             raise PackError("--part", f"need 0 <= part < num-parts, got part {self.part} of {self.num_parts}")
         if self.on_error not in ON_ERROR:
             raise PackError("--on-error", f"must be one of {ON_ERROR}, got {self.on_error!r}")
         if self.retries < 1:
             raise PackError("--retries", f"must be >= 1, got {self.retries}")
+
+    def settings(self) -> dict[str, dict]:
+        """Each packed modality's member encoding (`packer.shardformat.encoding.compression_settings`)."""
+        return {m: s for m, s in compression_settings(self.level, self.shuffle).items() if m in self.modalities}
 
     def recorded(self, src: str) -> dict:
         """The options that define the output (not workers/progress/overwrite/retries: they never change a byte).
@@ -110,6 +119,8 @@ class PackOptions:
         d = asdict(self)
         for how_not_what in ("workers", "progress", "overwrite", "retries"):
             d.pop(how_not_what)
+        if not self.shuffle:
+            d.pop("shuffle")  # a default pack records what it did before the option existed (resumes still match)
         d["modalities"] = [m for m in schema.MODALITY_NAMES if m in self.modalities]
         # Absolute paths, so that a rerun from another working directory is recognised as the same.
         d["splits_csv"] = [_absolute_csv_arg(a) for a in self.splits_csv]
@@ -358,7 +369,7 @@ def _start_pool(workers: int) -> ProcessPoolExecutor | None:
 
 
 def _encoded(tasks: list[PatchSource], pool: ProcessPoolExecutor | None, workers: int,
-             settings: dict[str, dict[str, int]]) -> Iterator[EncodedSample | PatchError]:
+             settings: dict[str, dict]) -> Iterator[EncodedSample | PatchError]:
     """Encoded samples in plan order; at most a few per worker in flight (bounded memory)."""
     if pool is None:
         with rasterio.Env():
@@ -430,7 +441,7 @@ def _pack(src: str, out: str | os.PathLike, staging: str | os.PathLike | None, o
     current: SplitWriter | None = None
     first_written: float | None = None
     try:
-        for result in _encoded(tasks, pool, workers, compression_settings(opts.level)):
+        for result in _encoded(tasks, pool, workers, opts.settings()):
             if first_written is None:
                 first_written = time.monotonic()
             w = writers[split_of[result.patch_id]]
@@ -500,10 +511,10 @@ def _finalise(store: OutputStore, opts: PackOptions, src: str, plan: dict[str, l
     store.put(index_path, schema.INDEX_FILE)
     skipped.sort(key=lambda s: s["patch_id"])
     manifest = {
-        "format_version": names.FORMAT_VERSION,
+        "format_version": names.format_version_of(member_suffix(s) for s in opts.settings().values()),
         "packer_version": packer_version(),
         "parameters": opts.recorded(src) | {"split_source": disc.split_source},
-        "codec": manifest_codec(opts.level, opts.modalities),
+        "codec": manifest_codec(opts.level, opts.modalities, opts.shuffle),
         "modalities": modality_table([m for m in schema.MODALITY_NAMES if m in opts.modalities]),
         "splits": split_sizes,
         "shards": shards,

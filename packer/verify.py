@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from packer import schema
-from packer.shardformat.encoding import decode_array, decode_json, member_checksum
+from packer.shardformat.encoding import decode_array, decode_json, member_checksum, member_suffixes
 from packer.index import read_index
 from packer.shardformat.columns import SAMPLE_SPAN, checksum_column, dates_column, member_columns
-from packer.shardformat.names import META_SUFFIX, any_member_name, member_name, meta_member_name, name_of_key
+from packer.shardformat.names import (ARRAY_SUFFIX, META_SUFFIX, any_member_name, array_suffix_of_key,
+                                      meta_member_name, name_of_key)
 from packer.manifest import read_manifest, stream_sha256
 from packer.paths import UnsafePathError
 from packer.storage.write import OutputStore, open_store
@@ -64,7 +65,7 @@ class _HashingReader:
             pass
 
 
-def _check_layout(arr, mod: str, row: dict, table: dict, where: str, report: VerifyReport) -> None:
+def _check_layout(arr, mod: str, member: str, row: dict, table: dict, where: str, report: VerifyReport) -> None:
     """A decoded member against the manifest's modality table (size, dtype, bands per date x the
     index's T): what the loader relies on, whatever the sample's own JSON says."""
     facts = table.get(mod)
@@ -75,7 +76,7 @@ def _check_layout(arr, mod: str, row: dict, table: dict, where: str, report: Ver
     for problem in schema.layout_problems(arr.shape, arr.dtype, name=mod, dtype_expected=facts["dtype"],
                                           bands_per_date=facts["bands_per_date"], size_px=facts["size_px"],
                                           time_series=facts["time_series"], n_dates=n_dates):
-        report.problems.append(f"{where}: {member_name(row['patch_id'], mod)}: {problem} (manifest/index)")
+        report.problems.append(f"{where}: {member}: {problem} (manifest/index)")
 
 
 def _check_checksums(data: dict[str, bytes], row: dict, where: str, report: VerifyReport) -> None:
@@ -102,14 +103,15 @@ def _check_sample(data: dict[str, bytes], pid: str, where: str, report: VerifyRe
     for name, blob in data.items():
         if name == meta_name:
             continue
-        mod = name_of_key(name[len(pid) + 1:])
+        key = name[len(pid) + 1:]
+        mod = name_of_key(key)
         try:
-            arr = decode_array(blob, format_version=format_version)
+            arr = decode_array(blob, format_version=format_version, suffix=array_suffix_of_key(key) or key)
         except Exception as exc:  # any decoding failure is a finding, not a crash of verify
             report.problems.append(f"{where}: {name} does not decode ({type(exc).__name__}: {exc})")
             continue
         if row is not None and table is not None:
-            _check_layout(arr, mod, row, table, where, report)
+            _check_layout(arr, mod, name, row, table, where, report)
         expect = meta.get("modalities", {}).get(mod)
         if expect is None:
             report.problems.append(f"{where}: {name} has no entry in the sample JSON")
@@ -147,22 +149,24 @@ def verify_dataset(out: str | Path | OutputStore, decode: bool = True) -> Verify
     for entry in manifest["shards"]:
         report.shards += 1
         rows = sorted(rows_by_shard.get(entry["path"], []), key=lambda r: r["sample_index"])
-        _verify_shard(store, entry, rows, decode, report, manifest.get("modalities") or {}, manifest["format_version"])
+        _verify_shard(store, entry, rows, decode, report, manifest.get("modalities") or {}, manifest["format_version"],
+                      member_suffixes(manifest.get("codec")))
     return report
 
 
-def _expected_members(row: dict) -> dict[str, tuple[int, int]]:
-    """Member name -> (data offset, size) that the index row promises."""
+def _expected_members(row: dict, suffixes: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """Member name -> (data offset, size) that the index row promises (named with the suffix the
+    manifest's codec gives each modality: a member stored otherwise is a finding)."""
     pid = row["patch_id"]
     expected = {}
     for name in (META_SUFFIX, *row["modalities"]):
         c_off, c_size = member_columns(name)
-        expected[any_member_name(pid, name)] = (row[c_off], row[c_size])
+        expected[any_member_name(pid, name, suffixes.get(name, ARRAY_SUFFIX))] = (row[c_off], row[c_size])
     return expected
 
 
 def _verify_shard(store: OutputStore, entry: dict, rows: list[dict], decode: bool, report: VerifyReport,
-                  table: dict, format_version: int) -> None:
+                  table: dict, format_version: int, suffixes: dict[str, str]) -> None:
     """One streaming pass over the shard: hash, size, headers against the index, decode per sample."""
     where_shard = f"{store}/{entry['path']}"
     size = store.size(entry["path"])
@@ -174,7 +178,7 @@ def _verify_shard(store: OutputStore, entry: dict, rows: list[dict], decode: boo
     if len(rows) != entry["samples"]:
         report.problems.append(f"{where_shard}: index has {len(rows)} samples, manifest says {entry['samples']}")
     row_of = {r["patch_id"]: r for r in rows}
-    expected = {r["patch_id"]: _expected_members(r) for r in rows}
+    expected = {r["patch_id"]: _expected_members(r, suffixes) for r in rows}
     seen: dict[str, dict[str, tuple[int, int]]] = {}  # patch id -> member -> (offset, size) in the tar
     current: str | None = None
     data: dict[str, bytes] = {}

@@ -8,7 +8,8 @@ Synthetic FLAIR-HUB trees written by `tools.flair_toy`:
 - `make_toy_tree(**cfg)` (function): a factory for tests that need their own tree; keyword
   arguments are `ToyConfig` fields (defaults: the small shape above). Each call gets a fresh
   pytest tmp dir.
-- `toy_shards` (session): `toy_tree` packed; `toy_zips` (session): `toy_tree` as the Hub's zips.
+- `toy_shards` (session): `toy_tree` packed (`shuffled_shards`: with `--shuffle`); `toy_zips` (session):
+  `toy_tree` as the Hub's zips.
 
 Trees live under pytest's tmp dirs; treat the session ones as read-only.
 
@@ -74,6 +75,16 @@ def toy_shards(toy_tree: ToyTree, tmp_path_factory: pytest.TempPathFactory) -> T
 
     out = tmp_path_factory.mktemp("toy_shards") / "shards"
     pack_dataset(toy_tree.root, out, shard_size=5_000_000, workers=1, progress=False)
+    return ToyShards(out, toy_tree)
+
+
+@pytest.fixture(scope="session")
+def shuffled_shards(toy_tree: ToyTree, tmp_path_factory: pytest.TempPathFactory) -> ToyShards:
+    """`toy_tree` packed as `toy_shards`, with `--shuffle` (opt-in `.npy.blosc` members, format 3)."""
+    from packer.pack import pack_dataset
+
+    out = tmp_path_factory.mktemp("shuffled_shards") / "shards"
+    pack_dataset(toy_tree.root, out, shard_size=5_000_000, workers=1, progress=False, shuffle=True)
     return ToyShards(out, toy_tree)
 
 

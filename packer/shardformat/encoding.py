@@ -19,6 +19,17 @@ Compression settings are chosen per modality (`DEFAULT_SETTINGS`, measured by
 `tools/bench_formats.py`): every setting writes a standard zstd frame, so readers never need to
 know which one was used. Encoding is single-threaded and deterministic.
 
+Opt-in (`flair-pack --shuffle`, shard format 3): modalities of dtypes wider than one byte (float32
+elevation, uint16 SPOT and Sentinel-2, float32 Sentinel-1) are stored as `<patch_id>.<MODALITY>.npy.blosc`:
+exactly one Blosc chunk (the c-blosc 1 format, byte-shuffle with the dtype's item size, then LZ4HC
+or zstd inside; `SHUFFLE_SETTINGS`) of the same `.npy` file. Byte-shuffle groups the bytes of
+equal rank, so float32 elevation shrinks by a fifth more than with plain zstd and decodes several
+times faster (compiled un-shuffle; docs/packing.md, "Member encoding"). numcodecs (zarr's codec
+library) writes and reads it; python-blosc2 reads it too (`blosc2.decompress`). Plain webdataset
+and Hugging Face `datasets` know neither, which is why it is never the default; `wds_decoder` is
+the webdataset handler for both suffixes. The suffix says which decoder a member needs, and the
+decoder checks that the bytes are what the suffix says.
+
 Integrity: each member's stored bytes have an xxh3_64 checksum (`member_checksum`) recorded in
 the index; readers check it on every ranged read (a few bytes of index per member, ~15 us per
 MB), which covers the JSON member too.
@@ -43,7 +54,7 @@ import zstandard
 
 from packer import schema
 from packer.shardformat import names
-from packer.shardformat.names import ARRAY_SUFFIX
+from packer.shardformat.names import ARRAY_SUFFIX, SHUFFLED_ARRAY_SUFFIX
 
 MEMBER_CHECKSUM = "xxh3_64"
 """Algorithm of the per-member checksums in the index (`<member>_xxh3` columns)."""
@@ -69,6 +80,20 @@ DEFAULT_SETTINGS: dict[str, dict[str, int]] = {
 the measurements behind them are in docs/packing.md. `--level N` replaces them all by level N."""
 FALLBACK_SETTING = {"level": 3}
 
+SHUFFLE_SETTINGS: dict[str, dict[str, Any]] = {
+    # float32 elevation, 2 MB: after the shuffle LZ4HC is as small as zstd and decodes twice as fast.
+    "DEM_ELEV": {"codec": "blosc", "cname": "lz4hc", "clevel": 9},
+    # Small members: zstd inside is smaller than LZ4HC, at no measurable decoding cost.
+    "SPOT_RGBI": {"codec": "blosc", "cname": "zstd", "clevel": 5},
+    "SENTINEL2_TS": {"codec": "blosc", "cname": "zstd", "clevel": 5},
+    "SENTINEL1-ASC_TS": {"codec": "blosc", "cname": "zstd", "clevel": 5},
+    "SENTINEL1-DESC_TS": {"codec": "blosc", "cname": "zstd", "clevel": 5},
+}
+"""`--shuffle`: the Blosc settings of the modalities whose dtype is wider than one byte (the shuffle
+does nothing for uint8; those stay zstd). Chosen by `tools/bench_formats.py --codec-only`."""
+BLOSC_VERSIONS = (1, 2)
+"""c-blosc 1's chunk format versions (first header byte) that a `.npy.blosc` member may carry."""
+
 LEGACY_SHUFFLE_MAGIC = b"FSHUF1\n"
 """Prefix of a format-1 byte-shuffled payload (read only)."""
 NPY_MAGIC = b"\x93NUMPY"
@@ -91,20 +116,41 @@ def member_checksum(data: bytes | memoryview) -> int:
     return xxhash.xxh3_64_intdigest(data)
 
 
-def compression_settings(level: int | Mapping[str, int] | None = None) -> dict[str, dict[str, int]]:
+def compression_settings(level: int | Mapping[str, int] | None = None,
+                         shuffle: bool = False) -> dict[str, dict[str, Any]]:
     """The settings a pack uses: the per-modality defaults, one zstd level for every modality, or
-    the defaults with some modalities set to a level (`{"DEM_ELEV": 9}`)."""
+    the defaults with some modalities set to a level (`{"DEM_ELEV": 9}`); with `shuffle`, the
+    modalities of `SHUFFLE_SETTINGS` are Blosc members (a level given for one of them is refused)."""
     if level is None or isinstance(level, Mapping):
         out = {name: dict(s) for name, s in DEFAULT_SETTINGS.items()}
         out.update({name: {"level": int(v)} for name, v in (level or {}).items()})
-        return out
-    return {name: {"level": int(level)} for name in schema.MODALITY_NAMES}
+    else:
+        out = {name: {"level": int(level)} for name in schema.MODALITY_NAMES}
+    if shuffle:
+        clash = sorted(set(level) & set(SHUFFLE_SETTINGS)) if isinstance(level, Mapping) else []
+        if clash:
+            raise ValueError(f"{', '.join(clash)}: stored with Blosc under --shuffle, so a zstd level does not apply")
+        out.update({name: dict(s) for name, s in SHUFFLE_SETTINGS.items()})
+    return out
 
 
-def encode_array(arr: np.ndarray, setting: Mapping[str, int] | int | None = None) -> bytes:
-    """`arr` -> one zstd frame of exactly the `.npy` file `np.save` writes (dtype, shape, byte order kept).
+def member_suffix(setting: Mapping[str, Any] | int | None) -> str:
+    """The array member suffix a setting writes (`.npy.blosc` for Blosc, `.npy.zst` otherwise)."""
+    return SHUFFLED_ARRAY_SUFFIX if isinstance(setting, Mapping) and setting.get("codec") == "blosc" else ARRAY_SUFFIX
 
-    `setting` is a zstd level or a `DEFAULT_SETTINGS` entry (default: level 3).
+
+def member_suffixes(codec: Mapping[str, Any] | None) -> dict[str, str]:
+    """Modality -> its array member suffix in a pack with this manifest `codec` entry (`.npy.zst`
+    unless said otherwise: packs before format 3 have no Blosc members)."""
+    settings = (codec or {}).get("settings") or {}
+    return {name: member_suffix(settings.get(name)) for name in schema.MODALITY_NAMES}
+
+
+def encode_array(arr: np.ndarray, setting: Mapping[str, Any] | int | None = None) -> bytes:
+    """`arr` -> exactly the `.npy` file `np.save` writes (dtype, shape, byte order kept), as one
+    zstd frame, or as one Blosc chunk for a Blosc setting (`member_suffix` says which).
+
+    `setting` is a zstd level, a `DEFAULT_SETTINGS` or `SHUFFLE_SETTINGS` entry (default: zstd level 3).
     """
     if arr.dtype.hasobject:
         raise TypeError("object arrays cannot be stored (they would need pickle)")
@@ -113,7 +159,31 @@ def encode_array(arr: np.ndarray, setting: Mapping[str, int] | int | None = None
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)  # numpy's own writer: the payload is np.save's, byte for byte
     payload = buf.getbuffer()
+    if member_suffix(setting) == SHUFFLED_ARRAY_SUFFIX:
+        return _blosc_encode(payload, arr.dtype.itemsize, setting)
     return _compressor(setting or FALLBACK_SETTING).compress(payload)
+
+
+def _blosc():
+    """numcodecs' Blosc module, imported on first use (only `--shuffle` packs need it)."""
+    try:
+        import numcodecs.blosc as blosc
+    except ImportError:  # pragma: no cover - numcodecs is a dependency
+        raise MemberError("reading or writing .npy.blosc members needs numcodecs (pip install numcodecs)") from None
+    return blosc
+
+
+def _blosc_encode(payload: memoryview, itemsize: int, setting: Mapping[str, Any]) -> bytes:
+    """The `.npy` file as one Blosc chunk, byte-shuffled by the array's item size.
+
+    np.save pads its header to a multiple of 64 bytes, so the array bytes start on an item
+    boundary and the shuffle groups each element's bytes of equal rank. Deterministic: Blosc
+    compresses fixed-size blocks independently, whatever its thread count.
+    """
+    typesize = itemsize if len(payload) % itemsize == 0 else 1
+    blosc = _blosc()
+    typed = np.frombuffer(payload, dtype=np.dtype(f"u{typesize}") if typesize in (1, 2, 4, 8) else np.uint8)
+    return bytes(blosc.compress(typed, setting["cname"].encode(), int(setting["clevel"]), blosc.SHUFFLE, 0))
 
 
 def encode_json(obj: object) -> bytes:
@@ -250,15 +320,41 @@ def array_from_payload(payload: bytes | memoryview) -> np.ndarray:
     return _array_from_payload(memoryview(payload), legacy_shuffle=False)
 
 
-def decode_array(data: bytes | memoryview, *, format_version: int = names.FORMAT_VERSION) -> np.ndarray:
-    """A `.npy.zst` member -> its array (read-only, over the one decompressed copy); never unpickles.
+def decode_array(data: bytes | memoryview, *, format_version: int = names.FORMAT_VERSION,
+                 suffix: str = ARRAY_SUFFIX) -> np.ndarray:
+    """An array member (stored as `suffix`) -> its array (over the one decompressed copy); never unpickles.
 
     `format_version` is the pack's (manifest); format 1 may hold byte-shuffled payloads.
     Raises MemberError when the bytes are not what the suffix promises.
     """
-    _check_version(format_version)
+    _check_version(format_version, suffix)
+    if suffix == SHUFFLED_ARRAY_SUFFIX:
+        return decode_array_into(data, None, format_version=format_version, suffix=suffix)
     raw = _decompress(data)
     return _array_from_payload(memoryview(raw), legacy_shuffle=format_version == 1)
+
+
+def _blosc_size(data: bytes | memoryview) -> int:
+    """The decompressed size a Blosc chunk declares, once its header is checked against `data`."""
+    if len(data) < 16 or data[0] not in BLOSC_VERSIONS:
+        raise MemberError(f"is not a Blosc chunk (it starts with {bytes(data[:8])!r})")
+    # The c-blosc 1 header: version, codec version, flags, typesize, then uint32 LE nbytes,
+    # blocksize, cbytes (its README_HEADER; numcodecs keeps its own reader private).
+    nbytes, cbytes = int.from_bytes(data[4:8], "little"), int.from_bytes(data[12:16], "little")
+    if cbytes != len(data):
+        raise MemberError(f"Blosc chunk declares {cbytes} compressed bytes but holds {len(data)}")
+    if not 0 < nbytes <= MAX_MEMBER_BYTES:
+        raise MemberError(f"Blosc chunk declares {nbytes} bytes (allowed: 1 to {MAX_MEMBER_BYTES})")
+    return nbytes
+
+
+def _blosc_decompress_into(data: bytes | memoryview, dest: memoryview) -> None:
+    """Blosc chunk -> `dest` (its exact decompressed size). numcodecs releases the GIL and, off the
+    main thread or in a forked worker, uses a private single-threaded context."""
+    try:
+        _blosc().decompress(data, dest)
+    except (RuntimeError, ValueError) as exc:
+        raise MemberError(f"Blosc chunk does not decompress ({exc})") from None
 
 
 class Arena:
@@ -286,10 +382,15 @@ class Arena:
         return memoryview(self._buf)[start: start + n]
 
 
-def decode_array_into(data: bytes | memoryview, arena: Arena, *,
-                      format_version: int = names.FORMAT_VERSION) -> np.ndarray:
+def decode_array_into(data: bytes | memoryview, arena: Arena | None, *,
+                      format_version: int = names.FORMAT_VERSION, suffix: str = ARRAY_SUFFIX) -> np.ndarray:
     """As `decode_array`, but decompressed into `arena` (writable; valid until `arena.reset()`)."""
-    _check_version(format_version)
+    _check_version(format_version, suffix)
+    if suffix == SHUFFLED_ARRAY_SUFFIX:
+        size = _blosc_size(data)
+        dest = arena.take(size) if arena is not None else memoryview(np.empty(size, dtype=np.uint8))
+        _blosc_decompress_into(data, dest)
+        return _array_from_payload(dest, legacy_shuffle=False)
     size = _content_size(data)
     if size < 0 or format_version == 1:
         return np.array(decode_array(data, format_version=format_version))
@@ -321,35 +422,52 @@ def decode_json(data: bytes | memoryview) -> dict[str, Any]:
     return obj
 
 
-def _check_version(format_version: int) -> None:
-    if format_version not in (1, names.FORMAT_VERSION):
-        raise MemberError(f"shard format {format_version} is not one this reader knows (1 to {names.FORMAT_VERSION}); "
-                          "update flair-stream")
+def _check_version(format_version: int, suffix: str = ARRAY_SUFFIX) -> None:
+    if format_version not in names.READABLE_FORMAT_VERSIONS:
+        raise MemberError(f"shard format {format_version} is not one this reader knows "
+                          f"({', '.join(map(str, names.READABLE_FORMAT_VERSIONS))}); update flair-stream")
+    if suffix not in names.ARRAY_SUFFIXES:
+        raise MemberError(f"{suffix!r} is not an array member suffix ({', '.join(names.ARRAY_SUFFIXES)})")
+    if suffix == SHUFFLED_ARRAY_SUFFIX and format_version != names.SHUFFLE_FORMAT_VERSION:
+        raise MemberError(f"a {SHUFFLED_ARRAY_SUFFIX} member in a format-{format_version} pack "
+                          f"(only format {names.SHUFFLE_FORMAT_VERSION} packs hold them)")
 
 
-def manifest_codec(level: int | Mapping[str, int] | None, modalities: Iterable[str]) -> dict[str, Any]:
-    """The manifest's `codec` entry of a pack of `modalities` written with `compression_settings(level)`."""
-    return {"container": "npy", "compression": "zstd", "member_suffix": ARRAY_SUFFIX,
-            "settings": {m: s for m, s in compression_settings(level).items() if m in modalities},
-            "member_checksum": MEMBER_CHECKSUM}
+def manifest_codec(level: int | Mapping[str, int] | None, modalities: Iterable[str],
+                   shuffle: bool = False) -> dict[str, Any]:
+    """The manifest's `codec` entry of a pack of `modalities` written with `compression_settings(level, shuffle)`."""
+    settings = {m: s for m, s in compression_settings(level, shuffle).items() if m in modalities}
+    if not shuffle:
+        return {"container": "npy", "compression": "zstd", "member_suffix": ARRAY_SUFFIX,
+                "settings": settings, "member_checksum": MEMBER_CHECKSUM}
+    return {"container": "npy", "compression": "zstd, blosc (byte-shuffle)",
+            "member_suffixes": {m: member_suffix(s) for m, s in settings.items()},
+            "settings": settings, "member_checksum": MEMBER_CHECKSUM}
 
 
 def codec_summary(codec: Mapping[str, Any]) -> str:
-    """One line describing a manifest's `codec` entry (format 2, or format 1's level + filter)."""
+    """One line describing a manifest's `codec` entry (formats 2 and 3, or format 1's level + filter)."""
     if "settings" in codec:
-        levels = sorted({s["level"] for s in codec["settings"].values()})
-        return (f"zstd .npy (levels {', '.join(map(str, levels))} by modality), "
-                f"checksums {codec.get('member_checksum', 'none')}")
+        zstd = [s for s in codec["settings"].values() if member_suffix(s) == ARRAY_SUFFIX]
+        blosc = sorted(m for m, s in codec["settings"].items() if member_suffix(s) == SHUFFLED_ARRAY_SUFFIX)
+        levels = sorted({s["level"] for s in zstd})
+        text = f"zstd .npy (levels {', '.join(map(str, levels))} by modality)" if zstd else ""
+        if blosc:
+            text += (", " if text else "") + f"byte-shuffled Blosc {SHUFFLED_ARRAY_SUFFIX} for {', '.join(blosc)}"
+        return f"{text}, checksums {codec.get('member_checksum', 'none')}"
     return f"zstd .npy level {codec.get('level')} filter {codec.get('filter')} (format 1), no member checksums"
 
 
 def wds_decoder(key: str, data: bytes) -> Any:
     """A webdataset decoder handler for our members: `WebDataset(urls).decode(wds_decoder)`.
 
-    Decodes `*.npy.zst` members (format 2, strict) and `*.json`; returns None for other keys so
-    webdataset's other handlers can take them.
+    Decodes `*.npy.zst` members (formats 2 and 3, strict), `*.npy.blosc` members (format 3,
+    `--shuffle` packs) and `*.json`; returns None for other keys so webdataset's other handlers
+    can take them.
     """
     key = key.lower()
+    if key.endswith(SHUFFLED_ARRAY_SUFFIX):
+        return decode_array(data, format_version=names.SHUFFLE_FORMAT_VERSION, suffix=SHUFFLED_ARRAY_SUFFIX)
     if key.endswith(ARRAY_SUFFIX):
         return decode_array(data)
     if key == "json" or key.endswith(".json"):

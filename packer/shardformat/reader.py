@@ -3,7 +3,8 @@ decoded array against what the pack declares.
 
 A raw sample is the plain dict every reader of this project hands out:
 `{"patch_id": str, "meta": <the sample's JSON>, "arrays": {MODALITY: ndarray (bands, H, W)}}`.
-Two ways in, both needing nothing beyond the standard library, numpy and zstandard:
+Two ways in, both needing nothing beyond the standard library, numpy and zstandard (and
+numcodecs for the opt-in `.npy.blosc` members):
 
 - `members_of_blob(blob)`: the members of one sample fetched with one ranged read (the index's
   `offset`/`size` span is a small valid tar);
@@ -29,8 +30,8 @@ import numpy as np
 
 from packer import schema
 from packer.shardformat import names
-from packer.shardformat.encoding import decode_array
-from packer.shardformat.names import member_key, split_member_name
+from packer.shardformat.encoding import decode_array, member_checksum
+from packer.shardformat.names import split_member_name
 
 
 def members_of_blob(blob: bytes) -> dict[str, bytes]:
@@ -74,13 +75,36 @@ def raw_sample(patch_id: str, members: dict[str, bytes], modalities: Iterable[st
     by_suffix = {name[len(patch_id) + 1:] if name.startswith(patch_id + ".") else name: data
                  for name, data in members.items()}
     meta = json.loads(by_suffix[names.META_SUFFIX])
-    present = [m for m in schema.MODALITY_NAMES if member_key(m) in by_suffix]
+    keys = array_keys(by_suffix)
+    present = list(keys)
     wanted = present if modalities is None else list(modalities)
     missing = [m for m in wanted if m not in present]
     if missing:
         raise KeyError(f"{patch_id} has no {', '.join(missing)} (it has {', '.join(present)})")
     return {"patch_id": patch_id, "meta": meta,
-            "arrays": {m: decode_array(by_suffix[member_key(m)], format_version=format_version) for m in wanted}}
+            "arrays": {m: decode_array(by_suffix[keys[m]], format_version=format_version,
+                                       suffix=names.array_suffix_of_key(keys[m])) for m in wanted}}
+
+
+def array_keys(keys: Iterable[str]) -> dict[str, str]:
+    """Modality -> its member key among a sample's member `keys` (`.npy.zst` or `.npy.blosc`), in
+    schema order; keys of neither suffix or of an unknown modality are left out."""
+    found = {names.name_of_key(k): k for k in keys if names.array_suffix_of_key(k)}
+    return {m: found[m] for m in schema.MODALITY_NAMES if m in found}
+
+
+def damaged_members(patch_id: str, members: Mapping[str, bytes], row: Mapping[str, Any]) -> list[str]:
+    """The members of one sample (keyed by full name or by suffix) whose stored bytes' xxh3_64
+    differs from the one an index `row` records (format 2 and later)."""
+    from packer.shardformat.columns import checksum_column  # pyarrow: only where there is an index
+
+    damaged = []
+    for name, data in members.items():
+        key = name[len(patch_id) + 1:] if name.startswith(patch_id + ".") else name
+        want = row.get(checksum_column(names.name_of_key(key)))
+        if want is not None and member_checksum(data) != int(want):
+            damaged.append(name)
+    return damaged
 
 
 def check_array(name: str, arr: np.ndarray, facts: Mapping[str, Any] | None) -> str | None:

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from packer.shardformat.columns import checksum_column
-from packer.shardformat.encoding import encode_array, encode_json, member_checksum
+from packer.shardformat.encoding import encode_array, encode_json, member_checksum, member_suffix
 from packer.shardformat.names import META_SUFFIX, member_name, meta_member_name
 
 BLOCK = 512
@@ -29,13 +29,13 @@ SYNC_EVERY = 32 * 2**20
 
 
 def sample_members(patch_id: str, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
-                   settings: Mapping[str, Mapping[str, int]]) -> tuple[list[tuple[str, bytes]], dict[str, int]]:
+                   settings: Mapping[str, Mapping[str, Any]]) -> tuple[list[tuple[str, bytes]], dict[str, int]]:
     """One sample's tar members in shard order (the JSON metadata first, then `arrays` in their
-    order), each array encoded with its modality's zstd setting, and the index's checksum columns
-    of their stored bytes."""
+    order), each array encoded with its modality's setting (and named by the suffix that setting
+    writes), and the index's checksum columns of their stored bytes."""
     members = [(meta_member_name(patch_id), encode_json(meta))]
     for name, arr in arrays.items():
-        members.append((member_name(patch_id, name), encode_array(arr, settings[name])))
+        members.append((member_name(patch_id, name, member_suffix(settings[name])), encode_array(arr, settings[name])))
     keys = [META_SUFFIX, *arrays]
     return members, {checksum_column(key): member_checksum(data) for key, (_, data) in zip(keys, members)}
 

@@ -156,10 +156,77 @@ def test_the_card_snippets_run(plain_pack, tmp_path):
     card = (plain_pack / schema.CARD_FILE).read_text()
     blocks = python_blocks(card)
     assert len(blocks) == 4  # webdataset, datasets, flair-stream, geopandas
+    # The webdataset snippet's handler really decodes (a handler that matches no key leaves bytes).
+    blocks[0] += "assert isinstance(aerial, np.ndarray) and aerial.dtype == np.uint8, type(aerial)\n"
     for code in blocks:
         code = code.replace("<this folder or owner/repo>", str(plain_pack))
         code = code.replace("<this folder, s3://..., https://... or hf://datasets/owner/repo>", ".")
         run_python(code, plain_pack, tmp_path)
+
+
+# --- a --shuffle pack (format 3): its .npy.blosc members ------------------------------------------
+STREAM_SHUFFLED = textwrap.dedent("""
+    import io, json, sys
+    import numcodecs.blosc
+    import numpy as np
+    from datasets import load_dataset
+
+    ds = load_dataset(sys.argv[1], streaming=True)
+    out = {}
+    for split in ds:
+        for r in ds[split]:
+            arrays = {}
+            for k, v in r.items():
+                if k.endswith(".npy.blosc") and v is not None:  # handed out as bytes: numcodecs decodes them
+                    a = np.load(io.BytesIO(numcodecs.blosc.decompress(v)), allow_pickle=False)
+                elif k.endswith(".npy.zst") and v is not None:
+                    a = np.asarray(v)
+                else:
+                    continue
+                arrays[k] = [list(a.shape), str(a.dtype), float(a.astype(np.float64).sum())]
+            out[r["__key__"]] = arrays
+    print(json.dumps(out))
+""")
+
+
+def test_a_shuffled_pack_streams_in_datasets_with_its_blosc_members_as_bytes(shuffled_shards, tmp_path):
+    from packer.shardformat.encoding import SHUFFLE_SETTINGS
+    from trainer.data.dataset import open_dataset
+
+    card = (shuffled_shards.out / schema.CARD_FILE).read_text()
+    features = {f["name"]: f for f in front_matter(card)["dataset_info"]["features"]}
+    for m in schema.MODALITY_NAMES:
+        if m in SHUFFLE_SETTINGS:
+            assert features[f"{m}.npy.blosc"]["dtype"] == "binary"
+        else:
+            assert f"{m}.npy.zst" in features
+    streamed = json.loads(run_python(STREAM_SHUFFLED, shuffled_shards.out, tmp_path, str(shuffled_shards.out))
+                          .strip().splitlines()[-1])
+    ds = open_dataset(shuffled_shards.out)
+    assert set(streamed) == set(ds.patch_ids(None))
+    for pid, arrays in streamed.items():
+        want = ds[pid]["arrays"]
+        suffixes = {k.split(".", 1)[0]: k for k in arrays}
+        assert set(suffixes) == set(want), pid
+        for m, arr in want.items():
+            shape, _, total = arrays[suffixes[m]]
+            assert shape == list(arr.shape) and total == float(arr.astype("float64").sum()), (pid, m)
+        assert {m for m, k in suffixes.items() if k.endswith(".npy.blosc")} == set(SHUFFLE_SETTINGS) & set(want)
+
+
+def test_the_card_snippets_of_a_shuffled_pack_run(shuffled_shards, tmp_path):
+    card = (shuffled_shards.out / schema.CARD_FILE).read_text()
+    blocks = python_blocks(card)
+    assert len(blocks) == 5  # webdataset, its .npy.blosc handler, datasets, flair-stream, geopandas
+    assert "numcodecs.blosc.decompress" in blocks[1] and "flair-pack --shuffle" in card
+    # The Blosc snippet goes on from the webdataset one (its handler and `urls`); its last sample's
+    # elevation is the packed array.
+    check = textwrap.dedent("""
+        import flair_stream
+        want = flair_stream.open_dataset(".")[sample["__key__"]]["arrays"]["DEM_ELEV"]
+        assert isinstance(dem, np.ndarray) and dem.dtype == want.dtype and dem.tobytes() == want.tobytes()
+    """)
+    run_python(blocks[0] + blocks[1] + check, shuffled_shards.out, tmp_path)
 
 
 def test_merge_writes_the_card_of_the_whole(toy_tree, tmp_path):

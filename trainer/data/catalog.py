@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 from packer.paths import check_manifest, check_relative_path, check_split_name
 from packer.schema import INDEX_FILE, MANIFEST_FILE, MODALITY_NAMES, N_CLASSES, TIME_SERIES_MODALITIES
 from packer.shardformat.columns import COUNT_COLUMNS, checksum_column, dates_column, member_columns
-from packer.shardformat.names import FORMAT_VERSION, META_SUFFIX
+from packer.shardformat.encoding import member_suffixes
+from packer.shardformat.names import FORMAT_VERSION, META_SUFFIX, READABLE_FORMAT_VERSIONS
 from packer.storage.read import LocalSource, Source, SourceFile
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ class Selection:
     rows: np.ndarray | None = None  # (N,) row of each selected sample in the index (for other columns)
     checksums: dict[str, np.ndarray] = field(default_factory=dict)  # member -> (N,) uint64 xxh3_64 (format 2)
     max_dates: dict[str, int] = field(default_factory=dict)  # series -> most dates of a selected sample
-    format_version: int = FORMAT_VERSION  # the pack's shard format (packer.shardformat.encoding reads 1 and 2)
+    format_version: int = FORMAT_VERSION  # the pack's shard format (packer.shardformat.encoding reads 1 to 3)
+    suffixes: dict[str, str] = field(default_factory=dict)  # modality -> its array member suffix (.npy.zst default)
     modality_table: dict[str, dict] = field(default_factory=dict)  # the manifest's modality facts (dtype, sizes)
 
     def __len__(self) -> int:
@@ -90,9 +92,10 @@ class Catalog:
             s["path"]: ShardInfo(s["path"], int(s["bytes"]), s.get("sha256")) for s in self.manifest.get("shards", [])
         }
         self.format_version = int(self.manifest.get("format_version", 1))
-        if not 1 <= self.format_version <= FORMAT_VERSION:
-            raise SelectionError(f"{source.url(MANIFEST_FILE)}: shard format {self.format_version} is newer than this "
-                                 f"reader (1 to {FORMAT_VERSION}); update flair-stream")
+        if self.format_version not in READABLE_FORMAT_VERSIONS:
+            raise SelectionError(f"{source.url(MANIFEST_FILE)}: shard format {self.format_version} is not one this "
+                                 f"reader knows ({', '.join(map(str, READABLE_FORMAT_VERSIONS))}); update flair-stream")
+        self.suffixes = member_suffixes(self.manifest.get("codec"))
         self._columns: dict[str, pa.ChunkedArray] = {}
         self._table: pa.Table | None = None
         self._parquet = self._open_index()
@@ -220,6 +223,7 @@ class Catalog:
             if with_checksums else {},
             max_dates={name: int(_ints(cols, dates_column(name), keep).max(initial=0)) for name in series},
             format_version=self.format_version,
+            suffixes=dict(self.suffixes),
             modality_table=dict(self.manifest.get("modalities", {})),
         )
 

@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from packer import schema
-from packer.shardformat.names import member_key
-from packer.shardformat.reader import iter_tar_samples, members_of_blob, raw_sample
+from packer.shardformat.reader import array_keys, damaged_members, iter_tar_samples, members_of_blob, raw_sample
 from packer.storage.read import Source, open_source
 
 if TYPE_CHECKING:  # pragma: no cover - types only
@@ -126,7 +125,15 @@ class PackedDataset:
                 raise KeyError(f"{patch_id} has no {', '.join(lacking)} (it has {', '.join(row['modalities'])})")
             return next(self.samples(None, modalities, patch_ids=[patch_id]))
         blob = self.source.read_range(row["shard"], row["offset"], row["size"])
-        return raw_sample(patch_id, members_of_blob(blob), format_version=self.format_version)
+        members = members_of_blob(blob)
+        if self.format_version >= 2:  # the index's checksums (a Blosc chunk has none of its own)
+            damaged = damaged_members(patch_id, members, row)
+            if damaged:
+                from trainer.data.reader import SampleError
+
+                raise SampleError(self.source.url(row["shard"]), patch_id, damaged[0],
+                                  "xxh3_64 differs from the index's (damaged member)")
+        return raw_sample(patch_id, members, format_version=self.format_version)
 
     def samples(self, split: str | None = "train", modalities: Sequence[str] | None = None, *,
                 domains: Iterable[str] = (), patch_ids: Iterable[str] | str | None = None,
@@ -186,7 +193,7 @@ class PackedDataset:
                     p = schema.PatchId.parse(pid)
                     if p.domain not in wanted_domains and p.domain_year not in wanted_domains:
                         continue
-                if modalities is not None and any(member_key(m) not in members for m in modalities):
+                if modalities is not None and any(m not in array_keys(members) for m in modalities):
                     continue
                 yield raw_sample(pid, members, modalities, format_version=self.format_version)
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from packer.shardformat.encoding import (Arena, MemberError, array_from_payload, decode_array, decode_array_into,
                                         decode_json, member_checksum)
-from packer.shardformat.names import META_SUFFIX, any_member_name
+from packer.shardformat.names import ARRAY_SUFFIX, META_SUFFIX, any_member_name
 from packer.shardformat.reader import check_array
 from packer.storage.read import LocalSource, ShardIntegrityError, Source, check_shard
 from trainer.data.catalog import Selection
@@ -95,7 +95,10 @@ class SampleReader:
 
     def member_name(self, row: int, name: str) -> str:
         """The tar member name of `name` ("json" or a modality) in row `row`'s sample."""
-        return any_member_name(self.selection.patch_ids[row], name)
+        return any_member_name(self.selection.patch_ids[row], name, self._suffix(name))
+
+    def _suffix(self, name: str) -> str:
+        return self.selection.suffixes.get(name, ARRAY_SUFFIX)
 
     def _check(self, shard: int) -> None:
         if shard in self._checked:
@@ -147,10 +150,10 @@ class SampleReader:
         return meta
 
     def _array(self, row: int, name: str, data: memoryview, arena: Arena | None) -> np.ndarray:
-        version = self.selection.format_version
+        version, suffix = self.selection.format_version, self._suffix(name)
         try:
-            arr = decode_array(data, format_version=version) if arena is None else \
-                decode_array_into(data, arena, format_version=version)
+            arr = decode_array(data, format_version=version, suffix=suffix) if arena is None else \
+                decode_array_into(data, arena, format_version=version, suffix=suffix)
         except MemberError as exc:
             raise self._error(row, name, str(exc)) from None
         return self._checked_array(row, name, arr)
