@@ -21,7 +21,8 @@ missing is reported as such and left out.
    The last row is flair-stream's own loader
    (`StreamingLoader` without preprocessing: decode threads, per-member checksums, batches handed
    over through its shared-memory ring), with 0 and 2 workers, on the default pack, on one made
-   with `--level DEM_ELEV=9` (the size-for-speed trade of the elevation setting), and with the
+   with `--level DEM_ELEV=9` (the size-for-speed trade of the elevation setting), on one made with
+   the opt-in `--shuffle` (byte-shuffled Blosc `.npy.blosc` members for the wider dtypes), and with the
    opt-in decoded cache (`data.decoded_cache`: like Mosaic, later passes read decompressed
    members from local disk; its size is reported beside Mosaic's copies).
 3. Every cell runs in its own process: one verification pass (every array of every sample
@@ -35,7 +36,8 @@ missing is reported as such and left out.
 5. The member-encoding table behind `packer.shardformat.encoding.DEFAULT_SETTINGS`: per modality, each candidate
    zstd setting's size (vs raw `.npy` and vs the source files) and its encode and decode cost (CPU
    ms per member, median of repeated decodes into a reused arena, as the loader decodes), next to
-   format 1's byte-shuffle (`--codec-only` prints just this table).
+   the Blosc byte-shuffle candidates of `--shuffle` (`SHUFFLE_SETTINGS`) and format 1's Python
+   byte-shuffle (`--codec-only` prints just this table).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ("AERIAL_RGBI", "AERIAL-RLT_PAN", "DEM_ELEV", "SPOT_RGBI", "SENTINEL2_TS", "SENTINEL2_MSK-SC",
               "SENTINEL1-ASC_TS", "SENTINEL1-DESC_TS", "AERIAL_LABEL-COSIA", "ALL_LABEL-LPIS")
 FORMATS = ("per-file", "litdata", "mosaic", "webdataset", "flair-reader", "ceiling", "flair-loader", "flair-loader-dem9",
-           "flair-loader-cache")
+           "flair-loader-shuffle", "flair-loader-cache")
 LABELS = {
     "per-file": "per-file GeoTIFF (rasterio), the reference's I/O",
     "litdata": "LitData chunks, zstd",
@@ -67,6 +69,7 @@ LABELS = {
     "ceiling": "hand-over ceiling (arrays in memory, DataLoader only)",
     "flair-loader": "flair-pack + StreamingLoader (decode threads, checksums, shared-memory ring)",
     "flair-loader-dem9": "same, packed with --level DEM_ELEV=9 (faster DEM decode, larger shards)",
+    "flair-loader-shuffle": "same, packed with the opt-in --shuffle (Blosc .npy.blosc for the wider dtypes)",
     "flair-loader-cache": "same, with the opt-in decoded cache (data.decoded_cache; steady state, as Mosaic's)",
 }
 MODES = ("0", "2-pickled", "2-shm", "2-ring")
@@ -86,6 +89,16 @@ def packed_bytes(path: Path) -> int:
                and not (f.suffix == ".mds" and f.with_name(f.name + ".zstd").exists()))
 
 
+PACK_VARIANTS = {"flair-pack-dem9": {"level": {"DEM_ELEV": 9}}, "flair-pack-shuffle": {"shuffle": True}}
+"""The other flair-pack packs of the same tree: pack folder -> `pack_dataset` options."""
+
+
+def _pack_of(fmt: str) -> str:
+    """The pack a flair-loader cell reads (`flair-loader-dem9` -> `flair-pack-dem9`)."""
+    variant = "flair-pack-" + fmt.rsplit("-", 1)[-1]
+    return variant if variant in PACK_VARIANTS else "flair-pack"
+
+
 def prepare(work: Path, patches: int, dates: int) -> dict[str, Any]:
     """Tree + every format's pack (kept in `work` between runs); returns sizes and paths."""
     from tools.flair_toy import ToyConfig, generate
@@ -102,15 +115,17 @@ def prepare(work: Path, patches: int, dates: int) -> dict[str, Any]:
         from packer.pack import pack_dataset
 
         pack_dataset(tree, flair, shard_size=32_000_000, keep_order=True, progress=True)
-    dem9 = work / "flair-pack-dem9"
-    if not (dem9 / "manifest.json").is_file():
-        from packer.pack import pack_dataset
+    info["flair-pack"] = str(flair)
+    for variant, options in PACK_VARIANTS.items():
+        out = work / variant
+        if not (out / "manifest.json").is_file():
+            from packer.pack import pack_dataset
 
-        pack_dataset(tree, dem9, shard_size=32_000_000, keep_order=True, level={"DEM_ELEV": 9}, progress=True)
-    info["flair-pack"], info["flair-pack-dem9"] = str(flair), str(dem9)
+            pack_dataset(tree, out, shard_size=32_000_000, keep_order=True, progress=True, **options)
+        info[variant] = str(out)
     shutil.rmtree(decoded_cache_dir(info), ignore_errors=True)  # filled afresh by this run's first pass
-    info["sizes"] = {"flair-pack": sum(f.stat().st_size for f in flair.glob("*/*.tar")),
-                     "flair-pack-dem9": sum(f.stat().st_size for f in dem9.glob("*/*.tar"))}
+    info["sizes"] = {name: sum(f.stat().st_size for f in Path(info[name]).glob("*/*.tar"))
+                     for name in ("flair-pack", *PACK_VARIANTS)}
     for name, writer in (("litdata", write_litdata), ("mosaic", write_mosaic)):
         out = work / name
         done = out / ".complete"
@@ -280,8 +295,7 @@ def batches(fmt: str, mode: str, batch: int, info: dict[str, Any]) -> Callable[[
     from torch.utils.data import DataLoader, default_collate
 
     if fmt.startswith("flair-loader"):
-        return _flair_loader(mode, batch, info, "flair-pack-dem9" if fmt.endswith("dem9") else "flair-pack",
-                             cache=fmt.endswith("cache"))
+        return _flair_loader(mode, batch, info, _pack_of(fmt), cache=fmt.endswith("cache"))
     workers = 0 if mode == "0" else 2
     collate = numpy_stack if mode in ("0", "2-pickled") else default_collate
     ds = make_dataset(fmt, info, batch)
@@ -373,9 +387,8 @@ def print_tables(results: dict[tuple[str, str, int], float], info: dict[str, Any
     src = info["source_bytes"]
     ratio = {"per-file": 1.0, "litdata": info["sizes"].get("litdata", 0) / src,
              "mosaic": info["sizes"].get("mosaic", 0) / src, "webdataset": info["sizes"]["flair-pack"] / src,
-             "flair-reader": info["sizes"]["flair-pack"] / src, "flair-loader": info["sizes"]["flair-pack"] / src,
-             "flair-loader-dem9": info["sizes"]["flair-pack-dem9"] / src,
-             "flair-loader-cache": info["sizes"]["flair-pack"] / src}
+             "flair-reader": info["sizes"]["flair-pack"] / src,
+             **{f: info["sizes"][_pack_of(f)] / src for f in FORMATS if f.startswith("flair-loader")}}
     heads = ["0 workers", "2 workers, pickled", "2 workers, torch shared memory", "2 workers, shared-memory ring"]
     for b in batch_sizes:
         print(f"\nbatch {b}: samples/s (median of the timed passes)\n")
@@ -414,7 +427,10 @@ CODEC_CANDIDATES = {
     "L1": {"level": 1}, "L3": {"level": 3}, "L9": {"level": 9},
     "L19, 3-byte matches, short search": {"level": 19, "window_log": 20, "chain_log": 12, "hash_log": 12,
                                           "search_log": 1},
+    "Blosc shuffle + LZ4HC 9": {"codec": "blosc", "cname": "lz4hc", "clevel": 9},
+    "Blosc shuffle + zstd 5": {"codec": "blosc", "cname": "zstd", "clevel": 5},
 }
+"""zstd settings for every modality; Blosc (`--shuffle`) ones for the dtypes wider than one byte."""
 
 
 def codec_table(tree: Path, ids: list[str], per_modality: int = 8, reps: int = 7) -> None:
@@ -422,7 +438,8 @@ def codec_table(tree: Path, ids: list[str], per_modality: int = 8, reps: int = 7
     import io
     import zstandard
 
-    from packer.shardformat.encoding import DEFAULT_SETTINGS, LEGACY_SHUFFLE_MAGIC, Arena, decode_array, decode_array_into, encode_array
+    from packer.shardformat.encoding import (DEFAULT_SETTINGS, LEGACY_SHUFFLE_MAGIC, SHUFFLE_SETTINGS, Arena,
+                                             decode_array, decode_array_into, encode_array, member_suffix)
     from packer.schema import PatchId
 
     def legacy(arr: np.ndarray) -> bytes:  # format 1's default: byte planes after the .npy header
@@ -434,9 +451,9 @@ def codec_table(tree: Path, ids: list[str], per_modality: int = 8, reps: int = 7
             npy = LEGACY_SHUFFLE_MAGIC + npy[: len(npy) - arr.nbytes] + planes.tobytes()
         return zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=True).compress(npy)
 
-    names = [*CODEC_CANDIDATES, "format 1: byte-shuffle + L3"]
+    names = [*CODEC_CANDIDATES, "format 1: Python byte-shuffle + L3"]
     print("\nmember encoding, per modality: size / raw .npy, size / source file, encode ms, decode ms "
-          f"(CPU, median of {reps}; {per_modality} patches; default marked *)\n")
+          f"(CPU, median of {reps}; {per_modality} patches; * the default, + the --shuffle choice)\n")
     print("| modality | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
     arena = Arena()
@@ -448,8 +465,12 @@ def codec_table(tree: Path, ids: list[str], per_modality: int = 8, reps: int = 7
         src = sum(p.stat().st_size for p in paths)
         cells = []
         for name in names:
-            encode = (lambda a: legacy(a)) if name.startswith("format 1") else \
-                (lambda a, s=CODEC_CANDIDATES[name]: encode_array(a, s))
+            setting = CODEC_CANDIDATES.get(name)
+            suffix = member_suffix(setting)
+            if suffix == ".npy.blosc" and arrays[0].dtype.itemsize == 1:
+                cells.append("–")  # a byte-shuffle of one-byte items is the identity
+                continue
+            encode = legacy if setting is None else (lambda a, s=setting: encode_array(a, s))
             t0 = time.thread_time()
             blobs = [encode(a) for a in arrays]
             enc = (time.thread_time() - t0) / len(arrays) * 1e3
@@ -457,14 +478,14 @@ def codec_table(tree: Path, ids: list[str], per_modality: int = 8, reps: int = 7
             for _ in range(reps):
                 t0 = time.thread_time()
                 for b in blobs:
-                    if name.startswith("format 1"):
+                    if setting is None:
                         decode_array(b, format_version=1)
                     else:
                         arena.reset()
-                        decode_array_into(b, arena)
+                        decode_array_into(b, arena, format_version=3, suffix=suffix)
                 times.append((time.thread_time() - t0) / len(blobs) * 1e3)
             size = sum(map(len, blobs))
-            star = "*" if not name.startswith("format 1") and DEFAULT_SETTINGS[m] == CODEC_CANDIDATES[name] else ""
+            star = "*" if DEFAULT_SETTINGS[m] == setting else "+" if SHUFFLE_SETTINGS.get(m) == setting else ""
             cells.append(f"{star}{size / raw:.3f} / {size / src:.2f} / {enc:.1f} / {statistics.median(times):.2f}")
         print(f"| {m} | " + " | ".join(cells) + " |")
 
