@@ -451,6 +451,12 @@ def codec_table(tree: Path, ids: list[str], per_modality: int = 8, reps: int = 7
             npy = LEGACY_SHUFFLE_MAGIC + npy[: len(npy) - arr.nbytes] + planes.tobytes()
         return zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=True).compress(npy)
 
+    import numcodecs.blosc
+
+    # As in the loader's decode threads and the packer's worker processes: one thread per member.
+    # (From the main thread numcodecs would hand Blosc's work to its own threads, out of the
+    # calling thread's CPU time.)
+    numcodecs.blosc.use_threads = False
     names = [*CODEC_CANDIDATES, "format 1: Python byte-shuffle + L3"]
     print("\nmember encoding, per modality: size / raw .npy, size / source file, encode ms, decode ms "
           f"(CPU, median of {reps}; {per_modality} patches; * the default, + the --shuffle choice)\n")
@@ -485,7 +491,7 @@ def codec_table(tree: Path, ids: list[str], per_modality: int = 8, reps: int = 7
                         decode_array_into(b, arena, format_version=3, suffix=suffix)
                 times.append((time.thread_time() - t0) / len(blobs) * 1e3)
             size = sum(map(len, blobs))
-            star = "*" if DEFAULT_SETTINGS[m] == setting else "+" if SHUFFLE_SETTINGS.get(m) == setting else ""
+            star = "*" if DEFAULT_SETTINGS[m] == setting else "+" if setting and SHUFFLE_SETTINGS.get(m) == setting else ""
             cells.append(f"{star}{size / raw:.3f} / {size / src:.2f} / {enc:.1f} / {statistics.median(times):.2f}")
         print(f"| {m} | " + " | ".join(cells) + " |")
 

@@ -27,6 +27,8 @@ and against the loaders of earlier revisions ("today"), measured in the same run
        samples shows that the per-worker peak RSS does not depend on the dataset size.
    (b+) the same with the opt-in decoded cache (`data.decoded_cache`, filled by the warm-up
        epoch): not a default, so kept out of the "best b" ratios and compared on its own line.
+   (b~) the same on a pack of the same tree made with the opt-in `flair-pack --shuffle`
+       (byte-shuffled Blosc members for the wider dtypes): also compared on its own line.
 4. Where the time goes (one thread, per sample): read (ranged reads + member checksums),
    decode (zstd into the reused arena, .npy header), preprocess, collate (into a ring slot),
    hand-over (what crosses to the training process and its tensors), normalise; and for the
@@ -69,24 +71,26 @@ TODAY_REV = "28fc08b"
 # Data and config
 # --------------------------------------------------------------------------------------------
 def prepare(work: Path, patches: int) -> tuple[Path, Path]:
+    """The tree, its default pack and (beside it, `shuffled_pack`) its `--shuffle` pack."""
     from packer.pack import pack_dataset
+    from packer.shardformat.names import FORMAT_VERSION, SHUFFLE_FORMAT_VERSION
     from tools.flair_toy import ToyConfig, generate
 
     tree, shards = work / "tree", work / "shards"
     if not (tree / "GLOBAL_ALL_MTD").is_dir():
         generate(tree, ToyConfig(patches=patches, domains=2, rois_per_domain=4, seed=0, t_s2=(20, 60),
                                  t_s1=(20, 60), progress=True, overwrite=True))
-    if not (shards / "manifest.json").is_file() or json.loads((shards / "manifest.json").read_text()).get(
-            "format_version") != _format_version():
-        shutil.rmtree(shards, ignore_errors=True)
-        pack_dataset(tree, shards, shard_size=64_000_000, progress=True)
+    for out, version, options in ((shards, FORMAT_VERSION, {}), (shuffled_pack(shards), SHUFFLE_FORMAT_VERSION,
+                                                                  {"shuffle": True})):
+        if not (out / "manifest.json").is_file() or json.loads((out / "manifest.json").read_text()).get(
+                "format_version") != version:
+            shutil.rmtree(out, ignore_errors=True)
+            pack_dataset(tree, out, shard_size=64_000_000, progress=True, **options)
     return tree, shards
 
 
-def _format_version() -> int:
-    from packer.schema import FORMAT_VERSION
-
-    return FORMAT_VERSION
+def shuffled_pack(shards: Path) -> Path:
+    return shards.with_name(shards.name + "-shuffle")
 
 
 def revision_of(checkout: tuple[Path, Path]) -> str:
@@ -275,7 +279,7 @@ def spawn(tree: Path, shards: Path, kind: str, workers: int, threads: int = 1, o
           epochs: int = 1, s3: tuple[str, str] | None = None, half: bool = False,
           sharing: str | None = None, config: str = "all", today: tuple[Path, Path] | None = None,
           no_member_checks: bool = False, batch_size: int = 4, torch_threads: int = 1,
-          decoded_cache: bool = False) -> dict[str, Any]:
+          decoded_cache: bool = False, shuffled: bool = False) -> dict[str, Any]:
     # This file runs as a script so that, for "today", the packages come from that checkout.
     cmd = [sys.executable, str(Path(__file__).resolve()), "--run-one", "--tree", str(tree), "--shards", str(shards),
            "--kind", kind, "--workers", str(workers), "--threads", str(threads), "--epochs", str(epochs),
@@ -285,6 +289,8 @@ def spawn(tree: Path, shards: Path, kind: str, workers: int, threads: int = 1, o
         root, shards_today = today
         cmd[cmd.index("--shards") + 1] = str(shards_today)
         cmd[cmd.index("--kind") + 1] = "local"
+    if shuffled:
+        cmd[cmd.index("--shards") + 1] = str(shuffled_pack(shards))
     if no_member_checks:
         cmd.append("--no-member-checks")
     if decoded_cache:
@@ -458,6 +464,12 @@ def settings_for(config: str, batch_sizes: list[int], today: list[tuple[Path, Pa
             ("b-", "shards, local, 2 workers, 1 thread each, member checksums off",
              dict(kind="local", workers=2, threads=1, no_member_checks=True)),
         ]
+    if config in ("all", "s2"):  # the configs with a modality of a wider dtype
+        side += [("b~", "shards packed with the opt-in --shuffle, local, 0 workers, 2 decode threads",
+                  dict(kind="local", workers=0, threads=2, shuffled=True)),
+                 ("b~", "shards packed with the opt-in --shuffle, local, 2 workers, 1 thread each",
+                  dict(kind="local", workers=2, threads=1, shuffled=True))]
+    if full:
         if s3 is not None:
             side += [("b", "shards, S3 (local moto server), 0 workers, 2 decode threads",
                       dict(kind="s3", workers=0, threads=2, s3=s3)),
@@ -481,7 +493,7 @@ def best_of(results: Results, bs: int, keep: Callable[[str, str], bool]) -> floa
 
 
 def print_config(config: str, results: Results, batch_sizes: list[int], n_samples: int, mb: float,
-                 ours: dict[str, float], base: dict[str, float]) -> None:
+                 ours: dict[str, float], base: dict[str, float], ours_shuffled: dict[str, float] | None = None) -> None:
     inputs, tasks = CONFIGS[config]
     ref = reference_batch_size(batch_sizes)
     print(f"\n### config `{config}`: {', '.join(inputs)} + {', '.join(tasks)}; {n_samples} samples, "
@@ -500,9 +512,11 @@ def print_config(config: str, results: Results, batch_sizes: list[int], n_sample
         print(f"| {g} | {label} | {rates} | {main_rss:.0f} | {max(workers):.0f} |" if workers else
               f"| {g} | {label} | {rates} | {main_rss:.0f} | - |")
     print(f"\nWhere the time goes, ms of CPU per sample, one thread, batch {ref} (this loader):\n")
-    print("| " + " | ".join(ours) + " | total |")
-    print("|" + "---:|" * (len(ours) + 1))
-    print("| " + " | ".join(f"{v:.1f}" for v in ours.values()) + f" | {sum(ours.values()):.1f} |")
+    print("| pack | " + " | ".join(ours) + " | total |")
+    print("|---|" + "---:|" * (len(ours) + 1))
+    for name, stages in (("default", ours), ("--shuffle", ours_shuffled)):
+        if stages:
+            print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in stages.values()) + f" | {sum(stages.values()):.1f} |")
     print("\nBaseline (reference-like), ms of CPU per sample, one process:\n")
     print("| rasterio read | preprocessing + one-hot + float32 tensors | total |")
     print("|---:|---:|---:|")
@@ -528,6 +542,14 @@ def print_config(config: str, results: Results, batch_sizes: list[int], n_sample
         for rev in revs:
             line += (f", / best of the loader at {rev} = "
                      f"{cached / best_of(results, ref, lambda g, label: g == 'today' and label.startswith(f'loader at {rev},')):.2f}")
+        print(line)
+    if any(g == "b~" for g, _ in results.values()):
+        shuffled = best_of(results, ref, lambda g, _: g == "b~")
+        line = (f"\nopt-in --shuffle pack (batch {ref}): best b~ / best b = "
+                f"{shuffled / best_of(results, ref, lambda g, _: g == 'b'):.2f}")
+        for rev in revs:
+            line += (f", / best of the loader at {rev} = "
+                     f"{shuffled / best_of(results, ref, lambda g, label: g == 'today' and label.startswith(f'loader at {rev},')):.2f}")
         print(line)
     rate = {label: r["samples_per_s"] for (label, b), (_, r) in results.items() if b == ref}
     for w, on_label in ((0, "shards, local, 0 workers, 2 decode threads"), (2, "shards, local, 2 workers, 1 thread each")):
@@ -636,7 +658,9 @@ def main(argv: list[str] | None = None) -> int:
           f"torch intra-op threads per training process: {args.torch_threads}")
     for config in configs:
         ours, base, mb = breakdown(tree, shards, config, reference_batch_size(batch_sizes))
-        print_config(config, results[config], batch_sizes, n_samples, mb, ours, base)
+        shuffled = breakdown(tree, shuffled_pack(shards), config, reference_batch_size(batch_sizes))[0] \
+            if config in ("all", "s2") else None
+        print_config(config, results[config], batch_sizes, n_samples, mb, ours, base, shuffled)
     return 0
 
 

@@ -30,6 +30,11 @@ def test_bench_loader_runs_the_core_rows_at_every_batch_size(tmp_path):
         row = next(line for line in out.splitlines() if f"| {label} |" in line)
         cells = [c.strip() for c in row.split("|")[3:5]]
         assert all(c != "-" and float(c) > 0 for c in cells), row
+    # The opt-in --shuffle pack of the same tree (S2 is uint16): its own rows, ratio line and breakdown row.
+    shuffled = next(line for line in out.splitlines() if "| shards packed with the opt-in --shuffle, local, 0 workers" in line)
+    assert float(shuffled.split("|")[4]) > 0, shuffled
+    assert "opt-in --shuffle pack (batch 3): best b~ / best b = " in out
+    assert any(line.startswith("| --shuffle | ") for line in out.splitlines())
     ratios = [line for line in out.splitlines() if line.startswith("| 1 |") or line.startswith("| 3 |")]
     assert len(ratios) == 2
     assert out.rstrip().splitlines()[-1].startswith("ratio: ")
