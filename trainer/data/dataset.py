@@ -193,7 +193,7 @@ class PackedDataset:
                     p = schema.PatchId.parse(pid)
                     if p.domain not in wanted_domains and p.domain_year not in wanted_domains:
                         continue
-                if modalities is not None and any(m not in array_keys(members) for m in modalities):
+                if modalities is not None and not set(modalities) <= set(array_keys(members)):
                     continue
                 yield raw_sample(pid, members, modalities, format_version=self.format_version)
 
