@@ -186,7 +186,8 @@ def _read_howto(manifest: Mapping[str, Any]) -> list[str]:
     lines = [
         "## How to read it", "",
         f"Every sample is one patch: `{meta_member_name('<patch_id>')}` (metadata: georeference, dates, source "
-        f"paths) and one `{member_name('<patch_id>', '<MODALITY>')}` per modality, the array "
+        f"paths) and one `{member_name('<patch_id>', '<MODALITY>')}` per modality"
+        f"{' (or `' + SHUFFLED_ARRAY_SUFFIX + '`, below)' if _blosc_howto(manifest) else ''}, the array "
         "`rasterio.open(tif).read()` returns (`(bands, H, W)`, original dtype; series date-major), as `.npy` in a "
         "zstd frame.",
         f"Each `{ARRAY_SUFFIX}` member is exactly one zstd frame of the `.npy` file `np.save` writes (no pickle, no "
