@@ -164,6 +164,9 @@ def encode_array(arr: np.ndarray, setting: Mapping[str, Any] | int | None = None
     return _compressor(setting or FALLBACK_SETTING).compress(payload)
 
 
+_BLOSC_ENCODE_LOCK = threading.Lock()
+
+
 def _blosc():
     """numcodecs' Blosc module, imported on first use (only `--shuffle` packs need it)."""
     try:
@@ -177,13 +180,22 @@ def _blosc_encode(payload: memoryview, itemsize: int, setting: Mapping[str, Any]
     """The `.npy` file as one Blosc chunk, byte-shuffled by the array's item size.
 
     np.save pads its header to a multiple of 64 bytes, so the array bytes start on an item
-    boundary and the shuffle groups each element's bytes of equal rank. Deterministic: Blosc
-    compresses fixed-size blocks independently, whatever its thread count.
+    boundary and the shuffle groups each element's bytes of equal rank. Deterministic: one
+    thread, fixed blocks, the same bytes whatever the process or worker count.
     """
     typesize = itemsize if len(payload) % itemsize == 0 else 1
     blosc = _blosc()
     typed = np.frombuffer(payload, dtype=np.dtype(f"u{typesize}") if typesize in (1, 2, 4, 8) else np.uint8)
-    return bytes(blosc.compress(typed, setting["cname"].encode(), int(setting["clevel"]), blosc.SHUFFLE, 0))
+    # One thread, always: with several, c-blosc 1 writes the blocks in the order they finish, so
+    # the chunk's bytes (not its content) would change from run to run. numcodecs uses its threads
+    # on the main thread unless told not to, and that switch is a module global: set it for this
+    # call only, under a lock.
+    with _BLOSC_ENCODE_LOCK:
+        before, blosc.use_threads = blosc.use_threads, False
+        try:
+            return bytes(blosc.compress(typed, setting["cname"].encode(), int(setting["clevel"]), blosc.SHUFFLE, 0))
+        finally:
+            blosc.use_threads = before
 
 
 def encode_json(obj: object) -> bytes:

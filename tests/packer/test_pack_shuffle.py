@@ -225,3 +225,19 @@ def test_inspect_describes_a_shuffled_sample(shuffled_shards):
     pid = open_dataset(shuffled_shards.out).patch_ids(None)[0]
     text = describe_sample(shuffled_shards.out, pid)
     assert "DEM_ELEV             float32[2, 512, 512]" in text and "SENTINEL2_TS         uint16[" in text
+
+
+def test_the_same_bytes_with_one_or_two_workers(toy_tree, shuffled_shards, tmp_path):
+    """One worker encodes on the main process, where numcodecs uses Blosc's own threads; two
+    workers encode in child processes, one thread each: the chunks must not depend on it."""
+    import filecmp
+
+    from packer.pack import pack_dataset
+
+    out = tmp_path / "shards"
+    pack_dataset(toy_tree.root, out, shard_size=5_000_000, workers=2, progress=False, shuffle=True)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and ".pack" not in p.parts)
+    assert files == sorted(p.relative_to(shuffled_shards.out) for p in shuffled_shards.out.rglob("*")
+                           if p.is_file() and ".pack" not in p.parts)
+    for f in files:
+        assert filecmp.cmp(out / f, shuffled_shards.out / f, shallow=False), f
