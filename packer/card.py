@@ -183,11 +183,12 @@ def _blosc_howto(manifest: Mapping[str, Any]) -> list[str]:
 
 def _read_howto(manifest: Mapping[str, Any]) -> list[str]:
     split = next(iter(manifest["splits"]), "train")
+    blosc = _blosc_howto(manifest)
     lines = [
         "## How to read it", "",
         f"Every sample is one patch: `{meta_member_name('<patch_id>')}` (metadata: georeference, dates, source "
         f"paths) and one `{member_name('<patch_id>', '<MODALITY>')}` per modality"
-        f"{' (or `' + SHUFFLED_ARRAY_SUFFIX + '`, below)' if _blosc_howto(manifest) else ''}, the array "
+        f"{' (or `' + SHUFFLED_ARRAY_SUFFIX + '`, below)' if blosc else ''}, the array "
         "`rasterio.open(tif).read()` returns (`(bands, H, W)`, original dtype; series date-major), as `.npy` in a "
         "zstd frame.",
         f"Each `{ARRAY_SUFFIX}` member is exactly one zstd frame of the `.npy` file `np.save` writes (no pickle, no "
@@ -207,7 +208,7 @@ def _read_howto(manifest: Mapping[str, Any]) -> list[str]:
         f'    aerial = sample["{wds_member_key("AERIAL_RGBI")}"]  # webdataset lower-cases member extensions',
         "```", "",
     ]
-    lines += _blosc_howto(manifest)
+    lines += blosc
     lines += [
         "**Hugging Face `datasets`** (the `configs` above map each split to its shards)", "", "```python",
         "from datasets import load_dataset",

@@ -17,9 +17,8 @@ from packer.geotiffs import class_counts, read_patch
 from packer.lifetime import die_with_parent
 from packer.patch import PatchSource
 from packer.ranges import fetch_stats
-from packer.shardformat import names
 from packer.shardformat.columns import COUNT_COLUMNS, dates_column
-from packer.shardformat.encoding import member_suffix
+from packer.shardformat.encoding import pack_format_version
 from packer.shardformat.writer import sample_members
 
 
@@ -48,7 +47,7 @@ def build_sample(patch: PatchSource, settings: dict[str, dict[str, int]]) -> Enc
             entry["date"] = patch.single_dates[name]
         modalities[name] = entry
     meta = {
-        "format_version": names.format_version_of(member_suffix(s) for s in settings.values()),
+        "format_version": pack_format_version(settings),
         "patch_id": patch.patch_id,
         "domain": pid.domain, "year": pid.year, "roi": pid.roi, "row": pid.row, "col": pid.col,
         "split": patch.split,

@@ -39,9 +39,8 @@ from packer.manifest import file_sha256, json_text, modality_table, packer_versi
 from packer.ordered_io import OrderedIO
 from packer.paths import check_relative_path, check_split_name
 from packer.ranges import fetch_stats
-from packer.shardformat import names
 from packer.shardformat.columns import INDEX_SCHEMA, member_columns
-from packer.shardformat.encoding import compression_settings, manifest_codec, member_suffix
+from packer.shardformat.encoding import compression_settings, manifest_codec, pack_format_version
 from packer.shardformat.names import name_of_key
 from packer.shardformat.writer import ShardFile, TarLayout, member_blocks
 from packer.source_report import SourceReport
@@ -511,7 +510,7 @@ def _finalise(store: OutputStore, opts: PackOptions, src: str, plan: dict[str, l
     store.put(index_path, schema.INDEX_FILE)
     skipped.sort(key=lambda s: s["patch_id"])
     manifest = {
-        "format_version": names.format_version_of(member_suffix(s) for s in opts.settings().values()),
+        "format_version": pack_format_version(opts.settings()),
         "packer_version": packer_version(),
         "parameters": opts.recorded(src) | {"split_source": disc.split_source},
         "codec": manifest_codec(opts.level, opts.modalities, opts.shuffle),

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from packer import schema
-from packer.shardformat.encoding import decode_array, decode_json, member_checksum, member_suffixes
+from packer.shardformat.encoding import decode_array, decode_json, member_suffixes
 from packer.index import read_index
-from packer.shardformat.columns import SAMPLE_SPAN, checksum_column, dates_column, member_columns
+from packer.shardformat.columns import SAMPLE_SPAN, dates_column, member_columns
 from packer.shardformat.names import (ARRAY_SUFFIX, META_SUFFIX, any_member_name, array_suffix_of_key,
                                       meta_member_name, name_of_key)
 from packer.manifest import read_manifest, stream_sha256
+from packer.shardformat.reader import damaged_members
 from packer.paths import UnsafePathError
 from packer.storage.write import OutputStore, open_store
 
@@ -81,12 +82,9 @@ def _check_layout(arr, mod: str, member: str, row: dict, table: dict, where: str
 
 def _check_checksums(data: dict[str, bytes], row: dict, where: str, report: VerifyReport) -> None:
     """Each member's xxh3_64 against the index (format-2 indexes; format 1 has no such columns)."""
-    pid = row["patch_id"]
-    for name, blob in data.items():
-        want = row.get(checksum_column(name_of_key(name[len(pid) + 1:])))
-        if want is not None and member_checksum(blob) != want:
-            report.problems.append(f"{where}: {name}: xxh3_64 {member_checksum(blob):016x} differs from the index's "
-                                   f"{want:016x} (damaged member)")
+    for name, got, want in damaged_members(row["patch_id"], data, row):
+        report.problems.append(f"{where}: {name}: xxh3_64 {got:016x} differs from the index's {want:016x} "
+                               "(damaged member)")
 
 
 def _check_sample(data: dict[str, bytes], pid: str, where: str, report: VerifyReport, format_version: int,

@@ -139,6 +139,11 @@ def member_suffix(setting: Mapping[str, Any] | int | None) -> str:
     return SHUFFLED_ARRAY_SUFFIX if isinstance(setting, Mapping) and setting.get("codec") == "blosc" else ARRAY_SUFFIX
 
 
+def pack_format_version(settings: Mapping[str, Mapping[str, Any]]) -> int:
+    """The shard format of a pack written with `settings` (its manifest's and every sample JSON's)."""
+    return names.format_version_of(member_suffix(s) for s in settings.values())
+
+
 def member_suffixes(codec: Mapping[str, Any] | None) -> dict[str, str]:
     """Modality -> its array member suffix in a pack with this manifest `codec` entry (`.npy.zst`
     unless said otherwise: packs before format 3 have no Blosc members)."""
@@ -169,11 +174,9 @@ _BLOSC_ENCODE_LOCK = threading.Lock()
 
 def _blosc():
     """numcodecs' Blosc module, imported on first use (only `--shuffle` packs need it)."""
-    try:
-        import numcodecs.blosc as blosc
-    except ImportError:  # pragma: no cover - numcodecs is a dependency
-        raise MemberError("reading or writing .npy.blosc members needs numcodecs (pip install numcodecs)") from None
-    return blosc
+    import numcodecs.blosc
+
+    return numcodecs.blosc
 
 
 def _blosc_encode(payload: memoryview, itemsize: int, setting: Mapping[str, Any]) -> bytes:
@@ -339,9 +342,9 @@ def decode_array(data: bytes | memoryview, *, format_version: int = names.FORMAT
     `format_version` is the pack's (manifest); format 1 may hold byte-shuffled payloads.
     Raises MemberError when the bytes are not what the suffix promises.
     """
-    _check_version(format_version, suffix)
-    if suffix == SHUFFLED_ARRAY_SUFFIX:
+    if suffix == SHUFFLED_ARRAY_SUFFIX:  # decoded into memory of its own (checks the version there)
         return decode_array_into(data, None, format_version=format_version, suffix=suffix)
+    _check_version(format_version, suffix)
     raw = _decompress(data)
     return _array_from_payload(memoryview(raw), legacy_shuffle=format_version == 1)
 

@@ -93,17 +93,18 @@ def array_keys(keys: Iterable[str]) -> dict[str, str]:
     return {m: found[m] for m in schema.MODALITY_NAMES if m in found}
 
 
-def damaged_members(patch_id: str, members: Mapping[str, bytes], row: Mapping[str, Any]) -> list[str]:
-    """The members of one sample (keyed by full name or by suffix) whose stored bytes' xxh3_64
-    differs from the one an index `row` records (format 2 and later)."""
+def damaged_members(patch_id: str, members: Mapping[str, bytes], row: Mapping[str, Any]) -> list[tuple[str, int, int]]:
+    """`(member, got, want)` for each member of one sample (keyed by full name or by suffix) whose
+    stored bytes' xxh3_64 differs from the one an index `row` records (format 2 and later; a row
+    without checksum columns finds nothing)."""
     from packer.shardformat.columns import checksum_column  # pyarrow: only where there is an index
 
     damaged = []
     for name, data in members.items():
         key = name[len(patch_id) + 1:] if name.startswith(patch_id + ".") else name
         want = row.get(checksum_column(names.name_of_key(key)))
-        if want is not None and member_checksum(data) != int(want):
-            damaged.append(name)
+        if want is not None and (got := member_checksum(data)) != int(want):
+            damaged.append((name, got, int(want)))
     return damaged
 
 

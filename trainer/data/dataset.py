@@ -131,8 +131,9 @@ class PackedDataset:
             if damaged:
                 from trainer.data.reader import SampleError
 
-                raise SampleError(self.source.url(row["shard"]), patch_id, damaged[0],
-                                  "xxh3_64 differs from the index's (damaged member)")
+                name, got, want = damaged[0]
+                raise SampleError(self.source.url(row["shard"]), patch_id, name,
+                                  f"xxh3_64 {got:016x} differs from the index's {want:016x} (damaged member)")
         return raw_sample(patch_id, members, format_version=self.format_version)
 
     def samples(self, split: str | None = "train", modalities: Sequence[str] | None = None, *,
