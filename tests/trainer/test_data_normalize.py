@@ -30,3 +30,26 @@ def test_batched_equals_per_sample(dtype, norm_type):
         fast = normalize_batch(torch.from_numpy(x), "X", s, exact=False).numpy()
         np.testing.assert_allclose(fast, want, rtol=1e-5, atol=1e-5)
         assert not np.array_equal(fast, want) or dtype == np.float32  # the fast path is not the exact one
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("norm_type", ["custom", "scaling"])
+def test_cpu_steps_equal_the_whole_batch_float64_arithmetic(dtype, norm_type):
+    """Planes longer than one step, a ragged last step, a non-contiguous input, NaN and inf kept."""
+    rng = np.random.default_rng(1)
+    hi = 255 if dtype == np.uint8 else 60000 if dtype == np.uint16 else 4000
+    x = (rng.random((3, 5, 181, 211)) * hi).astype(dtype)  # 38,191 values a plane: 1 step + a ragged one
+    if dtype == np.float32:
+        x[0, 0, :3, :3] = [np.nan, np.inf, -np.inf]
+        x[1] -= 1000.5  # negative elevations
+    t = torch.from_numpy(x)[:, [4, 0, 2]]  # a channel selection: not contiguous
+    s = SampleSpec(inputs=("X",), tasks=(), channels={}, label_channels={}, norm_type=norm_type,
+                   means={"X": (106.59, 105.66, 111.35)}, stds={"X": (39.78, 52.23, 45.62)})
+    got = normalize_batch(t, "X", s)
+    x64 = t.numpy().astype(np.float64)
+    if norm_type == "custom":
+        want = ((x64 - np.array(s.means["X"]).reshape(1, 3, 1, 1)) / np.array(s.stds["X"]).reshape(1, 3, 1, 1))
+    else:
+        want = x64 * (1.0 / np.iinfo(dtype).max) if dtype != np.float32 else x64
+    assert got.dtype == torch.float32 and got.shape == t.shape
+    assert got.numpy().tobytes() == want.astype(np.float32).tobytes()

@@ -50,7 +50,7 @@ from trainer.data.distribution import RankPlan, cut_steps, epoch_order, steps_in
 from trainer.data.handover import BatchRing, Handed, Lease
 from trainer.data.loader_options import LoaderOptions
 from trainer.data.shared_plan import SharedPlan
-from trainer.data.normalize import to_model_inputs
+from trainer.data.normalize import OutputPool, to_model_inputs
 from trainer.data.reader import SampleError, SampleReader
 from trainer.data.sample import SampleSpec, preprocess_sample
 from packer.storage.read import ShardIntegrityError, Source, SourceError, open_source
@@ -328,6 +328,7 @@ class StreamingLoader:
         self._ring: BatchRing | None = None
         self._loader: DataLoader | None = None  # kept across epochs while its workers persist
         self._active: Any = None
+        self._outputs = OutputPool()  # CPU model inputs, reused across steps (trainer.data.normalize)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], split: str | None = "train", *, source: str | Source | None = None,
@@ -488,8 +489,12 @@ class StreamingLoader:
             pass
 
     def to_model_inputs(self, batch: Mapping[str, Any], device: torch.device | str = "cpu", exact: bool = True) -> dict:
-        """Finish a batch on `device`: normalised float32 inputs, int64 labels (see trainer.data.normalize)."""
-        return to_model_inputs(batch, self.spec, device, exact)
+        """Finish a batch on `device`: normalised float32 inputs, int64 labels (see trainer.data.normalize).
+
+        On CPU the returned tensors are fresh or ones of an earlier batch that nothing holds any more
+        (`OutputPool`): keeping a batch's inputs, or a view of them, keeps them intact.
+        """
+        return to_model_inputs(batch, self.spec, device, exact, pool=self._outputs)
 
     # ---------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:

@@ -9,6 +9,8 @@ float32 fused multiply-add (differences of about 1 ulp) where float64 is slow.
 
 from __future__ import annotations
 
+import sys
+import threading
 from typing import Any, Mapping
 
 import numpy as np
@@ -21,35 +23,64 @@ def _stats(values: tuple[float, ...], n: int, dtype: torch.dtype, device: torch.
     return torch.tensor(values[:n], dtype=dtype, device=device).view(1, n, 1, 1)
 
 
-def _uint8_table(spec: SampleSpec, name: str, n: int, device: torch.device) -> torch.Tensor | None:
-    """float32 result for each (channel, uint8 value), computed with the reference's float64 arithmetic.
+# float64 values per step of the CPU path: 256 KiB, which stays in a core's L2 cache across the
+# step's three passes (convert-and-subtract, divide, round to float32).
+_STEP = 1 << 15
+_scratch = threading.local()
 
-    A uint8 channel has only 256 possible values, so a lookup gives exactly the reference's
-    numbers while touching 4 bytes per pixel instead of running float64 arithmetic on 8.
+
+def _float64_steps(x: torch.Tensor, out: torch.Tensor, sub: np.ndarray | None = None,
+                   div: np.ndarray | None = None, mul: float | None = None) -> torch.Tensor:
+    """float32 of `(x - sub[c]) / div[c]` per channel `c`, or of `x * mul`, computed in float64, on CPU.
+
+    The reference's arithmetic exactly (exact conversion to float64, float64 subtract and divide,
+    one rounding to float32), but in cache-sized steps through one reused float64 buffer: a
+    whole-batch float64 temporary is 2x the input's float32 size, written and read back from
+    memory, and newly allocated pages at every batch. numpy releases the GIL in each step, so
+    decode threads run meanwhile.
     """
-    values = torch.arange(256, dtype=torch.float64, device=device).expand(n, 256).clone()
-    if spec.norm_type == "custom":
-        values.sub_(torch.tensor(spec.means[name][:n], dtype=torch.float64, device=device).view(n, 1))
-        values.div_(torch.tensor(spec.stds[name][:n], dtype=torch.float64, device=device).view(n, 1))
-    elif spec.norm_type == "scaling":
-        values.mul_(1.0 / 255)
-    return values.to(torch.float32)
+    xs = x.numpy()
+    b, c = xs.shape[:2]
+    planes = xs.reshape(b * c, -1)  # a copy only if x is not contiguous
+    dst_planes = out.numpy().reshape(b * c, -1)  # out is a new or pooled contiguous float32 tensor
+    buf = getattr(_scratch, "buf", None)
+    if buf is None:
+        buf = _scratch.buf = np.empty(_STEP, np.float64)
+    n = planes.shape[1]
+    for i in range(b * c):
+        src, dst, ch = planes[i], dst_planes[i], i % c
+        for s in range(0, n, _STEP):
+            e = min(n, s + _STEP)
+            v = buf[: e - s]
+            # dtype=float64 picks the float64 loop for float32 inputs too (numpy 2 would otherwise
+            # compute float32 - python float in float32).
+            if mul is not None:
+                np.multiply(src[s:e], mul, out=v, dtype=np.float64)
+            else:
+                np.subtract(src[s:e], sub[ch], out=v, dtype=np.float64)
+                np.divide(v, div[ch], out=v, dtype=np.float64)
+            dst[s:e] = v
+    return out
 
 
-def normalize_batch(x: torch.Tensor, name: str, spec: SampleSpec, exact: bool = True) -> torch.Tensor:
-    """`normalization.norm_type` applied to a `(B, C, H, W)` mono-temporal input, returning float32."""
-    if x.dtype == torch.uint8 and x.device.type == "cpu" and spec.norm_type in ("custom", "scaling"):
-        # On CPU a per-channel table lookup (numpy's uint8 fancy indexing) beats float64 arithmetic;
-        # on an accelerator the float64 path below is fast and needs no gather.
-        n = x.shape[1]
-        table = _uint8_table(spec, name, n, x.device).numpy()  # (C, 256)
-        xs = x.numpy()
-        out = np.empty(xs.shape, dtype=np.float32)
-        for c in range(n):
-            out[:, c] = table[c][xs[:, c]]
-        return torch.from_numpy(out)
+def normalize_batch(x: torch.Tensor, name: str, spec: SampleSpec, exact: bool = True,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """`normalization.norm_type` applied to a `(B, C, H, W)` mono-temporal input, returning float32.
+
+    On CPU, with `exact`, the result is written into `out` when given (a contiguous float32
+    tensor of x's shape, as `OutputPool.take` hands out); elsewhere `out` is ignored.
+    """
+    n = x.shape[1]
+    if exact and x.device.type == "cpu" and x.dim() >= 2:
+        if out is None:
+            out = torch.empty(x.shape, dtype=torch.float32)
+        if spec.norm_type == "custom":
+            return _float64_steps(x, out, sub=np.asarray(spec.means[name][:n], np.float64),
+                                  div=np.asarray(spec.stds[name][:n], np.float64))
+        if spec.norm_type == "scaling" and not x.dtype.is_floating_point:
+            return _float64_steps(x, out, mul=1.0 / torch.iinfo(x.dtype).max)
+        return out.copy_(x)
     if spec.norm_type == "custom":
-        n = x.shape[1]
         if exact:
             y = x.to(torch.float64)
             y.sub_(_stats(spec.means[name], n, torch.float64, x.device))
@@ -58,35 +89,82 @@ def normalize_batch(x: torch.Tensor, name: str, spec: SampleSpec, exact: bool = 
         mean = _stats(spec.means[name], n, torch.float64, x.device)
         std = _stats(spec.stds[name], n, torch.float64, x.device)
         return torch.addcmul((-mean / std).float(), x.float(), (1.0 / std).float())
-    if spec.norm_type == "scaling":
-        if not x.dtype.is_floating_point:
-            scale = 1.0 / torch.iinfo(x.dtype).max
-            if exact:
-                return (x.to(torch.float64) * scale).to(torch.float32)
-            return x.float() * scale
-        return x.float()
+    if spec.norm_type == "scaling" and not x.dtype.is_floating_point:
+        scale = 1.0 / torch.iinfo(x.dtype).max
+        if exact:
+            return (x.to(torch.float64) * scale).to(torch.float32)
+        return x.float() * scale
     return x.float()
 
 
+class OutputPool:
+    """CPU tensors of earlier batches' model inputs, reused once the training loop has let go of them.
+
+    On CPU, freshly allocated tensors of a few MB come from new pages each time (glibc hands large
+    blocks back to the kernel), and faulting them in cost more than the arithmetic written into
+    them: 2 of the 5.6 ms per sample that `to_model_inputs` took on the all-inputs benchmark.
+
+    A tensor is handed out again only when no one else holds it, so a kept batch, one tensor of
+    it, a view or autograd's saved inputs keep their values and the pool allocates another; a
+    usual loop (`inputs = ...` at each step, the previous dict alive during the call) settles on
+    two sets. "No one else" takes two counts: Python references (a kept dict or tensor,
+    `t.numpy()`, and autograd's saved tensors, since torch keeps a tensor's Python object alive
+    while C++ holds it) and the storage's (views, `.data`). A torch without the storage counter
+    never reuses. GPUs have a caching allocator and do not use this.
+    """
+
+    def __init__(self, per_key: int = 3) -> None:
+        self.per_key = per_key
+        self._tensors: dict[tuple[str, tuple[int, ...], torch.dtype], list[torch.Tensor]] = {}
+
+    def take(self, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        held = self._tensors.setdefault((key, tuple(shape), dtype), [])
+        for t in held:
+            try:
+                # Python: `held`, the loop variable and getrefcount's argument. Storage: `t` and the
+                # storage object untyped_storage() returns.
+                free = (sys.getrefcount(t) == 3
+                        and torch._C._storage_Use_Count(t.untyped_storage()._cdata) == 2)
+            except (AttributeError, RuntimeError):
+                free = False
+            if free:
+                return t
+        t = torch.empty(shape, dtype=dtype)
+        if len(held) < self.per_key:
+            held.append(t)
+        return t
+
+
 def to_model_inputs(
-    batch: Mapping[str, Any], spec: SampleSpec, device: torch.device | str = "cpu", exact: bool = True
+    batch: Mapping[str, Any], spec: SampleSpec, device: torch.device | str = "cpu", exact: bool = True,
+    pool: OutputPool | None = None,
 ) -> dict[str, Any]:
     """Move a collated batch to `device` and finish it: the reference's values, the model's dtypes.
 
     Mono inputs -> normalised float32; series -> float32 with float32 day offsets and a bool pad
-    mask; labels -> int64 class maps; `patch_id` and `valid` are passed along.
+    mask; labels -> int64 class maps; `patch_id` and `valid` are passed along. On CPU the results
+    are written into `pool`'s tensors when one is given.
     """
     device = torch.device(device)
     non_blocking = device.type == "cuda"
+    pool = pool if device.type == "cpu" and exact else None
+
+    def into(key: str, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if pool is None:
+            return x.to(device, dtype=dtype, non_blocking=non_blocking)
+        return pool.take(key, x.shape, dtype).copy_(x)
+
     out: dict[str, Any] = {"patch_id": batch["patch_id"], "valid": batch["valid"].to(device, non_blocking=non_blocking)}
     for name in spec.mono:
-        out[name] = normalize_batch(batch[name].to(device, non_blocking=non_blocking), name, spec, exact)
+        x = batch[name].to(device, non_blocking=non_blocking)
+        buf = pool.take(name, x.shape, torch.float32) if pool is not None else None
+        out[name] = normalize_batch(x, name, spec, exact, out=buf)
     for name in spec.series:
-        out[name] = batch[name].to(device, non_blocking=non_blocking).float()
-        out[dates_key(name)] = batch[dates_key(name)].to(device, non_blocking=non_blocking).float()
+        out[name] = into(name, batch[name], torch.float32)
+        out[dates_key(name)] = into(dates_key(name), batch[dates_key(name)], torch.float32)
         out[pad_mask_key(name)] = batch[pad_mask_key(name)].to(device, non_blocking=non_blocking)
     for task in spec.tasks:
-        out[task] = batch[task].to(device, non_blocking=non_blocking).long()
+        out[task] = into(task, batch[task], torch.int64)
     lease = getattr(batch, "lease", None)
     if lease is not None and non_blocking:
         # The copies above read the batch's ring slot asynchronously: the slot is not handed back
