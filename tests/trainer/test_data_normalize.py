@@ -34,11 +34,16 @@ def test_batched_equals_per_sample(dtype, norm_type):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
 @pytest.mark.parametrize("norm_type", ["custom", "scaling"])
-def test_cpu_steps_equal_the_whole_batch_float64_arithmetic(dtype, norm_type):
-    """Planes longer than one step, a ragged last step, a non-contiguous input, NaN and inf kept."""
+@pytest.mark.parametrize("hw", [(181, 211), (301, 250)])
+def test_cpu_steps_equal_the_whole_batch_float64_arithmetic(dtype, norm_type, hw):
+    """Planes longer than one step, a ragged last step, a non-contiguous input, NaN and inf kept.
+
+    An odd plane (38,191 values: uint8 too goes through the float64 steps) and an even one (75,250
+    values: uint8 goes through the pixel-pair table, 37,625 pairs, again over one step).
+    """
     rng = np.random.default_rng(1)
-    hi = 255 if dtype == np.uint8 else 60000 if dtype == np.uint16 else 4000
-    x = (rng.random((3, 5, 181, 211)) * hi).astype(dtype)  # 38,191 values a plane: 1 step + a ragged one
+    hi = 256 if dtype == np.uint8 else 60000 if dtype == np.uint16 else 4000
+    x = (rng.random((3, 5, *hw)) * hi).astype(dtype)
     if dtype == np.float32:
         x[0, 0, :3, :3] = [np.nan, np.inf, -np.inf]
         x[1] -= 1000.5  # negative elevations
