@@ -29,6 +29,9 @@ and against the loaders of earlier revisions ("today"), measured in the same run
        epoch): not a default, so kept out of the "best b" ratios and compared on its own line.
    (b~) the same on a pack of the same tree made with the opt-in `flair-pack --shuffle`
        (byte-shuffled Blosc members for the wider dtypes): also compared on its own line.
+   (h, h~, h-today) this loader on both packs (h~: all and s2) and today's loaders, delivering
+       batches as handed over to the training process, without `to_model_inputs`: the CPU side
+       of training on a GPU, where the normalisation runs on the device (not measured here).
 4. Where the time goes (one thread, per sample): read (ranged reads + member checksums),
    decode (zstd into the reused arena, .npy header), preprocess, collate (into a ring slot),
    hand-over (what crosses to the training process and its tensors), normalise; and for the
@@ -259,7 +262,10 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
         if args.no_member_checks:
             loader.dataset.reader.check_members = False
         make = lambda: loader  # noqa: E731
-        finish = lambda b: loader.to_model_inputs(b, "cpu")  # noqa: E731
+        if args.to_handover:  # what a GPU trainer's CPU does: the normalisation runs on the device
+            finish = lambda b: b  # noqa: E731
+        else:
+            finish = lambda b: loader.to_model_inputs(b, "cpu")  # noqa: E731
     n_samples, best = 0, 0.0
     for rep in range(args.epochs + 1):  # first pass = warm-up (page cache, imports), not timed
         t0, n = time.perf_counter(), 0
@@ -279,7 +285,7 @@ def spawn(tree: Path, shards: Path, kind: str, workers: int, threads: int = 1, o
           epochs: int = 1, s3: tuple[str, str] | None = None, half: bool = False,
           sharing: str | None = None, config: str = "all", today: tuple[Path, Path] | None = None,
           no_member_checks: bool = False, batch_size: int = 4, torch_threads: int = 1,
-          decoded_cache: bool = False, shuffled: bool = False) -> dict[str, Any]:
+          decoded_cache: bool = False, shuffled: bool = False, to_handover: bool = False) -> dict[str, Any]:
     # This file runs as a script so that, for "today", the packages come from that checkout.
     cmd = [sys.executable, str(Path(__file__).resolve()), "--run-one", "--tree", str(tree), "--shards", str(shards),
            "--kind", kind, "--workers", str(workers), "--threads", str(threads), "--epochs", str(epochs),
@@ -293,6 +299,8 @@ def spawn(tree: Path, shards: Path, kind: str, workers: int, threads: int = 1, o
         cmd[cmd.index("--shards") + 1] = str(shuffled_pack(shards))
     if no_member_checks:
         cmd.append("--no-member-checks")
+    if to_handover:
+        cmd.append("--to-handover")
     if decoded_cache:
         cache = shards.parent / f"decoded-cache-{config}"
         shutil.rmtree(cache, ignore_errors=True)  # each run fills its own in the warm-up epoch
@@ -477,6 +485,18 @@ def settings_for(config: str, batch_sizes: list[int], today: list[tuple[Path, Pa
                       dict(kind="s3", workers=2, threads=2, s3=s3))]
         side.append(("b", "shards, local, 2 workers, 2 decode threads each, half of the samples (RSS check)",
                      dict(kind="local", workers=2, threads=2, half=True)))
+    # The same streams up to the hand-over: what the CPU of a GPU trainer does, where
+    # to_model_inputs' normalisation runs on the device (not run here). Today's loaders also
+    # normalised after the hand-over, so these rows compare like with like.
+    for w, t, how in ((0, 2, "0 workers, 2 decode threads"), (2, 1, "2 workers, 1 thread each")):
+        side.append(("h", f"to the hand-over: shards, local, {how}",
+                     dict(kind="local", workers=w, threads=t, to_handover=True)))
+        if config in ("all", "s2"):
+            side.append(("h~", f"to the hand-over: --shuffle pack, local, {how}",
+                         dict(kind="local", workers=w, threads=t, shuffled=True, to_handover=True)))
+        for checkout in today:
+            side.append(("h-today", f"to the hand-over: loader at {revision_of(checkout)}, its own pack, {how}",
+                         dict(kind="today", workers=w, threads=t, today=checkout, to_handover=True)))
     out = [(g, label, bs, dict(kw, config=config, batch_size=bs)) for bs in batch_sizes for g, label, kw in core]
     out += [(g, label, ref, dict(kw, config=config, batch_size=ref)) for g, label, kw in side]
     return out
@@ -551,6 +571,16 @@ def print_config(config: str, results: Results, batch_sizes: list[int], n_sample
             line += (f", / best of the loader at {rev} = "
                      f"{shuffled / best_of(results, ref, lambda g, label: g == 'today' and label.startswith(f'loader at {rev},')):.2f}")
         print(line)
+    if any(g == "h" for g, _ in results.values()):
+        handed = best_of(results, ref, lambda g, _: g == "h")
+        line = (f"\nto the hand-over, normalisation left to the device (batch {ref}): best h / best b = "
+                f"{handed / best_of(results, ref, lambda g, _: g == 'b'):.2f}")
+        for rev in revs:
+            theirs = best_of(results, ref, lambda g, label: g == "h-today" and f"loader at {rev}," in label)
+            line += f"; best h / loader at {rev} = {handed / theirs:.2f}"
+            if any(g == "h~" for g, _ in results.values()):
+                line += f", best h~ / it = {best_of(results, ref, lambda g, _: g == 'h~') / theirs:.2f}"
+        print(line)
     rate = {label: r["samples_per_s"] for (label, b), (_, r) in results.items() if b == ref}
     for w, on_label in ((0, "shards, local, 0 workers, 2 decode threads"), (2, "shards, local, 2 workers, 1 thread each")):
         on, off = rate.get(on_label), rate.get(on_label + ", member checksums off")
@@ -590,6 +620,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--one-hot", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--half", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-member-checks", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--to-handover", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--decoded-cache", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--sharing", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--s3-url", help=argparse.SUPPRESS)

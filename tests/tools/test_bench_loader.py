@@ -35,6 +35,10 @@ def test_bench_loader_runs_the_core_rows_at_every_batch_size(tmp_path):
     assert float(shuffled.split("|")[4]) > 0, shuffled
     assert "opt-in --shuffle pack (batch 3): best b~ / best b = " in out
     assert any(line.startswith("| --shuffle | ") for line in out.splitlines())
+    # The streams up to the hand-over (normalisation left to the device), both packs, 0 and 2 workers.
+    handed = [line for line in out.splitlines() if "| to the hand-over: " in line]
+    assert len(handed) == 4 and all(float(line.split("|")[4]) > 0 for line in handed), handed
+    assert "to the hand-over, normalisation left to the device (batch 3): best h / best b = " in out
     ratios = [line for line in out.splitlines() if line.startswith("| 1 |") or line.startswith("| 3 |")]
     assert len(ratios) == 2
     assert out.rstrip().splitlines()[-1].startswith("ratio: ")
