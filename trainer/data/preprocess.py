@@ -51,10 +51,12 @@ def calc_elevation(dem: np.ndarray, stack_dsm: bool) -> np.ndarray:
     `dem` is the stored `(2, H, W)` float32 [DSM, DTM]. Returns `(1, H, W)` [DSM-DTM], or
     `(2, H, W)` [DSM, DSM-DTM] when stacking; the subtraction stays in the stored dtype.
     """
-    height = dem[0] - dem[1]
+    # One output array, the subtraction written straight into it: no temporary, no stacking copy.
+    out = np.empty((2 if stack_dsm else 1, *dem.shape[1:]), dtype=dem.dtype)
     if stack_dsm:
-        return np.stack((dem[0], height), axis=0)
-    return height[np.newaxis]
+        out[0] = dem[0]
+    np.subtract(dem[0], dem[1], out=out[-1])
+    return out
 
 
 # --------------------------------------------------------------------------------------------
