@@ -58,3 +58,10 @@ def test_cpu_steps_equal_the_whole_batch_float64_arithmetic(dtype, norm_type, hw
         want = x64 * (1.0 / np.iinfo(dtype).max) if dtype != np.float32 else x64
     assert got.dtype == torch.float32 and got.shape == t.shape
     assert got.numpy().tobytes() == want.astype(np.float32).tobytes()
+
+
+def test_an_empty_batch_gives_an_empty_float32_batch():
+    s = spec("custom")
+    for dtype in (torch.uint8, torch.float32):
+        got = normalize_batch(torch.zeros((0, 3, 8, 8), dtype=dtype), "X", s)
+        assert got.shape == (0, 3, 8, 8) and got.dtype == torch.float32

@@ -45,6 +45,8 @@ def _float64_steps(x: torch.Tensor, out: torch.Tensor, sub: np.ndarray | None = 
     """
     xs = x.numpy()
     b, c = xs.shape[:2]
+    if xs.size == 0:
+        return out
     planes = xs.reshape(b * c, -1)  # a copy only if x is not contiguous
     dst_planes = out.numpy().reshape(b * c, -1)  # out is a new or pooled contiguous float32 tensor
     if xs.dtype == np.uint8 and planes.shape[1] % 2 == 0 and sys.byteorder == "little":
@@ -72,7 +74,7 @@ def _float64_steps(x: torch.Tensor, out: torch.Tensor, sub: np.ndarray | None = 
     return out
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _uint8_pair_tables(sub: tuple[float, ...] | None, div: tuple[float, ...] | None,
                        mul: float | None) -> np.ndarray:
     """Per channel, the float32 results of every pair of adjacent uint8 pixels, as one uint64 each.
