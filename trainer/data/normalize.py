@@ -141,6 +141,21 @@ def normalize_batch(x: torch.Tensor, name: str, spec: SampleSpec, exact: bool = 
     return x.float()
 
 
+def _free_counts() -> tuple[int, int] | None:
+    """(Python references, storage uses) of a tensor that only a list holds, seen as `OutputPool.take`
+    sees its tensors: from a for loop over the list (3 and 2 on CPython 3.11 and torch 2.14: the
+    list, the loop variable, getrefcount's argument; the tensor and the storage object
+    `untyped_storage()` returns). Measured rather than written down, because other Python and
+    torch versions count borrowed references differently; None (never reuse) without the counter."""
+    held = [torch.empty(1)]
+    try:
+        for t in held:
+            return sys.getrefcount(t), torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+    except (AttributeError, RuntimeError):
+        return None
+    return None
+
+
 class OutputPool:
     """CPU tensors of earlier batches' model inputs, reused once the training loop has let go of them.
 
@@ -160,15 +175,14 @@ class OutputPool:
     def __init__(self, per_key: int = 3) -> None:
         self.per_key = per_key
         self._tensors: dict[tuple[str, tuple[int, ...], torch.dtype], list[torch.Tensor]] = {}
+        self._free_counts = _free_counts()
 
     def take(self, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         held = self._tensors.setdefault((key, tuple(shape), dtype), [])
         for t in held:
             try:
-                # Python: `held`, the loop variable and getrefcount's argument. Storage: `t` and the
-                # storage object untyped_storage() returns.
-                free = (sys.getrefcount(t) == 3
-                        and torch._C._storage_Use_Count(t.untyped_storage()._cdata) == 2)
+                free = (sys.getrefcount(t), torch._C._storage_Use_Count(t.untyped_storage()._cdata)) \
+                    == self._free_counts
             except (AttributeError, RuntimeError):
                 free = False
             if free:
