@@ -431,6 +431,11 @@ CODEC_CANDIDATES = {
     "Blosc shuffle + zstd 5": {"codec": "blosc", "cname": "zstd", "clevel": 5},
 }
 """zstd settings for every modality; Blosc (`--shuffle`) ones for the dtypes wider than one byte."""
+BITSHUFFLE_CANDIDATE = "Blosc bit-shuffle + LZ4HC 9 (measured, not used)"
+"""Every modality, one-byte ones included (where a byte-shuffle does nothing): the `.npy` file in
+one Blosc chunk, bit-shuffled by its item size. Not a pack setting; it answers whether the
+costliest member of a `--shuffle` pack to decode, the uint8 aerial image, would pay for it."""
+LEGACY_CANDIDATE = "format 1: Python byte-shuffle + L3"
 
 
 def codec_table(tree: Path, ids: list[str], per_modality: int = 8, reps: int = 7) -> None:
@@ -442,6 +447,14 @@ def codec_table(tree: Path, ids: list[str], per_modality: int = 8, reps: int = 7
                                              decode_array, decode_array_into, encode_array, member_suffix)
     from packer.schema import PatchId
 
+    import numcodecs.blosc
+
+    def bitshuffled(arr: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        typed = np.frombuffer(buf.getvalue(), dtype=f"u{arr.dtype.itemsize}")  # the header is 64-byte aligned
+        return bytes(numcodecs.blosc.compress(typed, b"lz4hc", 9, numcodecs.blosc.BITSHUFFLE, 0))
+
     def legacy(arr: np.ndarray) -> bytes:  # format 1's default: byte planes after the .npy header
         buf = io.BytesIO()
         np.save(buf, arr, allow_pickle=False)
@@ -451,13 +464,12 @@ def codec_table(tree: Path, ids: list[str], per_modality: int = 8, reps: int = 7
             npy = LEGACY_SHUFFLE_MAGIC + npy[: len(npy) - arr.nbytes] + planes.tobytes()
         return zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=True).compress(npy)
 
-    import numcodecs.blosc
-
     # As in the loader's decode threads and the packer's worker processes: one thread per member.
     # (From the main thread numcodecs would hand Blosc's work to its own threads, out of the
     # calling thread's CPU time.)
     numcodecs.blosc.use_threads = False
-    names = [*CODEC_CANDIDATES, "format 1: Python byte-shuffle + L3"]
+    names = [*CODEC_CANDIDATES, BITSHUFFLE_CANDIDATE, LEGACY_CANDIDATE]
+    special = {BITSHUFFLE_CANDIDATE: (bitshuffled, ".npy.blosc"), LEGACY_CANDIDATE: (legacy, None)}
     print("\nmember encoding, per modality: size / raw .npy, size / source file, encode ms, decode ms "
           f"(CPU, median of {reps}; {per_modality} patches; * the default, + the --shuffle choice)\n")
     print("| modality | " + " | ".join(names) + " |")
@@ -472,19 +484,25 @@ def codec_table(tree: Path, ids: list[str], per_modality: int = 8, reps: int = 7
         cells = []
         for name in names:
             setting = CODEC_CANDIDATES.get(name)
-            suffix = member_suffix(setting)
-            if suffix == ".npy.blosc" and arrays[0].dtype.itemsize == 1:
-                cells.append("–")  # a byte-shuffle of one-byte items is the identity
-                continue
-            encode = legacy if setting is None else (lambda a, s=setting: encode_array(a, s))
+            if name in special:
+                encode, suffix = special[name]
+            else:
+                encode, suffix = (lambda a, s=setting: encode_array(a, s)), member_suffix(setting)
+                if suffix == ".npy.blosc" and arrays[0].dtype.itemsize == 1:
+                    cells.append("–")  # a byte-shuffle of one-byte items is the identity
+                    continue
             t0 = time.thread_time()
             blobs = [encode(a) for a in arrays]
             enc = (time.thread_time() - t0) / len(arrays) * 1e3
+            back = decode_array(blobs[0], format_version=1) if suffix is None else \
+                np.array(decode_array_into(blobs[0], Arena(), format_version=3, suffix=suffix))
+            if back.dtype != arrays[0].dtype or back.tobytes() != arrays[0].tobytes():
+                raise AssertionError(f"{name}: {m} does not decode to the array it encoded")
             times = []
             for _ in range(reps):
                 t0 = time.thread_time()
                 for b in blobs:
-                    if setting is None:
+                    if suffix is None:
                         decode_array(b, format_version=1)
                     else:
                         arena.reset()

@@ -27,6 +27,8 @@ def test_bench_formats_runs_checks_every_array_and_prints_its_tables(tmp_path, c
     assert codec.count("+") == 1 and codec.count("*") == 1  # the default and the --shuffle choice, both measured
     aerial = next(line for line in out.splitlines() if line.startswith("| AERIAL_RGBI |"))
     assert aerial.count("–") == 2  # no Blosc shuffle for one-byte items
+    header = [c.strip() for c in next(line for line in out.splitlines() if line.startswith("| modality |")).split("|")]
+    assert "/" in aerial.split("|")[header.index(bench_formats.BITSHUFFLE_CANDIDATE)]  # bit-shuffle: every dtype
 
     ref = json.loads((work / "reference.json").read_text())
     pid = sorted(ref)[0]
