@@ -33,8 +33,8 @@ _STEP = 1 << 15
 _scratch = threading.local()
 
 
-def _float64_steps(x: torch.Tensor, out: torch.Tensor, sub: np.ndarray | None = None,
-                   div: np.ndarray | None = None, mul: float | None = None) -> torch.Tensor:
+def _float64_steps(x: torch.Tensor, out: torch.Tensor, sub: tuple[float, ...] | None = None,
+                   div: tuple[float, ...] | None = None, mul: float | None = None) -> torch.Tensor:
     """float32 of `(x - sub[c]) / div[c]` per channel `c`, or of `x * mul`, computed in float64, on CPU.
 
     The reference's arithmetic exactly (exact conversion to float64, float64 subtract and divide,
@@ -50,8 +50,7 @@ def _float64_steps(x: torch.Tensor, out: torch.Tensor, sub: np.ndarray | None = 
     planes = xs.reshape(b * c, -1)  # a copy only if x is not contiguous
     dst_planes = out.numpy().reshape(b * c, -1)  # out is a new or pooled contiguous float32 tensor
     if xs.dtype == np.uint8 and planes.shape[1] % 2 == 0 and sys.byteorder == "little":
-        key = (None, None, mul) if mul is not None else (tuple(sub.tolist()), tuple(div.tolist()), None)
-        tables = _uint8_pair_tables(*key)
+        tables = _uint8_pair_tables(None, None, mul) if mul is not None else _uint8_pair_tables(sub, div, None)
         _uint8_pair_lookup(np.ascontiguousarray(planes), dst_planes, tables, 1 if mul is not None else c)
         return out
     buf = getattr(_scratch, "buf", None)
@@ -119,8 +118,8 @@ def normalize_batch(x: torch.Tensor, name: str, spec: SampleSpec, exact: bool = 
         if out is None:
             out = torch.empty(x.shape, dtype=torch.float32)
         if spec.norm_type == "custom":
-            return _float64_steps(x, out, sub=np.asarray(spec.means[name][:n], np.float64),
-                                  div=np.asarray(spec.stds[name][:n], np.float64))
+            return _float64_steps(x, out, sub=tuple(map(float, spec.means[name][:n])),
+                                  div=tuple(map(float, spec.stds[name][:n])))
         if spec.norm_type == "scaling" and not x.dtype.is_floating_point:
             return _float64_steps(x, out, mul=1.0 / torch.iinfo(x.dtype).max)
         return out.copy_(x)
@@ -141,18 +140,22 @@ def normalize_batch(x: torch.Tensor, name: str, spec: SampleSpec, exact: bool = 
     return x.float()
 
 
-def _free_counts() -> tuple[int, int] | None:
-    """(Python references, storage uses) of a tensor that only a list holds, seen as `OutputPool.take`
-    sees its tensors: from a for loop over the list (3 and 2 on CPython 3.11 and torch 2.14: the
-    list, the loop variable, getrefcount's argument; the tensor and the storage object
-    `untyped_storage()` returns). Measured rather than written down, because other Python and
-    torch versions count borrowed references differently; None (never reuse) without the counter."""
-    held = [torch.empty(1)]
+def _holders(t: torch.Tensor) -> tuple[int, int] | None:
+    """(Python references, storage uses) of `t`, or None on a torch without the storage counter."""
     try:
-        for t in held:
-            return sys.getrefcount(t), torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+        return sys.getrefcount(t), torch._C._storage_Use_Count(t.untyped_storage()._cdata)
     except (AttributeError, RuntimeError):
         return None
+
+
+def _free_counts() -> tuple[int, int] | None:
+    """`_holders` of a tensor that only a list holds, seen as `OutputPool.take` sees its tensors:
+    from a for loop over the list. Measured rather than written down (on CPython 3.11 and torch
+    2.14 it counts the list, the loop variable and the two call arguments; the tensor and the
+    storage object `untyped_storage()` returns), because other Python and torch versions count
+    borrowed references differently. None (never reuse) without the storage counter."""
+    for t in [torch.empty(1)]:
+        return _holders(t)
     return None
 
 
@@ -180,12 +183,8 @@ class OutputPool:
     def take(self, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         held = self._tensors.setdefault((key, tuple(shape), dtype), [])
         for t in held:
-            try:
-                free = (sys.getrefcount(t), torch._C._storage_Use_Count(t.untyped_storage()._cdata)) \
-                    == self._free_counts
-            except (AttributeError, RuntimeError):
-                free = False
-            if free:
+            counts = _holders(t)
+            if counts is not None and counts == self._free_counts:
                 return t
         t = torch.empty(shape, dtype=dtype)
         if len(held) < self.per_key:
